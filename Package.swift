@@ -1,0 +1,72 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let upcoming: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "pmm",
+    platforms: [.macOS(.v15)],  // ignored on Linux; GRDB needs macOS >= 10.15
+    products: [
+        .executable(name: "pmm", targets: ["pmm"]),
+        .library(name: "PMMCore", targets: ["PMMCore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+    ],
+    targets: [
+        // Pure: spec model, diagnostics, naming, hashing, validation, planning. Standard library only.
+        .target(name: "PMMCore", swiftSettings: upcoming),
+        // Pure: YAML text -> MeshSpec + diagnostics with file:line:column. Never opens files.
+        .target(
+            name: "PMMSpecYAML",
+            dependencies: ["PMMCore", .product(name: "Yams", package: "Yams")],
+            swiftSettings: upcoming
+        ),
+        // The operating-system layer: FIFOs under a held directory descriptor, spec files, git.
+        .target(
+            name: "PMMSystem",
+            dependencies: ["PMMCore", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: upcoming
+        ),
+        // The SQLite registry: revisions, the inventory of pipes pmm made, events.
+        .target(
+            name: "PMMRegistry",
+            dependencies: ["PMMCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: upcoming
+        ),
+        // The imperative shell: load, observe, plan, execute, record.
+        .target(
+            name: "PMMReconciler",
+            dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry"],
+            swiftSettings: upcoming
+        ),
+        .executableTarget(
+            name: "pmm",
+            dependencies: [
+                "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: upcoming
+        ),
+        .testTarget(name: "PMMCoreTests", dependencies: ["PMMCore"], swiftSettings: upcoming),
+        .testTarget(
+            name: "PMMSpecYAMLTests",
+            dependencies: ["PMMCore", "PMMSpecYAML"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: upcoming
+        ),
+        // Real FIFOs, real SQLite, real uids (setpriv), and the built pmm binary.
+        .testTarget(
+            name: "PMMIntegrationTests",
+            dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler"],
+            swiftSettings: upcoming
+        ),
+    ]
+)

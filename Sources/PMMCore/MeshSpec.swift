@@ -1,0 +1,243 @@
+/// The parsed, defaulted model of a `mesh.yaml` document (`apiVersion: pmm/v1`, `kind: Mesh`).
+///
+/// Every default from DESIGN.md is already filled in, so consumers never look for absent values.
+/// Collections are kept sorted by name so that equal specs compare equal and plans are deterministic.
+public struct MeshSpec: Hashable, Sendable {
+    public static let apiVersion = "pmm/v1"
+    public static let kind = "Mesh"
+
+    public var apiVersion: String
+    public var kind: String
+    /// The mesh's name, `[a-z][a-z0-9-]*`.
+    public var name: String
+    /// The absolute directory holding this mesh's pipes.
+    public var root: String
+    /// The gid the router reads ingress pipes and writes egress pipes as; the group of every pipe.
+    public var routerGroup: UInt32
+    /// A uid besides root that may change routing rules at run time (`SetRoutingRule`), if any.
+    public var adminUID: UInt32?
+    public var dataTypes: [DataType]
+    public var services: [Service]
+    public var routes: [Route]
+
+    public init(
+        apiVersion: String = MeshSpec.apiVersion,
+        kind: String = MeshSpec.kind,
+        name: String,
+        root: String,
+        routerGroup: UInt32 = 0,
+        adminUID: UInt32? = nil,
+        dataTypes: [DataType] = [],
+        services: [Service] = [],
+        routes: [Route] = []
+    ) {
+        self.apiVersion = apiVersion
+        self.kind = kind
+        self.name = name
+        self.root = root
+        self.routerGroup = routerGroup
+        self.adminUID = adminUID
+        self.dataTypes = dataTypes.sorted { $0.name < $1.name }
+        self.services = services.sorted { $0.name < $1.name }
+        self.routes = routes.sorted { $0.dataType < $1.dataType }
+    }
+
+    public func dataType(named name: String) -> DataType? { dataTypes.first { $0.name == name } }
+    public func service(named name: String) -> Service? { services.first { $0.name == name } }
+    public func route(for dataType: String) -> Route? { routes.first { $0.dataType == dataType } }
+}
+
+/// A kind of message that flows through the mesh.
+public struct DataType: Hashable, Sendable {
+    public var name: String
+    /// How many ingress pipes each producer has for this type; a shard key picks one (see `ShardHash`).
+    public var shards: Int
+    public var compatibility: Compatibility
+    /// Declared schema versions, in the order the file lists them.
+    public var versions: [SchemaVersion]
+    /// Defaults for every producer and consumer of this type.
+    public var qos: QoS
+
+    public init(
+        name: String, shards: Int = 1, compatibility: Compatibility = .backward, versions: [SchemaVersion] = [],
+        qos: QoS = QoS()
+    ) {
+        self.name = name
+        self.shards = shards
+        self.compatibility = compatibility
+        self.versions = versions
+        self.qos = qos
+    }
+
+    /// The newest declared version, or nil for an unversioned type.
+    public var latestVersion: Int? { versions.map(\.version).max() }
+}
+
+/// How versions of a data type may differ.
+public enum Compatibility: String, Hashable, Sendable, CaseIterable {
+    case none, backward, forward, full
+}
+
+/// One schema version of a data type.
+public struct SchemaVersion: Hashable, Sendable {
+    public var version: Int
+    /// The `.proto` file, relative to the spec file.
+    public var schema: String
+    /// The fully qualified message name, e.g. `shop.metrics.v1.Sample`.
+    public var message: String
+
+    public init(version: Int, schema: String, message: String) {
+        self.version = version
+        self.schema = schema
+        self.message = message
+    }
+}
+
+/// Delivery guarantee for a data type.
+public enum Delivery: String, Hashable, Sendable, CaseIterable {
+    case atMostOnce = "at-most-once"
+    case atLeastOnce = "at-least-once"
+}
+
+/// What the router does when a consumer instance's buffer is full.
+public enum Overflow: String, Hashable, Sendable, CaseIterable {
+    case block
+    case dropOldest = "drop-oldest"
+    case deadLetter = "dead-letter"
+}
+
+/// Quality of service for a data type, fully defaulted.
+public struct QoS: Hashable, Sendable {
+    public var delivery: Delivery
+    /// Messages per second per producing service; 0 means unlimited.
+    public var maxRate: Int
+    /// Token-bucket depth; defaults to one second's worth (`maxRate`).
+    public var burst: Int
+    /// Messages the router holds per consumer instance.
+    public var buffer: Int
+    public var overflow: Overflow
+    /// Bytes for F_SETPIPE_SZ, or nil for the kernel's default.
+    public var pipeSize: Int?
+
+    public init(
+        delivery: Delivery = .atLeastOnce, maxRate: Int = 0, burst: Int? = nil, buffer: Int = 10_000,
+        overflow: Overflow = .block, pipeSize: Int? = nil
+    ) {
+        self.delivery = delivery
+        self.maxRate = maxRate
+        self.burst = burst ?? maxRate
+        self.buffer = buffer
+        self.overflow = overflow
+        self.pipeSize = pipeSize
+    }
+
+    /// This QoS narrowed by a producer's or consumer's overrides.
+    public func applying(_ override: QoSOverride) -> QoS {
+        var result = self
+        if let value = override.delivery { result.delivery = value }
+        if let value = override.maxRate {
+            result.maxRate = value
+            if override.burst == nil, burst == 0 || burst > value { result.burst = value }
+        }
+        if let value = override.burst { result.burst = value }
+        if let value = override.buffer { result.buffer = value }
+        if let value = override.overflow { result.overflow = value }
+        if let value = override.pipeSize { result.pipeSize = value }
+        return result
+    }
+}
+
+/// QoS keys a producer or consumer sets for itself; absent keys inherit the data type's.
+public struct QoSOverride: Hashable, Sendable {
+    public var delivery: Delivery?
+    public var maxRate: Int?
+    public var burst: Int?
+    public var buffer: Int?
+    public var overflow: Overflow?
+    public var pipeSize: Int?
+
+    public init(
+        delivery: Delivery? = nil, maxRate: Int? = nil, burst: Int? = nil, buffer: Int? = nil,
+        overflow: Overflow? = nil, pipeSize: Int? = nil
+    ) {
+        self.delivery = delivery
+        self.maxRate = maxRate
+        self.burst = burst
+        self.buffer = buffer
+        self.overflow = overflow
+        self.pipeSize = pipeSize
+    }
+}
+
+/// A service: a program run as `replicas` instances under one uid.
+public struct Service: Hashable, Sendable {
+    public var name: String
+    public var uid: UInt32
+    public var gid: UInt32
+    public var replicas: Int
+    public var produces: [Binding]
+    public var consumes: [Binding]
+
+    public init(
+        name: String, uid: UInt32, gid: UInt32? = nil, replicas: Int = 1, produces: [Binding] = [],
+        consumes: [Binding] = []
+    ) {
+        self.name = name
+        self.uid = uid
+        self.gid = gid ?? uid
+        self.replicas = replicas
+        self.produces = produces
+        self.consumes = consumes
+    }
+
+    /// The instance names: `collector-0`, `collector-1`, …
+    public var instanceNames: [String] {
+        (0..<max(0, replicas)).map { Naming.instance(service: name, index: $0) }
+    }
+}
+
+/// A service's declaration that it produces or consumes a data type.
+public struct Binding: Hashable, Sendable {
+    public var dataType: String
+    /// The schema version written or read; nil means the type's newest.
+    public var version: Int?
+    public var qos: QoSOverride
+
+    public init(dataType: String, version: Int? = nil, qos: QoSOverride = QoSOverride()) {
+        self.dataType = dataType
+        self.version = version
+        self.qos = qos
+    }
+}
+
+/// How messages of one data type choose their consumer.
+public enum RoutingPolicy: String, Hashable, Sendable, CaseIterable {
+    case shard
+    case weighted
+    case roundRobin = "round-robin"
+    case leastLoaded = "least-loaded"
+}
+
+/// The routing of one data type: a policy and weighted target services.
+public struct Route: Hashable, Sendable {
+    public var dataType: String
+    public var policy: RoutingPolicy
+    public var targets: [RouteTarget]
+
+    public init(dataType: String, policy: RoutingPolicy = .shard, targets: [RouteTarget]) {
+        self.dataType = dataType
+        self.policy = policy
+        self.targets = targets
+    }
+}
+
+/// A consuming service a route sends to, with its relative weight.
+public struct RouteTarget: Hashable, Sendable {
+    public var service: String
+    public var weight: Int
+
+    public init(service: String, weight: Int = 1) {
+        self.service = service
+        self.weight = weight
+    }
+}

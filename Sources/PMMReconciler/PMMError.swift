@@ -1,0 +1,18 @@
+public import PMMCore
+public import PMMRegistry
+public import PMMSystem
+
+/// Why a command could not do its job. Each case carries what the renderer needs to say what, where and
+/// what to do.
+public enum PMMError: Error, Sendable {
+    /// The spec has errors; nothing was changed.
+    case invalidSpec(LoadedSpec)
+    /// Paths in the root block the apply; nothing was changed.
+    case conflicts(root: String, [Conflict])
+    case system(FIFOError)
+    case registry(RegistryError)
+    /// `pmm rollback N` with no revision N.
+    case noSuchRevision(Int, latest: Int?)
+    /// A `--base` that is neither a file nor a git revision of the spec.
+    case baseNotFound(String)
+}

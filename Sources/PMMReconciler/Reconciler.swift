@@ -1,0 +1,203 @@
+public import Foundation
+public import PMMCore
+public import PMMRegistry
+public import PMMSystem
+
+/// What an apply did (or, for a dry run, would do).
+public struct ApplyReport: Sendable {
+    /// The pipe root applied to.
+    public var root: String
+    public var plan: Plan
+    /// The revision recorded, or nil when nothing changed (or for a dry run).
+    public var revision: Revision?
+    /// The revision that was current before.
+    public var previous: Revision?
+    /// Field-level spec changes against the previous revision.
+    public var specChanges: [SpecChange]
+    public var dryRun: Bool
+    /// The previous holder of the apply lock, when it was taken over from a process that died.
+    public var tookOverLockFrom: String?
+}
+
+/// What `pmm diff` reports.
+public struct DiffReport: Sendable {
+    public var plan: Plan
+    public var specChanges: [SpecChange]
+    /// The revision the spec is compared with (the newest applied), if any.
+    public var current: Revision?
+    /// The number an apply would record.
+    public var nextRevision: Int
+    /// Whether apply would change anything.
+    public var hasDifferences: Bool { !plan.isEmpty || !specChanges.isEmpty || current == nil }
+}
+
+/// The imperative shell around the pure planner: observe the host, plan, execute, record.
+///
+/// One per command. Holds the registry open; takes the apply lock only while applying.
+public final class Reconciler {
+    public let state: StateDirectory
+    public let registry: Registry
+    let now: @Sendable () -> Date
+
+    /// Opens the registry in `state` (creating the directory when `create`).
+    public init(state: StateDirectory, create: Bool = true, now: @escaping @Sendable () -> Date = Date.init) throws(PMMError) {
+        self.state = state
+        self.now = now
+        do throws(FIFOError) {
+            if create { try state.prepare() }
+        } catch { throw .system(error) }
+        if !create && !state.exists {
+            // A read-only command on a host where nothing was ever applied: an empty registry in memory.
+            do { registry = try Registry(inMemory: nil) } catch { throw .registry(error) }
+            return
+        }
+        do { registry = try Registry(path: state.registryPath) } catch { throw .registry(error) }
+    }
+
+    var timestamp: String {
+        ISO8601DateFormatter().string(from: now())
+    }
+
+    /// The root's entries and pmm's inventory. Refuses an unsafe root (a symlink, writable by others).
+    public func observe(root path: String) throws(PMMError) -> ObservedState {
+        do {
+            let inventory = try registry.inventory()
+            guard let root = try PipeRoot.open(path) else {
+                return ObservedState(rootExists: false, files: [:], inventory: inventory)
+            }
+            return ObservedState(rootExists: true, files: try root.scan(), inventory: inventory)
+        } catch let error as FIFOError {
+            throw .system(error)
+        } catch let error as RegistryError {
+            throw .registry(error)
+        } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
+    }
+
+    /// What applying `spec` would change.
+    public func diff(_ spec: MeshSpec, prune: Bool) throws(PMMError) -> DiffReport {
+        let observed = try observe(root: spec.root)
+        let plan = Planner.plan(desired: spec.desiredPipes(), observed: observed, prune: prune)
+        let current: Revision?
+        do { current = try registry.latestRevision() } catch { throw .registry(error) }
+        let currentSpec = current.flatMap { LoadedSpec.load(SpecFile(revision: $0), rootOverride: $0.root).spec }
+        return DiffReport(
+            plan: plan, specChanges: SpecChange.between(currentSpec, spec), current: current,
+            nextRevision: (current?.number ?? 0) + 1)
+    }
+
+    /// Makes the host match `loaded`'s spec and records a revision.
+    ///
+    /// - Parameters:
+    ///   - source: what the revision says it came from (`apply`, `rollback to 3`).
+    /// - Throws: `PMMError.invalidSpec` or `.conflicts` before anything is changed; `.system` or `.registry`
+    ///   if a step fails midway (the inventory then holds exactly what was done, and applying again converges).
+    public func apply(_ loaded: LoadedSpec, prune: Bool, dryRun: Bool, source: String = "apply") throws(PMMError) -> ApplyReport {
+        guard let spec = loaded.validSpec else { throw .invalidSpec(loaded) }
+        let lock: ApplyLock?
+        do {
+            lock = dryRun ? nil : try ApplyLock.acquire(at: state.lockPath, owner: "pmm \(source) -f \(loaded.file.displayPath)", now: timestamp)
+        } catch { throw .system(error) }
+        defer { withExtendedLifetime(lock) {} }
+
+        let diff = try self.diff(spec, prune: prune)
+        let plan = diff.plan
+        guard plan.conflicts.isEmpty else { throw .conflicts(root: spec.root, plan.conflicts) }
+        var report = ApplyReport(
+            root: spec.root, plan: plan, revision: nil, previous: diff.current, specChanges: diff.specChanges, dryRun: dryRun,
+            tookOverLockFrom: lock?.tookOverFrom)
+        if dryRun { return report }
+
+        do {
+            let root = try PipeRoot.openOrCreate(spec.root)
+            try root.removeLeftovers()
+            for change in plan.changes {
+                try execute(change, in: root)
+            }
+        } catch let error as FIFOError {
+            try? registry.event(kind: "apply-failed", message: error.description, at: timestamp)
+            throw .system(error)
+        } catch let error as RegistryError {
+            throw .registry(error)
+        } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
+
+        if diff.hasDifferences {
+            let git = GitInfo.of(file: loaded.file.absolutePath)
+            let revision = Revision(
+                appliedAt: timestamp, specSHA256: SHA256.hex(loaded.file.text), specText: loaded.file.text,
+                specFile: loaded.file.absolutePath, root: spec.root, gitCommit: git?.commit, gitDirty: git?.dirty, source: source,
+                summary: Self.summary(plan, specChanges: diff.specChanges))
+            do { report.revision = try registry.append(revision) } catch { throw .registry(error) }
+        }
+        return report
+    }
+
+    /// Applies revision `number`'s spec again, as a new revision.
+    public func rollback(to number: Int, rootOverride: String?, prune: Bool, dryRun: Bool) throws(PMMError) -> ApplyReport {
+        let revision: Revision?
+        let latest: Revision?
+        do {
+            revision = try registry.revision(number)
+            latest = try registry.latestRevision()
+        } catch { throw .registry(error) }
+        guard let revision else { throw .noSuchRevision(number, latest: latest?.number) }
+        let loaded = LoadedSpec.load(SpecFile(revision: revision), rootOverride: rootOverride ?? revision.root)
+        return try apply(loaded, prune: prune, dryRun: dryRun, source: "rollback to \(number)")
+    }
+
+    func execute(_ change: PipeChange, in root: PipeRoot) throws {
+        switch change.action {
+        case .create:
+            guard let pipe = change.desired else { return }
+            let file = try root.createFIFO(pipe.name, uid: pipe.uid, gid: pipe.gid, mode: pipe.mode)
+            try registry.record(InventoryRecord(pipe, file))
+        case .replace:
+            guard let pipe = change.desired, let observed = change.observed else { return }
+            let file = try root.replaceFIFO(pipe.name, expected: observed, uid: pipe.uid, gid: pipe.gid, mode: pipe.mode)
+            try registry.record(InventoryRecord(pipe, file))
+        case .update:
+            guard let pipe = change.desired, let observed = change.observed else { return }
+            let file = observed.mode == pipe.mode ? observed : try root.setMode(pipe.name, expected: observed, mode: pipe.mode)
+            try registry.record(InventoryRecord(pipe, file))
+        case .delete:
+            if let observed = change.observed {
+                try root.removeFIFO(change.name, expected: observed)
+            }
+            try registry.forget(change.name)
+        case .noop:
+            return
+        }
+    }
+
+    /// `2 created, 1 replaced, 1 removed; routes changed`.
+    static func summary(_ plan: Plan, specChanges: [SpecChange]) -> String {
+        var parts: [String] = []
+        for (action, word) in [(Action.create, "created"), (.replace, "replaced"), (.update, "updated"), (.delete, "removed")] {
+            let count = plan.count(action)
+            if count > 0 { parts.append("\(count) \(word)") }
+        }
+        if parts.isEmpty { parts.append("no pipe changes") }
+        if !specChanges.isEmpty {
+            parts.append("\(specChanges.count) spec field\(specChanges.count == 1 ? "" : "s") changed")
+        }
+        return parts.joined(separator: ", ")
+    }
+}
+
+extension InventoryRecord {
+    init(_ pipe: DesiredPipe, _ file: ObservedFile) {
+        self.init(
+            name: pipe.name, kind: pipe.kind, dataType: pipe.dataType, uid: file.uid, gid: file.gid, mode: file.mode,
+            pipeSize: pipe.pipeSize, device: file.device, inode: file.inode)
+    }
+}
+
+extension SpecFile {
+    /// The spec a revision recorded, as if read from its file.
+    init(revision: Revision) {
+        self.init(displayPath: "revision \(revision.number)", absolutePath: revision.specFile, text: revision.specText)
+    }
+}

@@ -1,0 +1,238 @@
+import Foundation
+import GRDB
+public import PMMCore
+
+/// One applied revision of a mesh spec.
+public struct Revision: Sendable, Hashable {
+    public var number: Int
+    /// When it was applied, ISO 8601 in UTC.
+    public var appliedAt: String
+    public var specSHA256: String
+    /// The spec text as applied (what `pmm rollback` applies again, and what the router reads).
+    public var specText: String
+    /// The spec file's absolute path at apply time (schema paths are relative to it).
+    public var specFile: String
+    /// The pipe root applied to (the spec's, or the `--root` that overrode it).
+    public var root: String
+    public var gitCommit: String?
+    public var gitDirty: Bool?
+    /// `apply` or `rollback to N`.
+    public var source: String
+    /// One line: what the apply changed.
+    public var summary: String
+
+    public init(
+        number: Int = 0, appliedAt: String, specSHA256: String, specText: String, specFile: String,
+        root: String, gitCommit: String? = nil, gitDirty: Bool? = nil, source: String, summary: String
+    ) {
+        self.number = number
+        self.appliedAt = appliedAt
+        self.specSHA256 = specSHA256
+        self.specText = specText
+        self.specFile = specFile
+        self.root = root
+        self.gitCommit = gitCommit
+        self.gitDirty = gitDirty
+        self.source = source
+        self.summary = summary
+    }
+}
+
+/// A failure of the registry, with the database path.
+public struct RegistryError: Error, CustomStringConvertible, Sendable {
+    public var path: String
+    public var message: String
+
+    public var description: String { "\(path): registry: \(message)" }
+}
+
+/// The SQLite registry in the state directory: pmm's inventory of the pipes it made, the revisions it applied,
+/// and an event log. Every write is one transaction. Safe to share between threads (GRDB serializes access).
+public final class Registry: Sendable {
+    let database: DatabaseQueue
+    public let path: String
+
+    /// Opens (creating and migrating) the registry at `path`.
+    public init(path: String) throws(RegistryError) {
+        self.path = path
+        do {
+            var configuration = Configuration()
+            configuration.busyMode = .timeout(10)
+            database = try DatabaseQueue(path: path, configuration: configuration)
+            try Self.migrator.migrate(database)
+        } catch {
+            throw RegistryError(path: path, message: Self.describe(error))
+        }
+    }
+
+    /// A registry in memory (real SQLite, nothing on disk), for tests and dry runs.
+    public init(inMemory name: String? = nil) throws(RegistryError) {
+        self.path = ":memory:"
+        do {
+            database = try DatabaseQueue(named: name)
+            try Self.migrator.migrate(database)
+        } catch {
+            throw RegistryError(path: path, message: Self.describe(error))
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? DatabaseError {
+            return error.message ?? "\(error.resultCode)"
+        }
+        return "\(error)"
+    }
+
+    /// Schema migrations, oldest first. Never edit one that has shipped: add another.
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE revision (
+                        number INTEGER PRIMARY KEY AUTOINCREMENT,
+                        appliedAt TEXT NOT NULL,
+                        specSHA256 TEXT NOT NULL,
+                        specText TEXT NOT NULL,
+                        specFile TEXT NOT NULL,
+                        root TEXT NOT NULL,
+                        gitCommit TEXT,
+                        gitDirty INTEGER,
+                        source TEXT NOT NULL,
+                        summary TEXT NOT NULL
+                    );
+                    CREATE TABLE inventory (
+                        name TEXT PRIMARY KEY,
+                        kind TEXT NOT NULL,
+                        dataType TEXT NOT NULL,
+                        uid INTEGER NOT NULL,
+                        gid INTEGER NOT NULL,
+                        mode INTEGER NOT NULL,
+                        pipeSize INTEGER,
+                        device INTEGER NOT NULL,
+                        inode INTEGER NOT NULL
+                    );
+                    CREATE TABLE event (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        at TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        message TEXT NOT NULL
+                    );
+                    """)
+        }
+        return migrator
+    }
+
+    func read<T>(_ body: (Database) throws -> T) throws(RegistryError) -> T {
+        do { return try database.read(body) } catch { throw RegistryError(path: path, message: Self.describe(error)) }
+    }
+
+    func write<T>(_ body: (Database) throws -> T) throws(RegistryError) -> T {
+        do { return try database.write(body) } catch { throw RegistryError(path: path, message: Self.describe(error)) }
+    }
+
+    // MARK: Inventory
+
+    /// What pmm made, by file name.
+    public func inventory() throws(RegistryError) -> [String: InventoryRecord] {
+        try read { db in
+            var records: [String: InventoryRecord] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT * FROM inventory") {
+                let record = InventoryRecord(
+                    name: row["name"], kind: PipeKind(rawValue: row["kind"]) ?? .ingress, dataType: row["dataType"],
+                    uid: UInt32(row["uid"] as Int64), gid: UInt32(row["gid"] as Int64),
+                    mode: UInt32(row["mode"] as Int64), pipeSize: row["pipeSize"],
+                    device: UInt64(bitPattern: row["device"]), inode: UInt64(bitPattern: row["inode"]))
+                records[record.name] = record
+            }
+            return records
+        }
+    }
+
+    /// Records a pipe pmm made or changed.
+    public func record(_ record: InventoryRecord) throws(RegistryError) {
+        try write { db in
+            try db.execute(
+                sql: """
+                    INSERT OR REPLACE INTO inventory (name, kind, dataType, uid, gid, mode, pipeSize, device, inode)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    record.name, record.kind.rawValue, record.dataType, Int64(record.uid), Int64(record.gid),
+                    Int64(record.mode), record.pipeSize, Int64(bitPattern: record.device),
+                    Int64(bitPattern: record.inode),
+                ])
+        }
+    }
+
+    /// Forgets a pipe (after removing it, or when it is gone).
+    public func forget(_ name: String) throws(RegistryError) {
+        try write { db in try db.execute(sql: "DELETE FROM inventory WHERE name = ?", arguments: [name]) }
+    }
+
+    // MARK: Revisions
+
+    /// Records a revision and returns it with its number.
+    public func append(_ revision: Revision) throws(RegistryError) -> Revision {
+        try write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO revision (appliedAt, specSHA256, specText, specFile, root, gitCommit, gitDirty, source, summary)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    revision.appliedAt, revision.specSHA256, revision.specText, revision.specFile, revision.root, revision.gitCommit,
+                    revision.gitDirty, revision.source, revision.summary,
+                ])
+            var stored = revision
+            stored.number = Int(db.lastInsertedRowID)
+            try db.execute(
+                sql: "INSERT INTO event (at, kind, message) VALUES (?, 'revision', ?)",
+                arguments: [revision.appliedAt, "revision \(stored.number) (\(revision.source)): \(revision.summary)"])
+            return stored
+        }
+    }
+
+    /// All revisions, oldest first.
+    public func revisions() throws(RegistryError) -> [Revision] {
+        try read { db in try Row.fetchAll(db, sql: "SELECT * FROM revision ORDER BY number").map(Self.revision) }
+    }
+
+    /// Revision `number`, or nil.
+    public func revision(_ number: Int) throws(RegistryError) -> Revision? {
+        try read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM revision WHERE number = ?", arguments: [number]).map(Self.revision)
+        }
+    }
+
+    /// The newest revision, or nil before the first apply.
+    public func latestRevision() throws(RegistryError) -> Revision? {
+        try read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM revision ORDER BY number DESC LIMIT 1").map(Self.revision)
+        }
+    }
+
+    static func revision(_ row: Row) -> Revision {
+        Revision(
+            number: row["number"], appliedAt: row["appliedAt"], specSHA256: row["specSHA256"],
+            specText: row["specText"], specFile: row["specFile"], root: row["root"], gitCommit: row["gitCommit"],
+            gitDirty: row["gitDirty"], source: row["source"], summary: row["summary"])
+    }
+
+    // MARK: Events
+
+    /// Appends an event to the log.
+    public func event(kind: String, message: String, at: String) throws(RegistryError) {
+        try write { db in
+            try db.execute(sql: "INSERT INTO event (at, kind, message) VALUES (?, ?, ?)", arguments: [at, kind, message])
+        }
+    }
+
+    /// The newest events, newest last.
+    public func events(limit: Int = 100) throws(RegistryError) -> [(at: String, kind: String, message: String)] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM (SELECT * FROM event ORDER BY id DESC LIMIT ?) ORDER BY id", arguments: [limit])
+                .map { (at: $0["at"], kind: $0["kind"], message: $0["message"]) }
+        }
+    }
+}

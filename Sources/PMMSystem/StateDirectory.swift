@@ -1,0 +1,47 @@
+import Glibc
+import PMMCore
+import SystemPackage
+
+/// The state directory (`--state-dir`, `PMM_STATE_DIR`, default `/var/lib/pmm`): the registry, the apply lock,
+/// and (for the data plane) the router's pid, status, socket and spool.
+public struct StateDirectory: Sendable {
+    public static let defaultPath = "/var/lib/pmm"
+
+    public let path: String
+
+    public init(path: String) {
+        self.path = path
+    }
+
+    public var registryPath: String { path + "/registry.sqlite" }
+    public var lockPath: String { path + "/apply.lock" }
+
+    /// Creates the directory (mode 0755 for parents, 0700 for itself when new) and refuses a symlink or a
+    /// directory others can write.
+    public func prepare() throws(FIFOError) {
+        switch Sys.lstat(path) {
+        case .success(let st):
+            if st.fileKind == .symlink {
+                throw FIFOError(.symlink, path: path, "the state directory is a symbolic link; pmm never follows one")
+            }
+            guard st.fileKind == .directory else {
+                throw FIFOError(.notADirectory, path: path, "\(st.fileKind.withArticle) stands where the state directory should be")
+            }
+            if st.permissions & 0o002 != 0 {
+                throw FIFOError(
+                    .unsafePermissions, path: path, "the state directory is writable by others",
+                    hint: "chmod o-w \(path)")
+            }
+        case .failure(.noSuchFileOrDirectory):
+            try PipeRoot.makeDirectories(path, mode: 0o755)
+            _ = Glibc.chmod(path, 0o700)
+        case .failure(let errno):
+            throw .syscall("lstat", path: path, errno)
+        }
+    }
+
+    /// Whether the state directory exists (read-only commands do not create it).
+    public var exists: Bool {
+        (try? Sys.lstat(path).get())?.fileKind == .directory
+    }
+}

@@ -1,0 +1,69 @@
+import ArgumentParser
+import Foundation
+import PMMCore
+import PMMReconciler
+import PMMRegistry
+import PMMSpecYAML
+import PMMSystem
+
+struct Apply: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make the host match the spec and record a revision.",
+        discussion: """
+            Creates the pipes the spec names with their owners and modes, replaces a pipe (new inode) when its \
+            writer or reader changes, and records a revision (time, sha256 of the spec, git commit and dirty \
+            flag). Idempotent: a second apply changes nothing and records nothing. One apply runs at a time. \
+            Files pmm did not create are never touched; pipes the spec no longer names are removed only with \
+            --prune. A symlink, a foreign file or an unsafe root is refused before anything changes.
+            """)
+
+    @OptionGroup var spec: SpecOptions
+    @OptionGroup var state: StateOptions
+
+    @Flag(help: "Show what would change and change nothing.")
+    var dryRun = false
+
+    @Flag(help: "Remove pipes pmm created that the spec no longer names.")
+    var prune = false
+
+    func run() throws {
+        let loaded = try readSpec(spec, failure: 1)
+        do {
+            let reconciler = try Reconciler(state: state.directory)
+            let report = try reconciler.apply(loaded, prune: prune, dryRun: dryRun)
+            printDiagnostics(loaded, color: useColor)  // warnings only: errors threw
+            print(ApplyOutput.text(report, renderer: Renderer(color: useColor)))
+        } catch {
+            throw report(error, exitCode: 1, color: useColor)
+        }
+    }
+}
+
+enum ApplyOutput {
+    static func text(_ report: ApplyReport, renderer r: Renderer) -> String {
+        let root = report.root
+        var lines: [String] = []
+        if let previous = report.tookOverLockFrom {
+            lines.append("note: took over the apply lock left by a process that is gone (\(previous))")
+        }
+        if report.plan.createRoot { lines.append("  \(r.symbol(.create)) \(root)/  (the root directory)") }
+        lines += r.pipes(report.plan.changes)
+        if !report.plan.orphans.isEmpty {
+            lines.append("Left in place (the spec no longer names them; remove with --prune):")
+            lines += r.pipes(report.plan.orphans)
+        }
+        if report.dryRun {
+            lines.append("Dry run: \(r.counts(report.plan, future: true)); nothing was changed.")
+        } else if let revision = report.revision {
+            var origin = ""
+            if let commit = revision.gitCommit {
+                origin = ", git \(commit.prefix(12))\(revision.gitDirty == true ? " (dirty)" : "")"
+            }
+            lines.append(
+                "Applied revision \(revision.number) (sha256 \(revision.specSHA256.prefix(12))\(origin)): \(r.counts(report.plan, future: false)).")
+        } else {
+            lines.append("No changes. Revision \(report.previous?.number ?? 0) is current.")
+        }
+        return lines.joined(separator: "\n")
+    }
+}

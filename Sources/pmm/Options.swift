@@ -1,0 +1,61 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import PMMCore
+import PMMReconciler
+import PMMRegistry
+import PMMSpecYAML
+import PMMSystem
+
+/// Options every command that reads a spec shares.
+struct SpecOptions: ParsableArguments {
+    @Option(name: [.customShort("f"), .customLong("file")], help: ArgumentHelp("The mesh spec to read; '-' reads standard input.", valueName: "file"))
+    var file: String = "mesh.yaml"
+
+    @Option(help: ArgumentHelp("The directory of this mesh's pipes, overriding the spec's 'root' (env: PMM_ROOT).", valueName: "dir"))
+    var root: String?
+
+    var rootOverride: String? {
+        root ?? ProcessInfo.processInfo.environment["PMM_ROOT"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+}
+
+/// The state directory option.
+struct StateOptions: ParsableArguments {
+    @Option(
+        name: .customLong("state-dir"),
+        help: ArgumentHelp("Where pmm keeps its registry and lock (env: PMM_STATE_DIR; default /var/lib/pmm).", valueName: "dir"))
+    var stateDir: String?
+
+    var directory: StateDirectory {
+        let environment = ProcessInfo.processInfo.environment["PMM_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 }
+        return StateDirectory(path: stateDir ?? environment ?? StateDirectory.defaultPath)
+    }
+}
+
+/// Output formats of commands that also speak JSON.
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+/// Whether standard output is a terminal that wants colour.
+var useColor: Bool {
+    isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil
+        && ProcessInfo.processInfo.environment["TERM"] != "dumb"
+}
+
+/// Writes to standard error.
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data((text.hasSuffix("\n") ? text : text + "\n").utf8))
+}
+
+/// Reads the spec file, or reports why not and exits with `code`.
+func readSpec(_ options: SpecOptions, failure code: Int32) throws -> LoadedSpec {
+    do {
+        let file = try SpecFile.read(options.file)
+        return LoadedSpec.load(file, rootOverride: options.rootOverride)
+    } catch {
+        printError("error: \(error)")
+        throw ExitCode(code)
+    }
+}

@@ -1,0 +1,23 @@
+import ArgumentParser
+
+@main
+struct PMM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pmm",
+        abstract: "The Pipe Mesh Manager: named pipes between the services of one host, declared in mesh.yaml.",
+        discussion: """
+            Describe data types, services and routes in mesh.yaml and keep it in git. Then:
+
+              pmm validate -f mesh.yaml     check it (every error with file:line:column)
+              pmm diff -f mesh.yaml         what apply would change (exit 0 none, 1 some, 2 error)
+              pmm apply -f mesh.yaml        create, re-own and remove pipes; record a revision
+              pmm history                   list revisions;  pmm rollback N  applies revision N again
+              pmm demo                      a guided tour in a temporary directory
+
+            Environment: PMM_ROOT overrides the spec's root, PMM_STATE_DIR the state directory \
+            (default /var/lib/pmm), NO_COLOR turns colour off.
+            """,
+        version: "0.1.0",
+        subcommands: [Validate.self, Diff.self, Apply.self, History.self, Rollback.self, Demo.self]
+    )
+}

@@ -59,13 +59,12 @@ let package = Package(
         .testTarget(
             name: "PMMSpecYAMLTests",
             dependencies: ["PMMCore", "PMMSpecYAML"],
-            resources: [.copy("Fixtures")],
             swiftSettings: upcoming
         ),
         // Real FIFOs, real SQLite, real uids (setpriv), and the built pmm binary.
         .testTarget(
             name: "PMMIntegrationTests",
-            dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler"],
+            dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "pmm"],
             swiftSettings: upcoming
         ),
     ]

@@ -83,6 +83,8 @@ private struct Checker {
 
     mutating func checkQoS(_ qos: QoS, at path: DocumentPath) {
         checkRange(qos.maxRate, Limits.maxRate, what: "maxRate", at: path.appending("maxRate"))
+        // burst defaults to maxRate: an out-of-range maxRate is reported once, not again as its burst.
+        guard Limits.maxRate.contains(qos.maxRate) else { return }
         checkRange(qos.burst, Limits.burst, what: "burst", at: path.appending("burst"))
         if qos.maxRate > 0, qos.burst == 0 {
             report(.invalidValue, "burst must be at least 1 when maxRate is set", at: path.appending("burst"))
@@ -270,7 +272,11 @@ private struct Checker {
                 }
             }
         }
-        let pipes = spec.desiredPipes()
+        // Counted only when shards and replicas are in range: an absurd count is reported once, where it is written.
+        let countsInRange =
+            spec.services.allSatisfy { Limits.replicas.contains($0.replicas) }
+            && spec.dataTypes.allSatisfy { Limits.shards.contains($0.shards) }
+        let pipes = countsInRange ? spec.desiredPipes() : []
         if pipes.count > Limits.pipesPerMesh {
             report(
                 .invalidValue, "the mesh asks for \(pipes.count) pipes, more than the limit of \(Limits.pipesPerMesh)",

@@ -1,0 +1,239 @@
+import Foundation
+import Glibc
+import PMMCore
+import PMMReconciler
+import PMMSpecYAML
+import Testing
+
+/// The `pmm` binary driven as a user would: exit codes, stdout and stderr.
+@Suite struct CLITests {
+    @Test func validate_whenValid_exits0() throws {
+        let dir = TemporaryDirectory()
+        dir.writeSpec()
+        let outcome = try pmm("validate", "-f", "mesh.yaml", in: dir.path)
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stdout.contains("mesh.yaml: valid (1 data types, 2 services, 4 pipes)"))
+    }
+
+    @Test func validate_whenInvalid_printsEveryErrorWithPositionAndExits1() throws {
+        let dir = TemporaryDirectory()
+        dir.write(meshYAML(root: dir.root).replacingOccurrences(of: "uid: 1001", with: "uid: api").replacingOccurrences(of: "- service: collector", with: "- service: colector"))
+        let outcome = try pmm("validate", "-f", "mesh.yaml", in: dir.path)
+        #expect(outcome.status == 1)
+        #expect(outcome.stderr.contains("mesh.yaml:10:10: error: services.api.uid: expected an integer (a numeric uid or gid), found string \"api\" [E005]"), "\(outcome.stderr)")
+        #expect(outcome.stderr.contains("mesh.yaml:21:18: error: routes.metrics.targets[0].service: route 'metrics' targets unknown service 'colector' [E008]"))
+        #expect(outcome.stderr.contains("note: did you mean 'collector'?"))
+        #expect(outcome.stderr.contains("2 errors, 0 warnings."))
+        #expect(!outcome.stderr.contains("DecodingError"))
+    }
+
+    @Test func validate_whenFileIsMissing_saysSo() throws {
+        let outcome = try pmm("validate", "-f", "/nonexistent/mesh.yaml")
+        #expect(outcome.status == 1)
+        #expect(outcome.stderr.contains("/nonexistent/mesh.yaml: no such file"))
+    }
+
+    @Test func validate_readsStandardInput() throws {
+        let outcome = try pmm("validate", "-f", "-", stdin: meshYAML(root: "/run/pmm/x"))
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+    }
+
+    @Test func validate_exampleSpecIsValid() throws {
+        let outcome = try pmm("validate", "-f", packageRoot + "/mesh.yaml.example")
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stderr.isEmpty, "no warnings either: \(outcome.stderr)")
+    }
+
+    @Test(.enabled(if: isRoot)) func diffApplyHistoryRollback_endToEnd() throws {
+        let dir = TemporaryDirectory()
+        dir.writeSpec()
+        let state = "--state-dir=\(dir.path)/state"
+        var outcome = try pmm("diff", "-f", "mesh.yaml", state, in: dir.path)
+        #expect(outcome.status == 1, "differences: \(outcome.stderr)")
+        #expect(outcome.stdout.contains("+ api.metrics.s0.in"))
+        #expect(outcome.stdout.contains("Apply would record revision 1."))
+
+        outcome = try pmm("apply", "-f", "mesh.yaml", state, "--dry-run", in: dir.path)
+        #expect(outcome.status == 0 && outcome.stdout.contains("Dry run: 4 to create"))
+        #expect(!FileManager.default.fileExists(atPath: dir.root))
+
+        outcome = try pmm("apply", "-f", "mesh.yaml", state, in: dir.path)
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stdout.contains("Applied revision 1"))
+
+        outcome = try pmm("diff", "-f", "mesh.yaml", state, in: dir.path)
+        #expect(outcome.status == 0, "no differences after apply: \(outcome.stdout)")
+        #expect(outcome.stdout.contains("No differences. Revision 1 is current."))
+
+        outcome = try pmm("apply", "-f", "mesh.yaml", state, in: dir.path)
+        #expect(outcome.stdout.contains("No changes. Revision 1 is current."))
+
+        dir.writeSpec(replicas: 3, weight: 5)
+        outcome = try pmm("diff", "-f", "mesh.yaml", state, "-o", "json", in: dir.path)
+        #expect(outcome.status == 1)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any])
+        #expect(json["differences"] as? Bool == true)
+        let pipes = try #require(json["pipes"] as? [[String: Any]])
+        #expect(pipes.map { $0["name"] as? String } == ["collector-2.metrics.out"])
+        let spec = try #require(json["spec"] as? [[String: Any]])
+        #expect(Set(spec.compactMap { $0["path"] as? String }) == ["routes.metrics.targets.collector.weight", "services.collector.replicas"])
+        #expect((json["revision"] as? [String: Any])?["next"] as? Int == 2)
+
+        #expect(try pmm("apply", "-f", "mesh.yaml", state, in: dir.path).status == 0)
+        outcome = try pmm("history", state)
+        #expect(outcome.status == 0)
+        #expect(outcome.stdout.split(separator: "\n").count == 3, "\(outcome.stdout)")
+
+        outcome = try pmm("rollback", "1", state, "--prune")
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stdout.contains("- collector-2.metrics.out") && outcome.stdout.contains("Applied revision 3"))
+
+        outcome = try pmm("history", state, "-o", "json")
+        let history = try #require(try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [[String: Any]])
+        #expect(history.map { $0["source"] as? String } == ["apply", "apply", "rollback to 1"])
+
+        outcome = try pmm("rollback", "7", state)
+        #expect(outcome.status == 1 && outcome.stderr.contains("there is no revision 7; revisions run from 1 to 3"))
+    }
+
+    @Test func diff_whenSpecIsInvalid_exits2() throws {
+        let dir = TemporaryDirectory()
+        dir.write("apiVersion: pmm/v1\nkind: Mesh\n")
+        let outcome = try pmm("diff", "-f", "mesh.yaml", "--state-dir=\(dir.path)/state", in: dir.path)
+        #expect(outcome.status == 2)
+        #expect(outcome.stderr.contains("required key 'name' is missing"))
+    }
+
+    @Test(.enabled(if: isRoot)) func diff_whenSymlinkIsPlanted_exits2AndNamesIt() throws {
+        let dir = TemporaryDirectory()
+        dir.writeSpec()
+        let state = "--state-dir=\(dir.path)/state"
+        #expect(try pmm("apply", "-f", "mesh.yaml", state, in: dir.path).status == 0)
+        unlink(dir.root + "/api.metrics.s0.in")
+        symlink("/etc/passwd", dir.root + "/api.metrics.s0.in")
+        let diff = try pmm("diff", "-f", "mesh.yaml", state, in: dir.path)
+        #expect(diff.status == 2)
+        #expect(diff.stdout.contains("api.metrics.s0.in: a symbolic link stands where this pipe belongs"))
+        let apply = try pmm("apply", "-f", "mesh.yaml", state, in: dir.path)
+        #expect(apply.status == 1 && apply.stderr.contains("nothing was changed"))
+    }
+
+    @Test func diff_base_comparesWithAFileOffline() throws {
+        let dir = TemporaryDirectory()
+        dir.write(meshYAML(root: "/run/pmm/t", replicas: 2, shards: 2), to: "old.yaml")
+        dir.write(meshYAML(root: "/run/pmm/t", apiUID: 1009, replicas: 3, shards: 4, weight: 3))
+        let outcome = try pmm("diff", "-f", "mesh.yaml", "--base", "old.yaml", in: dir.path)
+        #expect(outcome.status == 1, "\(outcome.stderr)")
+        #expect(outcome.stdout.contains("± api.metrics.s0.in") && outcome.stdout.contains("owner uid 1001 → uid 1009"))
+        #expect(outcome.stdout.contains("+ api.metrics.s3.in") && outcome.stdout.contains("+ collector-2.metrics.out"))
+        #expect(outcome.stdout.contains("~ dataTypes.metrics.shards: 2 → 4"))
+        #expect(outcome.stdout.contains("Keys of 'metrics': 50.0% move to another shard") || outcome.stdout.contains("Keys of 'metrics':"))
+        let same = try pmm("diff", "-f", "old.yaml", "--base", "old.yaml", in: dir.path)
+        #expect(same.status == 0 && same.stdout.contains("No differences."))
+    }
+
+    @Test func diff_base_comparesWithAGitRevision() throws {
+        let dir = TemporaryDirectory()
+        dir.write(meshYAML(root: "/run/pmm/t"))
+        let git = { (args: [String]) throws -> Outcome in
+            try run("/usr/bin/git", ["-c", "user.name=t", "-c", "user.email=t@t", "-C", dir.path] + args)
+        }
+        #expect(try git(["init", "-q"]).status == 0)
+        #expect(try git(["add", "mesh.yaml"]).status == 0)
+        #expect(try git(["commit", "-qm", "one"]).status == 0)
+        dir.write(meshYAML(root: "/run/pmm/t", replicas: 1))
+        let outcome = try pmm("diff", "-f", "mesh.yaml", "--base", "HEAD", "-o", "json", in: dir.path)
+        #expect(outcome.status == 1, "\(outcome.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any])
+        #expect(json["base"] as? String == "HEAD:mesh.yaml")
+        #expect((json["pipes"] as? [[String: Any]])?.first?["action"] as? String == "delete")
+        let movement = try #require((json["keyMovement"] as? [[String: Any]])?.first)
+        let share = try #require(movement["instanceMovedShare"] as? Double)
+        #expect(share > 0.3 && share < 0.7, "about half the keys lived on collector-1: \(share)")
+        let missing = try pmm("diff", "-f", "mesh.yaml", "--base", "no-such-rev", in: dir.path)
+        #expect(missing.status == 2 && missing.stderr.contains("neither a file nor a git revision"))
+    }
+
+    @Test(.enabled(if: isRoot)) func apply_recordsGitCommitAndDirtyFlag() throws {
+        let dir = TemporaryDirectory()
+        dir.writeSpec()
+        let git = { (args: [String]) throws -> Outcome in
+            try run("/usr/bin/git", ["-c", "user.name=t", "-c", "user.email=t@t", "-C", dir.path] + args)
+        }
+        _ = try git(["init", "-q"])
+        _ = try git(["add", "mesh.yaml"])
+        _ = try git(["commit", "-qm", "one"])
+        let commit = try git(["rev-parse", "HEAD"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let state = "--state-dir=\(dir.path)/state"
+        #expect(try pmm("apply", "-f", "mesh.yaml", state, in: dir.path).status == 0)
+        dir.writeSpec(replicas: 1)
+        #expect(try pmm("apply", "-f", "mesh.yaml", state, in: dir.path).status == 0)
+        let history = try #require(try JSONSerialization.jsonObject(with: Data(try pmm("history", state, "-o", "json").stdout.utf8)) as? [[String: Any]])
+        #expect(history.map { $0["gitCommit"] as? String } == [commit, commit])
+        #expect(history.map { $0["gitDirty"] as? Bool } == [false, true])
+    }
+
+    @Test func rootOverride_fromEnvironmentIsValidated() throws {
+        let dir = TemporaryDirectory()
+        dir.writeSpec()
+        let outcome = try pmm("validate", "-f", "mesh.yaml", in: dir.path, environment: ["PMM_ROOT": "relative/dir"])
+        #expect(outcome.status == 1 && outcome.stderr.contains("(from --root or PMM_ROOT) must be an absolute path"))
+    }
+
+    @Test func help_explainsEveryCommand() throws {
+        let outcome = try pmm("--help")
+        #expect(outcome.status == 0)
+        for command in ["validate", "diff", "apply", "history", "rollback", "demo"] {
+            #expect(outcome.stdout.contains(command))
+        }
+        #expect(try pmm("diff", "--help").stdout.contains("--base"))
+    }
+
+    @Test func demo_runsTheTourAndCleansUp() throws {
+        let dir = TemporaryDirectory()
+        let outcome = try pmm("demo", "--dir", dir.path + "/demo")
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stdout.contains("Applied revision 1"))
+        #expect(outcome.stdout.contains("a symbolic link stands where this pipe belongs"))
+        #expect(outcome.stdout.contains("Applied revision 5"))
+        #expect(!FileManager.default.fileExists(atPath: dir.path + "/demo"))
+    }
+
+    @Test(.enabled(if: isRoot)) func demo_runsAsANonRootUser() throws {
+        let dir = TemporaryDirectory()
+        chmod(dir.path, 0o777)
+        let outcome = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", pmmBinary, "demo", "--dir", dir.path + "/demo"], environment: ["HOME": "/tmp"])
+        #expect(outcome.status == 0, "\(outcome.stdout)\n\(outcome.stderr)")
+        #expect(outcome.stdout.contains("0240 65534:65534"))
+    }
+}
+
+/// Files that must stay in step with the code.
+@Suite struct SyncTests {
+    @Test func meshSchemaJSON_matchesTheLoadersKeys() throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: packageRoot + "/schemas/mesh.schema.json"))
+        let schema = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let definitions = try #require(schema["$defs"] as? [String: [String: Any]])
+        #expect(Set(definitions.keys) == Set(SpecKeys.byDefinition.keys))
+        for (name, keys) in SpecKeys.byDefinition {
+            let definition = try #require(definitions[name])
+            let properties = try #require(definition["properties"] as? [String: Any])
+            #expect(Set(properties.keys) == Set(keys), "$defs.\(name).properties")
+            #expect(definition["additionalProperties"] as? Bool == false, "$defs.\(name) must refuse unknown keys")
+        }
+        let required: [String: [String]] = [
+            "mesh": SpecKeys.documentRequired, "version": SpecKeys.versionRequired, "service": SpecKeys.serviceRequired,
+            "binding": SpecKeys.bindingRequired, "route": SpecKeys.routeRequired, "target": SpecKeys.targetRequired,
+        ]
+        for (name, keys) in required {
+            #expect(Set(definitions[name]?["required"] as? [String] ?? []) == Set(keys), "$defs.\(name).required")
+        }
+    }
+
+    @Test func embeddedExample_matchesTheFiles() throws {
+        #expect(try String(contentsOfFile: packageRoot + "/mesh.yaml.example", encoding: .utf8) == ExampleMesh.files["mesh.yaml"], "run scripts/embed-example")
+        for (path, text) in ExampleMesh.files where path != "mesh.yaml" {
+            #expect(try String(contentsOfFile: packageRoot + "/" + path, encoding: .utf8) == text, "run scripts/embed-example")
+        }
+    }
+}

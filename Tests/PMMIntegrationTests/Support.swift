@@ -1,0 +1,146 @@
+import Foundation
+import Glibc
+import PMMCore
+import PMMReconciler
+import PMMSystem
+
+/// Whether the tests run as root (CI does): needed to give pipes to other uids and to drop privileges.
+let isRoot = geteuid() == 0
+
+/// A fresh directory under /tmp, removed when the test is done.
+final class TemporaryDirectory {
+    let path: String
+
+    init(_ label: String = "pmm-test") {
+        var template = Array("/tmp/\(label)-XXXXXX".utf8CString)
+        path = String(cString: mkdtemp(&template)!)
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    var root: String { path + "/pipes" }
+    var state: StateDirectory { StateDirectory(path: path + "/state") }
+    var specPath: String { path + "/mesh.yaml" }
+
+    func write(_ text: String, to name: String = "mesh.yaml") {
+        let full = path + "/" + name
+        try? FileManager.default.createDirectory(atPath: (full as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: full, contents: Data(text.utf8))
+    }
+
+    /// Writes a spec rooted in this directory.
+    func writeSpec(apiUID: Int = 1001, collectorUID: Int = 1002, replicas: Int = 2, shards: Int = 2, weight: Int = 1) {
+        write(meshYAML(root: root, apiUID: apiUID, collectorUID: collectorUID, replicas: replicas, shards: shards, weight: weight))
+    }
+
+    func load() throws -> LoadedSpec {
+        LoadedSpec.load(try SpecFile.read(specPath))
+    }
+
+    func lstat(_ name: String) -> ObservedFile? {
+        try? PipeRoot.open(root)?.stat(name)
+    }
+}
+
+func meshYAML(root: String, apiUID: Int = 1001, collectorUID: Int = 1002, replicas: Int = 2, shards: Int = 2, weight: Int = 1) -> String {
+    """
+    apiVersion: pmm/v1
+    kind: Mesh
+    name: test
+    root: \(root)
+    dataTypes:
+      metrics:
+        shards: \(shards)
+    services:
+      api:
+        uid: \(apiUID)
+        produces:
+          - dataType: metrics
+      collector:
+        uid: \(collectorUID)
+        replicas: \(replicas)
+        consumes:
+          - dataType: metrics
+    routes:
+      metrics:
+        targets:
+          - service: collector
+            weight: \(weight)
+
+    """
+}
+
+/// The result of running a program.
+struct Outcome {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs `executable` with `arguments`, optionally in `directory` with extra environment, and waits.
+@discardableResult
+func run(_ executable: String, _ arguments: [String], in directory: String? = nil, environment: [String: String] = [:], stdin: String? = nil) throws -> Outcome {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    var env = ProcessInfo.processInfo.environment
+    env["NO_COLOR"] = "1"
+    env["PMM_ROOT"] = nil
+    env["PMM_STATE_DIR"] = nil
+    for (key, value) in environment { env[key] = value }
+    process.environment = env
+    let out = Pipe()
+    let err = Pipe()
+    let input = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = input
+    try process.run()
+    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+    try input.fileHandleForWriting.close()
+    // Read both pipes concurrently so neither fills up.
+    nonisolated(unsafe) var errData = Data()
+    let group = DispatchGroup()
+    DispatchQueue.global().async(group: group) { errData = err.fileHandleForReading.readDataToEndOfFile() }
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
+    process.waitUntilExit()
+    return Outcome(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+}
+
+/// The built `pmm` binary, next to the test bundle.
+let pmmBinary: String = {
+    let bundleDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    let candidates = [
+        bundleDirectory.appendingPathComponent("pmm").path,
+        packageRoot + "/.build/debug/pmm",
+    ]
+    return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates[1]
+}()
+
+/// The package's root directory.
+let packageRoot: String = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().path
+
+/// Runs `pmm` with arguments.
+@discardableResult
+func pmm(_ arguments: String..., in directory: String? = nil, environment: [String: String] = [:], stdin: String? = nil) throws -> Outcome {
+    try run(pmmBinary, arguments, in: directory, environment: environment, stdin: stdin)
+}
+
+/// Opens `path` as `uid`/`gid` (no supplementary groups) with `flags` ("r", "w" or "rw", always non-blocking),
+/// through `setpriv`, and returns "ok" or the errno name (EACCES, ENXIO, …).
+func openAs(uid: Int, gid: Int, path: String, mode: String) throws -> String {
+    let flags = ["r": "os.O_RDONLY", "w": "os.O_WRONLY", "rw": "os.O_RDWR"][mode]!
+    let script = """
+        import errno, os, sys
+        try:
+            os.open(sys.argv[1], \(flags) | os.O_NONBLOCK)
+            print("ok")
+        except OSError as e:
+            print(errno.errorcode[e.errno])
+        """
+    let outcome = try run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "/usr/bin/python3", "-c", script, path])
+    return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines) + outcome.stderr
+}

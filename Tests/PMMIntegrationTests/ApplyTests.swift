@@ -212,7 +212,7 @@ struct ApplyTests {
         // A holder killed with SIGKILL: flock(1) holds the lock until killed.
         let holder = Process()
         holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
-        holder.arguments = ["--exclusive", dir.state.lockPath, "sleep", "60"]
+        holder.arguments = ["--exclusive", "--no-fork", dir.state.lockPath, "sleep", "60"]
         try holder.run()
         var held = false
         for _ in 0..<250 where !held {

@@ -202,7 +202,11 @@ import Testing
     @Test(.enabled(if: isRoot)) func demo_runsAsANonRootUser() throws {
         let dir = TemporaryDirectory()
         chmod(dir.path, 0o777)
-        let outcome = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", pmmBinary, "demo", "--dir", dir.path + "/demo"], environment: ["HOME": "/tmp"])
+        // A copy of the binary the user can reach, wherever the build directory lives.
+        let binary = dir.path + "/pmm"
+        try FileManager.default.copyItem(atPath: pmmBinary, toPath: binary)
+        chmod(binary, 0o755)
+        let outcome = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", binary, "demo", "--dir", dir.path + "/demo"], environment: ["HOME": "/tmp"])
         #expect(outcome.status == 0, "\(outcome.stdout)\n\(outcome.stderr)")
         #expect(outcome.stdout.contains("0240 65534:65534"))
     }

@@ -7,6 +7,12 @@ let upcoming: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
+/// Generated protobuf code imports SwiftProtobuf without `public`, so PMMWire keeps imports public by default.
+let generatedCode: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
 let package = Package(
     name: "pmm",
     platforms: [.macOS(.v15)],  // ignored on Linux; GRDB needs macOS >= 10.15
@@ -19,6 +25,9 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        // No traits: the default BinaryDelimitedStreams trait needs Foundation streams, and pmm frames itself.
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0", traits: []),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // Pure: spec model, diagnostics, naming, hashing, validation, planning. Standard library only.
@@ -41,6 +50,18 @@ let package = Package(
             dependencies: ["PMMCore", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: upcoming
         ),
+        // The wire format: varint framing, the envelope's routing fields, generated pmm.v1 messages.
+        .target(
+            name: "PMMWire",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            swiftSettings: generatedCode
+        ),
+        // The data plane: a poll loop over the ingress and egress FIFOs.
+        .target(
+            name: "PMMRouter",
+            dependencies: ["PMMCore", "PMMWire", "PMMSystem", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: upcoming
+        ),
         // The imperative shell: load, observe, plan, execute, record.
         .target(
             name: "PMMReconciler",
@@ -50,12 +71,14 @@ let package = Package(
         .executableTarget(
             name: "pmm",
             dependencies: [
-                "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler",
+                "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcoming
         ),
         .testTarget(name: "PMMCoreTests", dependencies: ["PMMCore"], swiftSettings: upcoming),
+        .testTarget(name: "PMMWireTests", dependencies: ["PMMWire"], swiftSettings: upcoming),
         .testTarget(
             name: "PMMSpecYAMLTests",
             dependencies: ["PMMCore", "PMMSpecYAML"],
@@ -64,7 +87,7 @@ let package = Package(
         // Real FIFOs, real SQLite, real uids (setpriv), and the built pmm binary.
         .testTarget(
             name: "PMMIntegrationTests",
-            dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "pmm"],
+            dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "pmm"],
             swiftSettings: upcoming
         ),
     ]

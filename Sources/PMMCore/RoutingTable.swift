@@ -9,6 +9,42 @@ public struct RoutingTable: Hashable, Sendable {
         public var shards: Int
         /// Targets with a positive weight, in service-name order.
         public var targets: [Target]
+
+        /// Under policy `shard`: the (target, instance) indices that receive a key hashing to `hash`, or nil
+        /// when no target has a healthy instance. Allocates nothing.
+        ///
+        /// - Parameter isHealthy: whether instance `i` of target `t` may receive traffic now.
+        @inlinable
+        public func chooseByKey(hash: UInt64, isHealthy: (_ target: Int, _ instance: Int) -> Bool) -> (target: Int, instance: Int)? {
+            var total = 0
+            for (t, target) in targets.enumerated() where Self.hasHealthy(t, target, isHealthy) {
+                total += target.weight
+            }
+            guard total > 0 else { return nil }
+            var point = Int(ShardHash.mix(hash ^ ShardHash.serviceSalt) % UInt64(total))
+            for (t, target) in targets.enumerated() where Self.hasHealthy(t, target, isHealthy) {
+                if point < target.weight {
+                    var best = -1
+                    var bestScore: UInt64 = 0
+                    for i in 0..<target.instanceHashes.count where isHealthy(t, i) {
+                        let score = ShardHash.mix(hash ^ target.instanceHashes[i])
+                        if best < 0 || score > bestScore {
+                            best = i
+                            bestScore = score
+                        }
+                    }
+                    return (t, best)
+                }
+                point -= target.weight
+            }
+            return nil
+        }
+
+        @inlinable
+        static func hasHealthy(_ t: Int, _ target: Target, _ isHealthy: (Int, Int) -> Bool) -> Bool {
+            for i in 0..<target.instances.count where isHealthy(t, i) { return true }
+            return false
+        }
     }
 
     /// A target service and its instances, in index order.
@@ -16,6 +52,15 @@ public struct RoutingTable: Hashable, Sendable {
         public var service: String
         public var weight: Int
         public var instances: [String]
+        /// `fnv1a64(instance)` for each instance: rendezvous hashing's per-instance salt.
+        public var instanceHashes: [UInt64]
+
+        public init(service: String, weight: Int, instances: [String]) {
+            self.service = service
+            self.weight = weight
+            self.instances = instances
+            self.instanceHashes = instances.map { ShardHash.fnv1a64($0) }
+        }
     }
 
     public var entries: [String: Entry]
@@ -47,23 +92,8 @@ public struct RoutingTable: Hashable, Sendable {
         forKey key: some Sequence<UInt8>, dataType: String, isHealthy: (String) -> Bool = { _ in true }
     ) -> String? {
         guard let entry = entries[dataType] else { return nil }
-        let hash = ShardHash.fnv1a64(key)
-        let candidates = entry.targets.compactMap { target -> (Target, [String])? in
-            let healthy = target.instances.filter(isHealthy)
-            return healthy.isEmpty ? nil : (target, healthy)
-        }
-        let total = candidates.reduce(0) { $0 + $1.0.weight }
-        guard total > 0 else { return nil }
-        var point = Int(ShardHash.mix(hash ^ ShardHash.serviceSalt) % UInt64(total))
-        for (target, healthy) in candidates {
-            if point < target.weight {
-                return healthy.max { a, b in
-                    ShardHash.mix(hash ^ ShardHash.fnv1a64(a)) < ShardHash.mix(hash ^ ShardHash.fnv1a64(b))
-                }
-            }
-            point -= target.weight
-        }
-        return nil
+        let chosen = entry.chooseByKey(hash: ShardHash.fnv1a64(key)) { t, i in isHealthy(entry.targets[t].instances[i]) }
+        return chosen.map { entry.targets[$0.target].instances[$0.instance] }
     }
 }
 

@@ -51,5 +51,5 @@ public enum ShardHash {
     }
 
     /// Salt mixed into the key hash before choosing a service, so service choice and instance choice are independent.
-    static let serviceSalt: UInt64 = 0x7365_7276_6963_6521  // "service!"
+    public static let serviceSalt: UInt64 = 0x7365_7276_6963_6521  // "service!"
 }

@@ -16,8 +16,13 @@ public struct LoadedSpec: Sendable {
         diagnostics.hasErrors ? nil : spec
     }
 
-    /// Loads and validates `file`. `rootOverride` (`--root`, `PMM_ROOT`) replaces the spec's `root`.
-    public static func load(_ file: SpecFile, rootOverride: String? = nil) -> LoadedSpec {
+    /// Loads and validates `file`.
+    ///
+    /// - Parameters:
+    ///   - rootOverride: `--root` or `PMM_ROOT`, replacing the spec's `root`.
+    ///   - checkSchemaFiles: whether a missing `.proto` file is an error (not for a revision already applied,
+    ///     whose files may have moved since).
+    public static func load(_ file: SpecFile, rootOverride: String? = nil, checkSchemaFiles: Bool = true) -> LoadedSpec {
         var result = SpecLoader.load(yaml: file.text, file: file.displayPath)
         var extra: [Diagnostic] = []
         if let rootOverride, var spec = result.spec {
@@ -33,7 +38,8 @@ public struct LoadedSpec: Sendable {
         }
         if let spec = result.spec {
             let schemaPaths = spec.dataTypes.flatMap { $0.versions.map(\.schema) }.filter { !$0.isEmpty }
-            let environment = ValidationEnvironment(existingSchemaFiles: file.existingFiles(among: schemaPaths))
+            let environment = ValidationEnvironment(
+                existingSchemaFiles: checkSchemaFiles ? file.existingFiles(among: schemaPaths) : nil)
             extra += spec.validate(sourceMap: result.sourceMap, environment: environment)
         }
         return LoadedSpec(

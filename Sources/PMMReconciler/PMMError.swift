@@ -16,3 +16,16 @@ public enum PMMError: Error, Sendable {
     /// A `--base` that is neither a file nor a git revision of the spec.
     case baseNotFound(String)
 }
+
+extension PMMError: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .invalidSpec(let loaded): "the spec is invalid: \(loaded.diagnostics.first.map { "\($0.path): \($0.summary)" } ?? "")"
+        case .conflicts(let root, let conflicts): "\(conflicts.count) paths in \(root) block the apply"
+        case .system(let error): error.description
+        case .registry(let error): error.description
+        case .noSuchRevision(let number, _): "no revision \(number)"
+        case .baseNotFound(let base): "no base \(base)"
+        }
+    }
+}

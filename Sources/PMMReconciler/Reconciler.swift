@@ -81,7 +81,7 @@ public final class Reconciler {
         let plan = Planner.plan(desired: spec.desiredPipes(), observed: observed, prune: prune)
         let current: Revision?
         do { current = try registry.latestRevision() } catch { throw .registry(error) }
-        let currentSpec = current.flatMap { LoadedSpec.load(SpecFile(revision: $0), rootOverride: $0.root).spec }
+        let currentSpec = current.flatMap { LoadedSpec.load(SpecFile(revision: $0), rootOverride: $0.root, checkSchemaFiles: false).spec }
         return DiffReport(
             plan: plan, specChanges: SpecChange.between(currentSpec, spec), current: current,
             nextRevision: (current?.number ?? 0) + 1)
@@ -95,9 +95,9 @@ public final class Reconciler {
     ///   if a step fails midway (the inventory then holds exactly what was done, and applying again converges).
     public func apply(_ loaded: LoadedSpec, prune: Bool, dryRun: Bool, source: String = "apply") throws(PMMError) -> ApplyReport {
         guard let spec = loaded.validSpec else { throw .invalidSpec(loaded) }
-        let lock: ApplyLock?
+        let lock: LockFile?
         do {
-            lock = dryRun ? nil : try ApplyLock.acquire(at: state.lockPath, owner: "pmm \(source) -f \(loaded.file.displayPath)", now: timestamp)
+            lock = dryRun ? nil : try LockFile.acquire(at: state.lockPath, owner: "pmm \(source) -f \(loaded.file.displayPath)", now: timestamp)
         } catch { throw .system(error) }
         defer { withExtendedLifetime(lock) {} }
 
@@ -133,6 +133,17 @@ public final class Reconciler {
             do { report.revision = try registry.append(revision) } catch { throw .registry(error) }
         }
         return report
+    }
+
+    /// The newest applied revision and its spec (with the root it was applied to), or nil before the first
+    /// apply. This is what the data plane serves.
+    public func currentRevision() throws(PMMError) -> (revision: Revision, spec: MeshSpec)? {
+        let latest: Revision?
+        do { latest = try registry.latestRevision() } catch { throw .registry(error) }
+        guard let latest else { return nil }
+        let loaded = LoadedSpec.load(SpecFile(revision: latest), rootOverride: latest.root, checkSchemaFiles: false)
+        guard let spec = loaded.spec, !loaded.diagnostics.hasErrors else { throw .invalidSpec(loaded) }
+        return (latest, spec)
     }
 
     /// Applies revision `number`'s spec again, as a new revision.

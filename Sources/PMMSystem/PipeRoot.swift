@@ -59,8 +59,9 @@ public final class PipeRoot {
         return root
     }
 
-    /// `mkdir -p`, refusing to follow a symlink in the last component.
+    /// `mkdir -p` of an absolute path, refusing to follow a symlink in the last component.
     public static func makeDirectories(_ path: String, mode: UInt32) throws(FIFOError) {
+        precondition(path.hasPrefix("/"), "makeDirectories takes an absolute path")
         var current = ""
         for component in path.split(separator: "/") {
             current += "/" + component
@@ -144,6 +145,45 @@ public final class PipeRoot {
     }
 
     func child(_ name: String) -> String { Naming.path(root: path, fileName: name) }
+
+    // MARK: Opening pipes (the data plane)
+
+    /// The outcome of opening a pipe for the data plane.
+    public enum OpenResult: Sendable {
+        /// Open, non-blocking, close-on-exec; the caller owns `fd`.
+        case opened(fd: Int32, file: ObservedFile)
+        /// A write end with nobody reading (ENXIO): the consumer is not running.
+        case noReader
+        /// Nothing at that name.
+        case missing
+        /// Something that is not a FIFO, or a failing call.
+        case failed(FIFOError)
+    }
+
+    /// Opens the FIFO `name` non-blocking for reading or writing, never following a symlink, and checks that
+    /// what was opened is a FIFO.
+    public func openFIFO(_ name: String, forWriting: Bool) -> OpenResult {
+        let flags = (forWriting ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC
+        let fd: Int32
+        switch Sys.openat(self.fd, name, flags) {
+        case .success(let value): fd = value
+        case .failure(.noSuchAddressOrDevice): return .noReader
+        case .failure(.noSuchFileOrDirectory): return .missing
+        case .failure(let errno) where errno == .tooManySymbolicLinkLevels:
+            return .failed(FIFOError(.symlink, path: child(name), "a symbolic link stands where a pipe should be; not followed"))
+        case .failure(let errno): return .failed(.syscall("open", path: child(name), errno))
+        }
+        switch Sys.fstat(fd) {
+        case .success(let st) where st.fileKind == .fifo:
+            return .opened(fd: fd, file: Self.observed(name, st))
+        case .success(let st):
+            Sys.close(fd)
+            return .failed(FIFOError(.changedSinceObserved, path: child(name), "\(st.fileKind.withArticle) stands where a pipe should be"))
+        case .failure(let errno):
+            Sys.close(fd)
+            return .failed(.syscall("fstat", path: child(name), errno))
+        }
+    }
 
     // MARK: Changing
 

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import PMMCore
 import SystemPackage
@@ -9,12 +10,27 @@ public struct StateDirectory: Sendable {
 
     public let path: String
 
+    /// - Parameter path: absolute, or relative to the current directory.
     public init(path: String) {
-        self.path = path
+        self.path = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
     }
 
     public var registryPath: String { path + "/registry.sqlite" }
     public var lockPath: String { path + "/apply.lock" }
+    /// Held by the running router.
+    public var routerLockPath: String { path + "/router.lock" }
+    /// The running router's pid (text).
+    public var routerPIDPath: String { path + "/router.pid" }
+    /// The router's status JSON.
+    public var routerStatusPath: String { path + "/router.json" }
+
+    /// The pid of a router that is running for this state directory, or nil.
+    public var runningRouterPID: Int32? {
+        guard let text = try? String(contentsOfFile: routerPIDPath, encoding: .utf8),
+            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, kill(pid, 0) == 0
+        else { return nil }
+        return pid
+    }
 
     /// Creates the directory (mode 0755 for parents, 0700 for itself when new) and refuses a symlink or a
     /// directory others can write.

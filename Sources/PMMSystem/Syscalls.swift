@@ -192,3 +192,15 @@ extension stat {
     /// Permission bits, `st_mode & 0o7777`.
     var permissions: UInt32 { UInt32(st_mode) & 0o7777 }
 }
+
+/// Advisory whole-file locks on a descriptor (`flock(2)`), for writers that share a pipe.
+public enum DescriptorLock {
+    /// Blocks until `fd`'s file is locked exclusively.
+    public static func lock(_ fd: Int32) {
+        _ = Sys.flock(fd, LOCK_EX)
+    }
+
+    public static func unlock(_ fd: Int32) {
+        _ = Sys.flock(fd, LOCK_UN)
+    }
+}

@@ -3,6 +3,8 @@ import Foundation
 import PMMCore
 import PMMReconciler
 import PMMRegistry
+import PMMRouter
+import Glibc
 import PMMSpecYAML
 import PMMSystem
 
@@ -26,16 +28,60 @@ struct Apply: ParsableCommand {
     @Flag(help: "Remove pipes pmm created that the spec no longer names.")
     var prune = false
 
+    @OptionGroup var waiting: WaitOptions
+
     func run() throws {
         let loaded = try readSpec(spec, failure: 1)
+        let applied: ApplyReport
         do {
             let reconciler = try Reconciler(state: state.directory)
-            let report = try reconciler.apply(loaded, prune: prune, dryRun: dryRun)
+            applied = try reconciler.apply(loaded, prune: prune, dryRun: dryRun)
             printDiagnostics(loaded, color: useColor)  // warnings only: errors threw
-            print(ApplyOutput.text(report, renderer: Renderer(color: useColor)))
+            print(ApplyOutput.text(applied, renderer: Renderer(color: useColor)))
         } catch {
             throw report(error, exitCode: 1, color: useColor)
         }
+        if !dryRun { try waiting.notifyRouter(state: state.directory, report: applied) }
+    }
+}
+
+/// `--wait`: after an apply, the router is told (SIGHUP) and, if asked, awaited.
+struct WaitOptions: ParsableArguments {
+    @Flag(help: "Return only once the router serves the new revision (fail after --wait-timeout).")
+    var wait = false
+
+    @Option(help: ArgumentHelp("Seconds --wait waits.", valueName: "seconds"))
+    var waitTimeout: Double = 30
+
+    /// Sends SIGHUP to a running router when a revision was recorded; with --wait, polls its status file until
+    /// it serves that revision.
+    func notifyRouter(state: StateDirectory, report: ApplyReport) throws {
+        let target = report.revision?.number ?? report.previous?.number ?? 0
+        guard let pid = state.runningRouterPID else {
+            if wait {
+                printError("error: --wait: no router is running for \(state.path); start it with pmm router")
+                throw ExitCode(1)
+            }
+            return
+        }
+        if report.revision != nil {
+            kill(pid, SIGHUP)
+            print("Signalled the router (pid \(pid)) to load revision \(target).")
+        }
+        guard wait else { return }
+        let deadline = Date().addingTimeInterval(waitTimeout)
+        var status = RouterStatus.read(from: state.routerStatusPath)
+        while (status?.revision ?? 0) < target {
+            if Date() > deadline {
+                let serving = status.map { "it serves revision \($0.revision)" } ?? "it wrote no status"
+                let reason = status?.lastReloadError.map { "; last reload error: \($0)" } ?? ""
+                printError("error: the router (pid \(pid)) did not serve revision \(target) within \(waitTimeout)s: \(serving)\(reason)")
+                throw ExitCode(1)
+            }
+            usleep(50_000)
+            status = RouterStatus.read(from: state.routerStatusPath)
+        }
+        print("The router serves revision \(target).")
     }
 }
 

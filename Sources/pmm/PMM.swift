@@ -12,12 +12,17 @@ struct PMM: ParsableCommand {
               pmm diff -f mesh.yaml         what apply would change (exit 0 none, 1 some, 2 error)
               pmm apply -f mesh.yaml        create, re-own and remove pipes; record a revision
               pmm history                   list revisions;  pmm rollback N  applies revision N again
+              pmm router                    the data plane (pmm up: apply, then the router)
+              pmm send / pmm tail           write / read envelopes by hand
               pmm demo                      a guided tour in a temporary directory
 
             Environment: PMM_ROOT overrides the spec's root, PMM_STATE_DIR the state directory \
             (default /var/lib/pmm), NO_COLOR turns colour off.
             """,
         version: "0.1.0",
-        subcommands: [Validate.self, Diff.self, Apply.self, History.self, Rollback.self, Demo.self]
+        subcommands: [
+            Validate.self, Diff.self, Apply.self, History.self, Rollback.self, RouterCommand.self, Up.self, Send.self,
+            Tail.self, Demo.self,
+        ]
     )
 }

@@ -25,6 +25,8 @@ struct Rollback: ParsableCommand {
     @Flag(help: "Remove pipes pmm created that revision N does not name.")
     var prune = false
 
+    @OptionGroup var waiting: WaitOptions
+
     func validate() throws {
         guard revision >= 1 else { throw ValidationError("revision numbers start at 1") }
     }
@@ -35,7 +37,8 @@ struct Rollback: ParsableCommand {
             let reconciler = try Reconciler(state: state.directory)
             let report = try reconciler.rollback(to: revision, rootOverride: override, prune: prune, dryRun: dryRun)
             print(ApplyOutput.text(report, renderer: Renderer(color: useColor)))
-        } catch {
+            if !dryRun { try waiting.notifyRouter(state: state.directory, report: report) }
+        } catch let error as PMMError {
             throw report(error, exitCode: 1, color: useColor)
         }
     }

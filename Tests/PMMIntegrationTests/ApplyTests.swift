@@ -195,7 +195,7 @@ struct ApplyTests {
         let dir = TemporaryDirectory()
         dir.writeSpec()
         try dir.state.prepare()
-        let held = try ApplyLock.acquire(at: dir.state.lockPath, owner: "pmm apply -f other.yaml", now: "now")
+        let held = try LockFile.acquire(at: dir.state.lockPath, owner: "pmm apply -f other.yaml", now: "now")
         #expect {
             _ = try apply(dir)
         } throws: { error in
@@ -216,7 +216,7 @@ struct ApplyTests {
         try holder.run()
         var held = false
         for _ in 0..<250 where !held {
-            held = (try? ApplyLock.acquire(at: dir.state.lockPath, owner: "probe", now: "now")) == nil
+            held = (try? LockFile.acquire(at: dir.state.lockPath, owner: "probe", now: "now")) == nil
             if !held { usleep(20_000) }
         }
         try #require(held, "flock(1) never took the lock")

@@ -1,11 +1,13 @@
+import Foundation
 import Glibc
 import SystemPackage
 
-/// The lock that keeps applies to one at a time: `flock(2)` on `<state-dir>/apply.lock`.
+/// A lock held for a process's lifetime: `flock(2)` on a file in the state directory. `apply.lock` keeps applies
+/// to one at a time; `router.lock` keeps one router per state directory.
 ///
-/// The kernel drops an flock when its holder dies, so a lock left by a killed apply is taken over at once; the
-/// file's text (pid, time, command) only serves to say who holds it, and who held it before.
-public final class ApplyLock {
+/// The kernel drops an flock when its holder dies, so a lock left by a killed process is taken over at once;
+/// the file's text (pid, time, command) only serves to say who holds it, and who held it before.
+public final class LockFile {
     public let path: String
     let fd: Int32
     /// The previous holder's line, when the lock was taken over from a process that is gone.
@@ -25,7 +27,7 @@ public final class ApplyLock {
     /// Takes the lock, or throws `.locked` naming the holder.
     ///
     /// - Parameter owner: what to record as the holder (for example `pmm apply -f mesh.yaml`).
-    public static func acquire(at path: String, owner: String, now: String) throws(FIFOError) -> ApplyLock {
+    public static func acquire(at path: String, owner: String, now: String) throws(FIFOError) -> LockFile {
         let fd: Int32
         switch Sys.open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600) {
         case .success(let value): fd = value
@@ -38,7 +40,7 @@ public final class ApplyLock {
         case .failure(.wouldBlock):
             Sys.close(fd)
             throw FIFOError(
-                .locked, path: path, "another apply is running: \(previous?.isEmpty == false ? previous! : "unknown holder")",
+                .locked, path: path, "held by another process: \(previous?.isEmpty == false ? previous! : "unknown holder")",
                 hint: "wait for it to finish; the lock is released when that process exits")
         case .failure(let errno):
             Sys.close(fd)
@@ -47,19 +49,6 @@ public final class ApplyLock {
         _ = Sys.ftruncate(fd, 0)
         _ = Glibc.lseek(fd, 0, SEEK_SET)
         _ = Sys.writeAll(fd, Array("pid \(getpid()) since \(now): \(owner)\n".utf8))
-        return ApplyLock(path: path, fd: fd, tookOverFrom: previous?.isEmpty == false ? previous : nil)
+        return LockFile(path: path, fd: fd, tookOverFrom: previous?.isEmpty == false ? previous : nil)
     }
-}
-
-extension String {
-    func trimmingCharacters(in set: Set<Character>) -> String {
-        var scalars = Substring(self)
-        while let first = scalars.first, set.contains(first) { scalars = scalars.dropFirst() }
-        while let last = scalars.last, set.contains(last) { scalars = scalars.dropLast() }
-        return String(scalars)
-    }
-}
-
-extension Set where Element == Character {
-    static let whitespacesAndNewlines: Set<Character> = [" ", "\t", "\n", "\r"]
 }

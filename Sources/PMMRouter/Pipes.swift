@@ -1,0 +1,63 @@
+import Glibc
+import PMMCore
+import PMMWire
+
+/// F_SETPIPE_SZ / F_GETPIPE_SZ: `_GNU_SOURCE`-only in Glibc, so not imported into Swift (SWIFT-NOTES §2).
+let F_SETPIPE_SZ: Int32 = 1031
+let F_GETPIPE_SZ: Int32 = 1032
+
+/// One ingress pipe as the router holds it: the read descriptor, the frame buffer and counters.
+final class IngressPipe {
+    var spec: RouterLayout.Ingress
+    var fd: Int32 = -1
+    var inode: UInt64 = 0
+    var device: UInt64 = 0
+    var buffer: FrameBuffer
+    /// Removed by a reload (or replaced by apply): read what is there, then close.
+    var draining = false
+    var dataTypeBytes: [UInt8]
+
+    var frames: UInt64 = 0
+    var bytes: UInt64 = 0
+    var resets: UInt64 = 0
+    var misaddressed: UInt64 = 0
+    var lastError: String?
+
+    init(spec: RouterLayout.Ingress, maximumFrameSize: Int) {
+        self.spec = spec
+        self.buffer = FrameBuffer(maximumFrameSize: maximumFrameSize)
+        self.dataTypeBytes = Array(spec.dataType.utf8)
+    }
+
+    var name: String { spec.name }
+}
+
+/// One egress pipe: the write descriptor (when a reader exists), frames waiting, health and counters.
+final class EgressPipe {
+    var spec: RouterLayout.Egress
+    var fd: Int32 = -1
+    var inode: UInt64 = 0
+    var device: UInt64 = 0
+    var queue = FrameQueue()
+    var healthy = false
+    /// When to try opening again (monotonic ns).
+    var nextProbe: UInt64 = 0
+    var backoff: UInt64 = 50_000_000
+    var unhealthySince: UInt64 = 0
+    var removed = false
+
+    var frames: UInt64 = 0
+    var bytes: UInt64 = 0
+    var dropped: UInt64 = 0
+    var failures: UInt64 = 0
+    var rerouted: UInt64 = 0
+    var lastError: String?
+
+    init(spec: RouterLayout.Egress) {
+        self.spec = spec
+    }
+
+    var name: String { spec.name }
+    var capacity: Int { spec.qos.buffer }
+    var isFull: Bool { queue.count >= capacity }
+}

@@ -1,0 +1,110 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import Logging
+import PMMCore
+import PMMReconciler
+import PMMRegistry
+import PMMRouter
+import PMMSystem
+
+struct RouterCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "router",
+        abstract: "Run the data plane: route frames from ingress pipes to consumer instances, by the applied revision.",
+        discussion: """
+            Serves the newest revision recorded by `pmm apply` in the state directory. SIGHUP loads the newest \
+            revision without losing or doubling a frame (pipes in both stay open, new ones open, removed ones are \
+            drained first); SIGTERM or SIGINT stop reading, deliver what is queued (up to --drain-timeout) and \
+            exit 0. Writes its pid to <state-dir>/router.pid and its counters to <state-dir>/router.json. \
+            One router per state directory.
+            """)
+
+    @OptionGroup var state: StateOptions
+    @OptionGroup var router: RouterFlags
+
+    func run() throws {
+        let stateDirectory = state.directory
+        let logger = makeLogger(label: "pmm.router", level: router.logLevel)
+        do {
+            let service = try RouterService(state: stateDirectory, flags: router, logger: logger)
+            let exit = service.run()
+            if case .stopped(let undelivered) = exit, undelivered > 0 { throw ExitCode(3) }
+        } catch let error as PMMError {
+            throw report(error, exitCode: 1, color: useColor)
+        }
+    }
+}
+
+/// Router options shared by `pmm router` and `pmm up`.
+struct RouterFlags: ParsableArguments {
+    @Option(help: ArgumentHelp("The largest frame accepted, in bytes; a larger one resets its ingress pipe.", valueName: "bytes"))
+    var maxFrame: Int = 1 << 20
+
+    @Option(help: ArgumentHelp("Seconds SIGTERM waits for queued frames to reach consumers.", valueName: "seconds"))
+    var drainTimeout: Double = 5
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard maxFrame >= 64 && maxFrame <= 64 << 20 else { throw ValidationError("--max-frame must be between 64 and 67108864") }
+        guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout must not be negative") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+    }
+
+    var options: RouterOptions {
+        var options = RouterOptions()
+        options.maximumFrameSize = maxFrame
+        options.drainTimeout = drainTimeout
+        return options
+    }
+}
+
+/// A logger writing to standard error.
+func makeLogger(label: String, level: String) -> Logger {
+    var logger = Logger(label: label) { StreamLogHandler.standardError(label: $0) }
+    logger.logLevel = Logger.Level(rawValue: level) ?? .info
+    return logger
+}
+
+/// The router process: lock, pid file, load, run, clean up.
+final class RouterService {
+    let state: StateDirectory
+    let reconciler: Reconciler
+    let router: Router
+    let lock: LockFile
+    let logger: Logger
+
+    init(state: StateDirectory, flags: RouterFlags, logger: Logger) throws(PMMError) {
+        self.state = state
+        self.logger = logger
+        reconciler = try Reconciler(state: state)
+        do {
+            lock = try LockFile.acquire(at: state.routerLockPath, owner: "pmm router", now: ISO8601DateFormatter().string(from: Date()))
+        } catch {
+            throw .system(error)
+        }
+        guard let layout = try Self.layout(reconciler) else {
+            throw .system(FIFOError(.systemCall, path: state.path, "nothing has been applied yet", hint: "run pmm apply -f mesh.yaml first"))
+        }
+        var options = flags.options
+        options.statusPath = state.routerStatusPath
+        do { router = try Router(layout: layout, options: options, logger: logger) } catch { throw .system(error) }
+        _ = FileManager.default.createFile(atPath: state.routerPIDPath, contents: Data("\(getpid())\n".utf8))
+    }
+
+    static func layout(_ reconciler: Reconciler) throws(PMMError) -> RouterLayout? {
+        guard let (revision, spec) = try reconciler.currentRevision() else { return nil }
+        return RouterLayout(spec: spec, revision: revision.number)
+    }
+
+    /// Runs until SIGTERM/SIGINT (or `signals.send(.stop)`).
+    func run(signals: SignalPipe = SignalPipe()) -> RouterExit {
+        defer { unlink(state.routerPIDPath) }
+        return router.run(signals: signals) { [reconciler] in
+            guard let layout = try Self.layout(reconciler) else { throw PMMError.noSuchRevision(1, latest: nil) }
+            return layout
+        }
+    }
+}

@@ -1,0 +1,31 @@
+import ArgumentParser
+import Foundation
+import PMMReconciler
+import PMMRouter
+
+struct Up: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Apply the spec, then run the router in the foreground (small deployments, trials).",
+        discussion: "The same as `pmm apply -f FILE` followed by `pmm router`; SIGHUP and SIGTERM behave as for `pmm router`.")
+
+    @OptionGroup var spec: SpecOptions
+    @OptionGroup var state: StateOptions
+    @OptionGroup var router: RouterFlags
+
+    @Flag(help: "Remove pipes pmm created that the spec no longer names.")
+    var prune = false
+
+    func run() throws {
+        let loaded = try readSpec(spec, failure: 1)
+        let logger = makeLogger(label: "pmm.up", level: router.logLevel)
+        do {
+            let report = try Reconciler(state: state.directory).apply(loaded, prune: prune, dryRun: false)
+            printDiagnostics(loaded, color: useColor)
+            print(ApplyOutput.text(report, renderer: Renderer(color: useColor)))
+            let service = try RouterService(state: state.directory, flags: router, logger: logger)
+            if case .stopped(let undelivered) = service.run(), undelivered > 0 { throw ExitCode(3) }
+        } catch let error as PMMError {
+            throw report(error, exitCode: 1, color: useColor)
+        }
+    }
+}

@@ -78,7 +78,9 @@ let package = Package(
             swiftSettings: upcoming
         ),
         .testTarget(name: "PMMCoreTests", dependencies: ["PMMCore"], swiftSettings: upcoming),
-        .testTarget(name: "PMMWireTests", dependencies: ["PMMWire"], swiftSettings: upcoming),
+        .testTarget(
+            name: "PMMWireTests", dependencies: ["PMMWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            swiftSettings: upcoming),
         .testTarget(
             name: "PMMSpecYAMLTests",
             dependencies: ["PMMCore", "PMMSpecYAML"],

@@ -26,8 +26,11 @@ struct Send: ParsableCommand {
     @Option(help: "The producing service (default: the service that runs as your uid).")
     var service: String?
 
-    @Option(help: "The shard key; by default each message gets key-<sequence>.")
+    @Option(help: "The shard key; by default each message gets key-<sequence> (see --keys).")
     var shardKey: String?
+
+    @Option(help: "Cycle over this many keys, key-0 … key-<N-1> (0: a new key per message).")
+    var keys: Int = 0
 
     @Option(help: "The schema version to stamp (default: the version the service declares).")
     var version: Int?
@@ -50,6 +53,7 @@ struct Send: ParsableCommand {
     func validate() throws {
         guard count >= 0 else { throw ValidationError("--count must not be negative") }
         guard rate >= 0 else { throw ValidationError("--rate must not be negative") }
+        guard keys >= 0 else { throw ValidationError("--keys must not be negative") }
         for entry in header where !entry.contains("=") { throw ValidationError("--header takes key=value, found \(entry)") }
     }
 
@@ -70,7 +74,7 @@ struct Send: ParsableCommand {
         var sent = 0
         func send(_ text: String) throws {
             envelope.sequence = sequence
-            envelope.shardKey = Data((shardKey ?? "key-\(sequence)").utf8)
+            envelope.shardKey = Data((shardKey ?? "key-\(keys > 0 ? sequence % UInt64(keys) : sequence)").utf8)
             envelope.payload = Data(text.utf8)
             envelope.sentAtUnixNanos = realtimeNanos()
             try writer.write(envelope)

@@ -129,6 +129,12 @@ func pmm(_ arguments: String..., in directory: String? = nil, environment: [Stri
     try run(pmmBinary, arguments, in: directory, environment: environment, stdin: stdin)
 }
 
+/// Runs `pmm` with an argument array.
+@discardableResult
+func pmm(_ arguments: [String], in directory: String? = nil, environment: [String: String] = [:], stdin: String? = nil) throws -> Outcome {
+    try run(pmmBinary, arguments, in: directory, environment: environment, stdin: stdin)
+}
+
 /// Opens `path` as `uid`/`gid` (no supplementary groups) with `flags` ("r", "w" or "rw", always non-blocking),
 /// through `setpriv`, and returns "ok" or the errno name (EACCES, ENXIO, …).
 func openAs(uid: Int, gid: Int, path: String, mode: String) throws -> String {

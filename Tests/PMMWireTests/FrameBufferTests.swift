@@ -1,0 +1,115 @@
+import Foundation
+import PMMWire
+import SwiftProtobuf
+import Testing
+
+@Suite struct VarintTests {
+    @Test(arguments: [UInt64(0), 1, 127, 128, 300, 16_383, 16_384, UInt64(UInt32.max), UInt64.max])
+    func encodeDecode_roundTrips(_ value: UInt64) {
+        var bytes: [UInt8] = []
+        Varint.encode(value, into: &bytes)
+        #expect(bytes.count == Varint.size(of: value))
+        let decoded = bytes.withUnsafeBytes { Varint.decode($0, at: 0) }
+        #expect(decoded == .value(value, size: bytes.count))
+        for cut in 0..<bytes.count {
+            #expect(Array(bytes[0..<cut]).withUnsafeBytes { Varint.decode($0, at: 0) } == .incomplete)
+        }
+    }
+
+    @Test func decode_whenTooLong_isMalformed() {
+        let bytes = [UInt8](repeating: 0xff, count: 11)
+        #expect(bytes.withUnsafeBytes { Varint.decode($0, at: 0) } == .malformed)
+        let tenth: [UInt8] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]
+        #expect(tenth.withUnsafeBytes { Varint.decode($0, at: 0) } == .malformed)
+    }
+}
+
+func sampleEnvelope(_ sequence: UInt64, payload: Int = 40) -> Envelope {
+    var envelope = Envelope()
+    envelope.dataType = "metrics"
+    envelope.schemaVersion = 2
+    envelope.shardKey = .init("key-\(sequence)".utf8)
+    envelope.source = "api"
+    envelope.sequence = sequence
+    envelope.sentAtUnixNanos = 1_700_000_000_000_000_000
+    envelope.payload = .init(repeating: 7, count: payload)
+    envelope.headers = ["trace": "abc"]
+    return envelope
+}
+
+@Suite struct FrameBufferTests {
+    /// Decodes `stream` fed in chunks of `chunk` bytes; returns the envelopes' sequence numbers.
+    func decode(_ stream: [UInt8], chunk: Int, maximum: Int = 1 << 16) throws -> [UInt64] {
+        var buffer = FrameBuffer(maximumFrameSize: maximum, readSize: 4096)
+        var sequences: [UInt64] = []
+        var offset = 0
+        while offset < stream.count {
+            if buffer.freeSpace < 4096 { buffer.compact() }
+            let take = min(chunk, stream.count - offset, buffer.freeSpace)
+            buffer.append(stream[offset..<(offset + take)])
+            offset += take
+            while let frame = try buffer.next() {
+                let envelope = try buffer.envelope(of: frame)
+                let key = buffer.withBytes(frame.bodyStart..<frame.range.upperBound) { body in
+                    String(decoding: body[frame.fields.shardKey], as: UTF8.self)
+                }
+                #expect(key == "key-\(envelope.sequence)")
+                #expect(frame.fields.schemaVersion == 2)
+                sequences.append(envelope.sequence)
+            }
+        }
+        #expect(buffer.pending == 0)
+        return sequences
+    }
+
+    @Test(arguments: [1, 2, 3, 7, 64, 1000, 4096])
+    func next_whenBytesArriveDripFed_findsEveryFrame(chunk: Int) throws {
+        let stream = try (1...200).flatMap { try sampleEnvelope(UInt64($0), payload: Int($0) * 3).framed() }
+        #expect(try decode(stream, chunk: chunk) == Array(1...200))
+    }
+
+    @Test func next_whenLengthExceedsTheMaximum_throwsOversized() throws {
+        var buffer = FrameBuffer(maximumFrameSize: 1024)
+        var prefix: [UInt8] = []
+        Varint.encode(4 << 30, into: &prefix)
+        buffer.append(prefix)
+        #expect(throws: FrameError.oversized(length: 4 << 30, limit: 1024 - prefix.count)) { _ = try buffer.next() }
+    }
+
+    @Test(arguments: [
+        [UInt8]([0x03, 0xff, 0xff, 0xff]),  // field 31 wire type 7
+        [0x02, 0x0a, 0x05],  // data_type claims 5 bytes, has 0
+        [0x02, 0x10, 0x80],  // truncated varint
+        [0x02, 0x08, 0x01],  // data_type as a varint
+        [0x01, 0x00],  // field number 0
+        [0x02, 0x1b, 0x00],  // a group (wire type 3)
+    ])
+    func next_whenBodyIsNotAnEnvelope_throws(_ bytes: [UInt8]) {
+        var buffer = FrameBuffer(maximumFrameSize: 1024)
+        buffer.append(bytes)
+        #expect(throws: FrameError.self) { _ = try buffer.next() }
+    }
+
+    @Test func next_skipsUnknownFields_andAcceptsAnEmptyEnvelope() throws {
+        var buffer = FrameBuffer(maximumFrameSize: 1024)
+        // Field 15 (fixed32), field 16 (fixed64), field 20 (bytes): unknown, skipped.
+        let body: [UInt8] = [0x7d, 1, 2, 3, 4, 0x81, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0xa2, 0x01, 0x01, 0x41, 0x10, 0x05]
+        buffer.append([UInt8(body.count)] + body + [0x00])
+        let first = try #require(try buffer.next())
+        #expect(first.fields.schemaVersion == 5)
+        let empty = try #require(try buffer.next())
+        #expect(empty.size == 1 && empty.fields == RoutingFields())
+        #expect(try buffer.next() == nil)
+    }
+
+    @Test func scan_agreesWithSwiftProtobuf() throws {
+        for sequence in 1...50 {
+            let envelope = sampleEnvelope(UInt64(sequence), payload: sequence * 17)
+            let body: [UInt8] = try envelope.serializedBytes()
+            let fields = try body.withUnsafeBytes { try EnvelopeScanner.scan($0) }
+            #expect(Array(body[fields.dataType]) == Array("metrics".utf8))
+            #expect(Array(body[fields.shardKey]) == Array(envelope.shardKey))
+            #expect(fields.schemaVersion == envelope.schemaVersion)
+        }
+    }
+}

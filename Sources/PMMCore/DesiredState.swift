@@ -39,6 +39,9 @@ public struct DesiredPipe: Hashable, Sendable {
     public static let ingressMode: UInt32 = 0o240
     /// Owner may read, group (the router) may write.
     public static let egressMode: UInt32 = 0o420
+    /// A single-user mesh (pmm and the router run as the pipe's owner, not root): the owner both writes and
+    /// reads, since that user owns the file and could chmod it anyway.
+    public static let singleUserMode: UInt32 = 0o600
 
     /// Who writes this pipe, for people.
     public var writerDescription: String {
@@ -55,7 +58,11 @@ extension MeshSpec {
     /// Every pipe this spec asks for, sorted by file name.
     ///
     /// Bindings to undeclared data types are skipped: validation reports them.
-    public func desiredPipes() -> [DesiredPipe] {
+    ///
+    /// - Parameter singleUserUID: the uid pmm runs as when it is not root. Pipes that uid owns get mode 0600:
+    ///   the router runs as that same user and must both read ingress and write egress pipes, and owner bits
+    ///   are the only ones that apply to an owner. Nil (as root) keeps the contract's 0240 and 0420.
+    public func desiredPipes(singleUserUID: UInt32? = nil) -> [DesiredPipe] {
         var pipes: [DesiredPipe] = []
         for service in services {
             for binding in service.produces {
@@ -79,6 +86,11 @@ extension MeshSpec {
                             kind: .egress, dataType: dataType.name, service: service.name, instance: instance,
                             uid: service.uid, gid: routerGroup, mode: DesiredPipe.egressMode, pipeSize: qos.pipeSize))
                 }
+            }
+        }
+        if let singleUserUID, singleUserUID != 0 {
+            for index in pipes.indices where pipes[index].uid == singleUserUID {
+                pipes[index].mode = DesiredPipe.singleUserMode
             }
         }
         return pipes.sorted { $0.name < $1.name }

@@ -1,4 +1,5 @@
 public import Foundation
+import Glibc
 public import PMMCore
 public import PMMRegistry
 public import PMMSystem
@@ -78,7 +79,8 @@ public final class Reconciler {
     /// What applying `spec` would change.
     public func diff(_ spec: MeshSpec, prune: Bool) throws(PMMError) -> DiffReport {
         let observed = try observe(root: spec.root)
-        let plan = Planner.plan(desired: spec.desiredPipes(), observed: observed, prune: prune)
+        let singleUser = geteuid() == 0 ? nil : geteuid()
+        let plan = Planner.plan(desired: spec.desiredPipes(singleUserUID: singleUser), observed: observed, prune: prune)
         let current: Revision?
         do { current = try registry.latestRevision() } catch { throw .registry(error) }
         let currentSpec = current.flatMap { LoadedSpec.load(SpecFile(revision: $0), rootOverride: $0.root, checkSchemaFiles: false).spec }

@@ -200,10 +200,6 @@ public final class Router {
                 fds.append(pollfd(fd: pipe.fd, events: Int16(POLLIN), revents: 0))
                 owners.append(.ingress(index))
             }
-            for (index, pipe) in draining.enumerated() {
-                fds.append(pollfd(fd: pipe.fd, events: Int16(POLLIN), revents: 0))
-                owners.append(.draining(index))
-            }
             for (index, pipe) in egress.enumerated() where pipe.fd >= 0 && pipe.queue.unwrittenBytes > 0 {
                 fds.append(pollfd(fd: pipe.fd, events: Int16(POLLOUT), revents: 0))
                 owners.append(.egress(index))
@@ -212,7 +208,6 @@ public final class Router {
             if ready < 0 && errno != EINTR {
                 logger.critical("poll failed", metadata: ["errno": "\(errno)"])
             }
-            var finishedDraining: [Int] = []
             for (slot, owner) in owners.enumerated() where fds[slot].revents != 0 {
                 switch owner {
                 case .signal:
@@ -238,17 +233,18 @@ public final class Router {
                     }
                 case .ingress(let index):
                     readIngress(ingress[index], budget: 4)
-                case .draining(let index):
-                    if readIngress(draining[index], budget: 64) { finishedDraining.append(index) }
                 case .egress:
                     break  // flushed below
                 }
             }
-            for index in finishedDraining.sorted(by: >) {
-                let pipe = draining.remove(at: index)
+            // Removed or replaced pipes are read without waiting for POLLIN (an empty pipe with a writer never
+            // becomes readable) and closed once empty at a frame boundary.
+            draining.removeAll { pipe in
+                guard readIngress(pipe, budget: 64) else { return false }
                 close(pipe.fd)
                 pipe.fd = -1
                 logger.info("drained and closed a removed ingress pipe", metadata: ["pipe": "\(pipe.name)"])
+                return true
             }
             flushAll()
             let now = monotonicNanos()
@@ -260,7 +256,6 @@ public final class Router {
     enum Owner {
         case signal
         case ingress(Int)
-        case draining(Int)
         case egress(Int)
     }
 

@@ -204,3 +204,17 @@ public enum DescriptorLock {
         _ = Sys.flock(fd, LOCK_UN)
     }
 }
+
+/// Signal handling a daemon can rely on, whatever its parent did.
+public enum ProcessSignals {
+    /// Unblocks every signal in the calling thread (threads created later inherit the mask).
+    ///
+    /// A process inherits its parent's blocked-signal mask across fork and exec; test runners and some
+    /// supervisors block SIGTERM or SIGHUP, which would leave the router deaf to reload and stop. Call this
+    /// first thing in `main`.
+    public static func unblockAll() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        pthread_sigmask(SIG_SETMASK, &set, nil)
+    }
+}

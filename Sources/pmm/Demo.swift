@@ -4,6 +4,7 @@ import Glibc
 import PMMCore
 import PMMReconciler
 import PMMRegistry
+import PMMRouter
 import PMMSpecYAML
 import PMMSystem
 
@@ -183,6 +184,106 @@ struct DemoTour {
         let report = try reconciler.rollback(to: 1, rootOverride: root, prune: true, dryRun: false)
         print(ApplyOutput.text(report, renderer: renderer))
 
-        print("\nDone. Next: the data plane (pmm router) moves messages through these pipes.")
+        try DataPlaneTour(tour: self).run()
+        print("\nDone.")
+    }
+}
+
+/// The second half of the tour: the router, producers and consumers as real processes, live figures, a
+/// consumer killed and its traffic moving.
+struct DataPlaneTour {
+    let tour: DemoTour
+    var seconds: Int = 3
+
+    var binary: String { URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path }
+    var stateArgument: String { "--state-dir=\(tour.state.path)" }
+
+    func spawn(_ arguments: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// SIGTERM, then SIGKILL if the process has not exited after `grace` seconds.
+    func stop(_ process: Process, grace: Double = 3) {
+        kill(process.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(grace)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    func run() throws {
+        tour.step("8. pmm router; consumers collector-0..2, collector-canary-0, billing-0..1; producer api")
+        var children: [String: Process] = [:]
+        defer {
+            for process in children.values where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            for process in children.values { process.waitUntilExit() }
+        }
+        let router = try spawn(["router", stateArgument, "--log-level", "error"])
+        children["router"] = router
+        let statusPath = tour.state.routerStatusPath
+        for _ in 0..<200 where RouterStatus.read(from: statusPath) == nil { usleep(20_000) }
+        for (instance, dataType) in [
+            ("collector-0", "metrics"), ("collector-1", "metrics"), ("collector-2", "metrics"), ("collector-canary-0", "metrics"),
+            ("billing-0", "orders"), ("billing-1", "orders"),
+        ] {
+            children[instance] = try spawn(["tail", stateArgument, "--instance", instance, "--data-type", dataType, "-o", "json"])
+        }
+        for _ in 0..<200 {
+            if (RouterStatus.read(from: statusPath)?.egress.filter(\.healthy).count ?? 0) >= 6 { break }
+            usleep(20_000)
+        }
+        children["api-metrics"] = try spawn([
+            "send", stateArgument, "--service", "api", "--data-type", "metrics", "--keys", "1000", "--rate", "4000",
+            "--count", "1000000", "--payload", "cpu=0.42",
+        ])
+        children["api-orders"] = try spawn([
+            "send", stateArgument, "--service", "api", "--data-type", "orders", "--keys", "50", "--rate", "500",
+            "--count", "1000000", "--payload", "order",
+        ])
+        print("api sends metrics at 4000/s over 1000 keys and orders at 500/s; the route gives collector 90, collector-canary 10.")
+        var previous = RouterStatus.read(from: statusPath)
+        func show(_ rounds: Int) {
+            for _ in 0..<rounds {
+                sleep(1)
+                guard let status = RouterStatus.read(from: statusPath) else { continue }
+                let before = Dictionary(uniqueKeysWithValues: (previous?.egress ?? []).map { ($0.name, $0.frames) })
+                var line: [String] = []
+                var metrics: [(String, UInt64)] = []
+                for egress in status.egress.sorted(by: { $0.name < $1.name }) {
+                    let rate = egress.frames - (before[egress.name] ?? 0)
+                    line.append("\(egress.instance) \(rate)/s\(egress.healthy ? "" : " (down)")")
+                    if egress.dataType == "metrics" { metrics.append((egress.instance, rate)) }
+                }
+                let total = max(1, metrics.reduce(0) { $0 + $1.1 })
+                let canary = metrics.filter { $0.0.hasPrefix("collector-canary") }.reduce(0) { $0 + $1.1 }
+                print("  " + line.joined(separator: "  ") + String(format: "   canary share %.0f%%", Double(canary) * 100 / Double(total)))
+                previous = status
+            }
+        }
+        show(seconds)
+
+        tour.step("9. kill -9 collector-1: the router sees EPIPE and moves its keys to the other instances")
+        if let victim = children["collector-1"] {
+            kill(victim.processIdentifier, SIGKILL)
+            victim.waitUntilExit()
+        }
+        show(seconds)
+
+        tour.step("10. SIGTERM to the producers and the router: it delivers what it holds and exits 0")
+        for name in ["api-metrics", "api-orders"] {
+            if let process = children[name] { stop(process) }
+        }
+        stop(router, grace: 10)
+        let status = RouterStatus.read(from: statusPath)
+        let sent = status?.ingress.reduce(0) { $0 + $1.frames } ?? 0
+        let delivered = status?.egress.reduce(0) { $0 + $1.frames } ?? 0
+        print("router exited with status \(router.terminationStatus): \(sent) frames in, \(delivered) delivered, \(status?.egress.reduce(0) { $0 + $1.rerouted } ?? 0) re-routed from the dead instance.")
     }
 }

@@ -1,6 +1,16 @@
 import ArgumentParser
+import PMMSystem
 
 @main
+enum Main {
+    static func main() {
+        // Signals blocked by whoever started us (a test runner, a supervisor) would make SIGHUP and SIGTERM
+        // silently pending forever.
+        ProcessSignals.unblockAll()
+        PMM.main()
+    }
+}
+
 struct PMM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmm",

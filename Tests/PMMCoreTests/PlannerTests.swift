@@ -225,3 +225,12 @@ func applied(_ spec: MeshSpec) -> ObservedState {
         #expect(!changes.isEmpty && changes.allSatisfy { $0.action == .create })
     }
 }
+
+@Suite struct SingleUserTests {
+    @Test func desiredPipes_forANonRootUser_giveItsPipesOwnerReadWrite() {
+        let pipes = sampleSpec(apiUID: 1001).desiredPipes(singleUserUID: 1001)
+        #expect(pipes.filter { $0.uid == 1001 }.allSatisfy { $0.mode == 0o600 })
+        #expect(pipes.filter { $0.uid != 1001 }.allSatisfy { $0.mode == 0o420 })
+        #expect(sampleSpec().desiredPipes(singleUserUID: 0) == sampleSpec().desiredPipes(), "root keeps the contract's modes")
+    }
+}

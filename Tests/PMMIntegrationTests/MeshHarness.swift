@@ -14,6 +14,7 @@ final class MeshHarness {
 
     /// - Parameter yaml: a spec; `ROOT` is replaced by the pipe root.
     init(_ yaml: String) throws {
+        signal(SIGPIPE, SIG_IGN)  // tests write into pipes whose reader may be gone: EPIPE, not death
         dir.write(yaml.replacingOccurrences(of: "ROOT", with: dir.root))
         let outcome = try pmm("apply", "-f", dir.specPath, stateArgument)
         try #require(outcome.status == 0, "apply failed: \(outcome.stderr)")

@@ -206,4 +206,60 @@ struct RouterTests {
         try h.waitForReceived(500)
         #expect(h.allReceived.count == 500)
     }
+
+    @Test func applyReplacingAnIngressPipe_routerMovesToTheNewInode() throws {
+        let h = try MeshHarness(routerMesh(policy: "round-robin"))
+        try h.startRouter()
+        try instances(h)
+        let path = h.dir.root + "/api.metrics.s0.in"
+        let stale = open(path, O_WRONLY | O_NONBLOCK)
+        try #require(stale >= 0)
+        defer { close(stale) }
+        // A new writer for api's pipes: apply makes new inodes and the router follows.
+        h.dir.write(routerMesh(policy: "round-robin").replacingOccurrences(of: "ROOT", with: h.dir.root)
+            .replacingOccurrences(of: "  api:\n    uid: 0", with: "  api:\n    uid: 1007"))
+        let apply = try pmm("apply", "-f", h.dir.specPath, h.stateArgument, "--wait")
+        #expect(apply.status == 0, "\(apply.stderr)")
+        #expect(apply.stdout.contains("± api.metrics.s0.in"))
+        try waitFor("the old inode drained") { !h.routerLog().isEmpty && h.routerLog().contains("drained and closed a removed ingress pipe") }
+        // The revoked descriptor reaches nobody; the new pipe is served.
+        var frame = try sampleFrame(sequence: 1)
+        _ = write(stale, &frame, frame.count)  // EPIPE, or into the old inode nobody reads
+        try h.writeFrames(to: "api.metrics.s0.in", count: 50, firstSequence: 100)
+        try h.waitForReceived(50)
+        #expect(h.allReceived.allSatisfy { $0.sequence >= 100 }, "nothing from the revoked writer")
+    }
+
+    @Test func applyWait_withoutARouter_failsWithTheReason() throws {
+        let h = try MeshHarness(routerMesh())
+        let outcome = try pmm("apply", "-f", h.dir.specPath, h.stateArgument, "--wait")
+        #expect(outcome.status == 1 && outcome.stderr.contains("--wait: no router is running"))
+    }
+
+    @Test func up_appliesAndRoutes_untilSIGTERM() throws {
+        let dir = TemporaryDirectory("pmm-up")
+        dir.write(routerMesh(policy: "round-robin", canaryWeight: 0, collectorReplicas: 1).replacingOccurrences(of: "ROOT", with: dir.root))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: pmmBinary)
+        process.arguments = ["up", "-f", dir.specPath, "--state-dir=\(dir.path)/state"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        try waitFor("pmm up's router") { FileManager.default.fileExists(atPath: dir.path + "/state/router.json") }
+        let consumer = try run("/usr/bin/timeout", ["20", pmmBinary, "tail", "--state-dir=\(dir.path)/state", "--instance", "collector-0", "--data-type", "metrics", "--count", "10", "-o", "json"], stdin: nil, background: {
+            _ = try? pmm("send", "--state-dir=\(dir.path)/state", "--service", "api", "--data-type", "metrics", "--payload", "u", "--count", "10")
+        })
+        #expect(consumer.stdout.split(separator: "\n").count == 10)
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+    }
+}
+
+func sampleFrame(sequence: UInt64) throws -> [UInt8] {
+    var envelope = Envelope()
+    envelope.dataType = "metrics"
+    envelope.source = "api"
+    envelope.sequence = sequence
+    return try envelope.framed()
 }

@@ -79,7 +79,10 @@ struct Outcome {
 
 /// Runs `executable` with `arguments`, optionally in `directory` with extra environment, and waits.
 @discardableResult
-func run(_ executable: String, _ arguments: [String], in directory: String? = nil, environment: [String: String] = [:], stdin: String? = nil) throws -> Outcome {
+func run(
+    _ executable: String, _ arguments: [String], in directory: String? = nil, environment: [String: String] = [:], stdin: String? = nil,
+    background: (() -> Void)? = nil
+) throws -> Outcome {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
@@ -99,6 +102,10 @@ func run(_ executable: String, _ arguments: [String], in directory: String? = ni
     try process.run()
     if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
     try input.fileHandleForWriting.close()
+    if let background {
+        usleep(300_000)  // let the program start
+        background()
+    }
     // Read both pipes concurrently so neither fills up.
     nonisolated(unsafe) var errData = Data()
     let group = DispatchGroup()

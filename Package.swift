@@ -28,6 +28,8 @@ let package = Package(
         // No traits: the default BinaryDelimitedStreams trait needs Foundation streams, and pmm frames itself.
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0", traits: []),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Pure: spec model, diagnostics, naming, hashing, validation, planning. Standard library only.
@@ -59,7 +61,11 @@ let package = Package(
         // The data plane: a poll loop over the ingress and egress FIFOs.
         .target(
             name: "PMMRouter",
-            dependencies: ["PMMCore", "PMMWire", "PMMSystem", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "PMMCore", "PMMWire", "PMMSystem", .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
             swiftSettings: upcoming
         ),
         // The imperative shell: load, observe, plan, execute, record.

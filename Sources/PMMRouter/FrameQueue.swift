@@ -1,54 +1,111 @@
-/// Frames waiting to be written, as one contiguous byte buffer plus the offset where each frame starts, so a
-/// whole batch goes out in one write(2) and the frames not yet written can be routed elsewhere.
+/// Marks a frame whose delivery the at-least-once spool tracks: which spool, and the frame's place in it.
+struct SpoolTag: Equatable {
+    var spool: Int32
+    var sequence: UInt64
+}
+
+/// A frame taken out of a queue to be routed again, with its spool tag if it still has one.
+struct DetachedFrame {
+    var bytes: [UInt8]
+    var tag: SpoolTag?
+}
+
+/// The frames of one egress pipe, as one contiguous byte buffer plus, per frame, its start offset and spool tag.
+///
+/// Three positions move forward through the buffer:
+/// - `acknowledged`: bytes the consumer has read (learned from FIONREAD); frames ending before it are gone;
+/// - `written`: bytes handed to the pipe with write(2), so a whole batch goes out in one call;
+/// - the end: frames routed here and not yet written.
+///
+/// Frames between `acknowledged` and `written` are in the pipe: kept so that, if the consumer dies, the ones it
+/// did not read whole can go to another instance.
 struct FrameQueue {
     private(set) var bytes: [UInt8] = []
-    /// Start offset of each queued frame, from `head`.
     private var starts: [Int] = []
+    private var tags: [SpoolTag?] = []
+    /// Index of the first frame not yet acknowledged.
     private var head = 0
-    /// Bytes already written (from the start of `bytes`).
+    /// Index of the first frame not completely written.
+    private var firstUnwritten = 0
     private(set) var written = 0
+    private(set) var acknowledged = 0
 
     /// Frames not yet completely written.
-    var count: Int { starts.count - head }
-    var isEmpty: Bool { count == 0 }
+    var count: Int { starts.count - firstUnwritten }
+    var isEmpty: Bool { starts.count == head }
+    /// Frames written but maybe not read.
+    var inPipe: Int { firstUnwritten - head }
     /// Bytes not yet written.
     var unwrittenBytes: Int { bytes.count - written }
 
-    mutating func append(_ frame: UnsafeRawBufferPointer) {
+    private func end(of index: Int) -> Int { index + 1 < starts.count ? starts[index + 1] : bytes.count }
+
+    mutating func append(_ frame: UnsafeRawBufferPointer, tag: SpoolTag?) {
         starts.append(bytes.count)
+        tags.append(tag)
         bytes.append(contentsOf: frame)
     }
 
-    /// Records that `n` more bytes were written, and drops the frames now fully written.
-    mutating func consumed(_ n: Int) {
+    /// Records that `n` more bytes were written; returns the tags of frames now completely written.
+    mutating func wrote(_ n: Int, completed: (SpoolTag) -> Void) -> Int {
         written += n
-        while head < starts.count {
-            let end = head + 1 < starts.count ? starts[head + 1] : bytes.count
-            if end <= written { head += 1 } else { break }
+        var frames = 0
+        while firstUnwritten < starts.count && end(of: firstUnwritten) <= written {
+            if let tag = tags[firstUnwritten] { completed(tag) }
+            tags[firstUnwritten] = nil
+            firstUnwritten += 1
+            frames += 1
         }
+        return frames
+    }
+
+    /// Records that the pipe still holds `unread` bytes: everything written before that was read.
+    mutating func acknowledge(unread: Int) {
+        acknowledged = max(acknowledged, written - max(0, unread))
+        while head < firstUnwritten && end(of: head) <= acknowledged { head += 1 }
         if head == starts.count {
             bytes.removeAll(keepingCapacity: bytes.capacity <= 4 << 20)
             starts.removeAll(keepingCapacity: true)
+            tags.removeAll(keepingCapacity: true)
             head = 0
+            firstUnwritten = 0
             written = 0
-        } else if written >= 1 << 20 && written * 2 >= bytes.count {
+            acknowledged = 0
+        } else if head > 0 && starts[head] >= 1 << 20 && starts[head] * 2 >= bytes.count {
             compact()
         }
     }
 
-    /// Drops the oldest unwritten frame (overflow `drop-oldest`). Returns false when the oldest frame is
-    /// already partly written (it must finish) and no later frame exists.
-    mutating func dropOldestUnwritten() -> Bool {
-        // The head frame may be partly written; drop the first frame that has not started.
-        var index = head
+    /// Drops the oldest frame not yet started; returns its tag (dropped frames are done for the spool), or
+    /// nil when every unwritten frame has started.
+    mutating func dropOldestUnwritten() -> (dropped: Bool, tag: SpoolTag?) {
+        var index = firstUnwritten
         while index < starts.count && starts[index] < written { index += 1 }
-        guard index < starts.count else { return false }
+        guard index < starts.count else { return (false, nil) }
         let start = starts[index]
-        let end = index + 1 < starts.count ? starts[index + 1] : bytes.count
-        bytes.removeSubrange(start..<end)
+        let length = end(of: index) - start
+        let tag = tags[index]
+        bytes.removeSubrange(start..<(start + length))
         starts.remove(at: index)
-        for i in index..<starts.count { starts[i] -= end - start }
-        return true
+        tags.remove(at: index)
+        for i in index..<starts.count { starts[i] -= length }
+        return (true, tag)
+    }
+
+    /// Removes the frames not yet started and returns them (a stalled consumer's backlog); a frame partly
+    /// written stays, so the stream on the pipe stays whole.
+    mutating func takeUnstarted() -> [DetachedFrame] {
+        var index = firstUnwritten
+        while index < starts.count && starts[index] < written { index += 1 }
+        guard index < starts.count else { return [] }
+        var frames: [DetachedFrame] = []
+        for i in index..<starts.count {
+            frames.append(DetachedFrame(bytes: Array(bytes[starts[i]..<end(of: i)]), tag: tags[i]))
+        }
+        bytes.removeSubrange(starts[index]...)
+        starts.removeSubrange(index...)
+        tags.removeSubrange(index...)
+        return frames
     }
 
     /// Calls `body` with the unwritten bytes.
@@ -56,18 +113,16 @@ struct FrameQueue {
         bytes.withUnsafeBytes { raw in body(UnsafeRawBufferPointer(rebasing: raw[written...])) }
     }
 
-    /// Removes and returns every frame not completely written (a partly written first frame is returned whole:
-    /// its reader is gone, so the frame goes to another one).
-    mutating func takeUnwritten() -> [[UInt8]] {
-        var frames: [[UInt8]] = []
-        for index in head..<starts.count {
-            let end = index + 1 < starts.count ? starts[index + 1] : bytes.count
-            frames.append(Array(bytes[starts[index]..<end]))
+    /// Empties the queue and returns the frames the reader did not read whole: those still unwritten, and
+    /// those written of which more than `unread` bytes remain (the pipe's unread tail). A frame the reader
+    /// read in part is returned whole.
+    mutating func takeNotReadWhole(unread: Int) -> [DetachedFrame] {
+        let readUpTo = written - max(0, min(unread, written))
+        var frames: [DetachedFrame] = []
+        for index in head..<starts.count where end(of: index) > readUpTo {
+            frames.append(DetachedFrame(bytes: Array(bytes[starts[index]..<end(of: index)]), tag: tags[index]))
         }
-        bytes.removeAll(keepingCapacity: false)
-        starts.removeAll(keepingCapacity: false)
-        head = 0
-        written = 0
+        self = FrameQueue()
         return frames
     }
 
@@ -75,7 +130,10 @@ struct FrameQueue {
         let shift = starts[head]
         bytes.removeSubrange(0..<shift)
         starts = starts[head...].map { $0 - shift }
+        tags = Array(tags[head...])
+        firstUnwritten -= head
         head = 0
         written -= shift
+        acknowledged -= shift
     }
 }

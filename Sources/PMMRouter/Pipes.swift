@@ -16,11 +16,20 @@ final class IngressPipe {
     /// Removed by a reload (or replaced by apply): read what is there, then close.
     var draining = false
     var dataTypeBytes: [UInt8]
+    /// The at-least-once spool, for types with that delivery.
+    var spool: Spool?
+    var spoolIndex: Int32 = -1
+    /// Frames ending at or before this spool offset were spooled by an earlier router: replayed.
+    var replayUntil: Int64 = 0
+    /// Over its rate: not read until then (monotonic ns).
+    var pausedUntil: UInt64 = 0
+    var missing = false
 
     var frames: UInt64 = 0
     var bytes: UInt64 = 0
     var resets: UInt64 = 0
     var misaddressed: UInt64 = 0
+    var replayed: UInt64 = 0
     var lastError: String?
 
     init(spec: RouterLayout.Ingress, maximumFrameSize: Int) {
@@ -30,6 +39,8 @@ final class IngressPipe {
     }
 
     var name: String { spec.name }
+    /// The token bucket this pipe draws from: one per producing service and data type.
+    var bucketKey: String { spec.producer + "|" + spec.dataType }
 }
 
 /// One egress pipe: the write descriptor (when a reader exists), frames waiting, health and counters.
@@ -40,16 +51,24 @@ final class EgressPipe {
     var device: UInt64 = 0
     var queue = FrameQueue()
     var healthy = false
+    /// Open, but its reader has not read for longer than the stall timeout: no new frames go to it.
+    var stalled = false
     /// When to try opening again (monotonic ns).
     var nextProbe: UInt64 = 0
     var backoff: UInt64 = 50_000_000
-    var unhealthySince: UInt64 = 0
+    /// When the health last changed (wall clock, for status).
+    var since = realtimeNanos()
+    /// When the reader last made progress, or the pipe was last empty (monotonic ns).
+    var lastProgress: UInt64 = 0
+    var lastAcknowledged = 0
     var removed = false
 
     var frames: UInt64 = 0
     var bytes: UInt64 = 0
     var dropped: UInt64 = 0
+    var deadLettered: UInt64 = 0
     var failures: UInt64 = 0
+    var stalls: UInt64 = 0
     var rerouted: UInt64 = 0
     var lastError: String?
 
@@ -60,4 +79,12 @@ final class EgressPipe {
     var name: String { spec.name }
     var capacity: Int { spec.qos.buffer }
     var isFull: Bool { queue.count >= capacity }
+    /// May receive new frames.
+    var available: Bool { healthy && !stalled }
+}
+
+/// Bytes the pipe behind `fd` holds unread (FIONREAD works on either end of a pipe).
+func unreadBytes(_ fd: Int32) -> Int {
+    var count: Int32 = 0
+    return ioctl(fd, UInt(FIONREAD), &count) == 0 ? Int(count) : 0
 }

@@ -13,9 +13,20 @@ public struct RouterOptions: Sendable {
     public var readSize: Int = 256 << 10
     /// How long SIGTERM waits for queued frames to reach their consumers.
     public var drainTimeout: Double = 5
+    /// A consumer that reads nothing for this long while its pipe holds data is stalled: no new frames go
+    /// to it until it drains its pipe.
+    public var stallTimeout: Double = 5
+    /// How often every pipe's inode is checked (a pipe deleted or replaced under the router).
+    public var checkInterval: Double = 2
     /// Where to write the status JSON (pid, revision, counters), if anywhere.
     public var statusPath: String?
     public var statusInterval: Double = 1
+    /// The at-least-once spools; nil keeps every type in memory (at-most-once).
+    public var spoolDirectory: String?
+    /// The dead-letter spool; nil drops undeliverable frames (counted and logged).
+    public var deadLetterDirectory: String?
+    /// Serve Prometheus metrics on this TCP address (`127.0.0.1:9464`).
+    public var metricsListen: (host: String, port: UInt16)?
 
     public init() {}
 }
@@ -27,7 +38,7 @@ public enum RouterExit: Sendable, Equatable {
 }
 
 /// The data plane: reads frames from every ingress pipe and writes each to one consumer instance's egress pipe,
-/// by data type, shard key and weights (DESIGN.md, "Routing").
+/// by data type, shard key and weights (DESIGN.md, "Routing", "Flow control and delivery").
 ///
 /// One thread, one `poll(2)` loop: many frames per read(2), one write(2) per egress pipe per batch, no lock
 /// and no task hop per frame. Frames are forwarded byte for byte as they arrived; only the routing fields
@@ -43,18 +54,26 @@ public final class Router {
     /// Ingress pipes removed or replaced by a reload, read until empty and then closed.
     var draining: [IngressPipe] = []
     var egress: [EgressPipe] = []
-    var egressByName: [String: Int] = [:]
     var routes: [String: RouteState] = [:]
+    var buckets: [String: TokenBucket] = [:]
+    var spools: [Spool?] = []
+    let deadLetters: DeadLetterSpool?
+    var metrics: MetricsEndpoint?
+    let routerMetrics = RouterMetrics()
     var startedAt = Date()
     var lastStatus: UInt64 = 0
+    var lastCheck: UInt64 = 0
+    var lastCheckpoint: UInt64 = 0
     var counters = Counters()
     var random = SplitMix(seed: UInt64(truncatingIfNeeded: realtimeNanos()))
 
     struct Counters {
-        var unroutable: UInt64 = 0
+        var deadLetters: [String: UInt64] = [:]
+        var dropped: UInt64 = 0
         var reloads: UInt64 = 0
         var failedReloads: UInt64 = 0
         var lastReloadError: String?
+        var replayed: UInt64 = 0
     }
 
     /// Per data type: its route, frames waiting for a healthy instance, round-robin state.
@@ -82,6 +101,13 @@ public final class Router {
             throw FIFOError(.systemCall, path: layout.root, "the pipe root does not exist", hint: "run pmm apply first")
         }
         self.root = root
+        if let directory = options.spoolDirectory {
+            try PipeRoot.makeDirectories(directory, mode: 0o700)
+        }
+        deadLetters = options.deadLetterDirectory.map { DeadLetterSpool(directory: $0) }
+        if let (host, port) = options.metricsListen {
+            metrics = try MetricsEndpoint(host: host, port: port)
+        }
         install(layout)
     }
 
@@ -98,19 +124,26 @@ public final class Router {
                     next.append(pipe)
                     continue
                 }
-                // Replaced by apply (a new writer): drain the old inode, read the new one.
+                // Replaced by apply (a new writer): finish the old inode, read the new one.
+                if pipe.spool != nil {
+                    switchToNewInode(pipe)
+                    next.append(pipe)
+                    continue
+                }
                 startDraining(pipe)
             }
             let pipe = IngressPipe(spec: spec, maximumFrameSize: options.maximumFrameSize)
+            attachSpool(pipe)
             openIngress(pipe)
             next.append(pipe)
         }
         for pipe in oldIngress.values { startDraining(pipe) }
         ingress = next
+        buckets = buckets.filter { key, _ in next.contains { $0.bucketKey == key } }
 
         var oldEgress = Dictionary(uniqueKeysWithValues: egress.map { ($0.name, $0) })
         var nextEgress: [EgressPipe] = []
-        var orphaned: [[UInt8]] = []
+        var orphaned: [DetachedFrame] = []
         for spec in new.egress {
             if let pipe = oldEgress.removeValue(forKey: spec.name) {
                 pipe.spec = spec
@@ -118,34 +151,75 @@ public final class Router {
                     nextEgress.append(pipe)
                     continue
                 }
-                // Replaced by apply (a new reader): what is queued goes to the new pipe.
-                let replacement = EgressPipe(spec: spec)
-                replacement.queue = pipe.queue
+                // Replaced by apply (a new reader): what is queued goes to the new pipe's instance.
+                orphaned += detach(pipe)
                 closeEgress(pipe, reason: nil)
-                nextEgress.append(replacement)
-                continue
             }
             nextEgress.append(EgressPipe(spec: spec))
         }
         for pipe in oldEgress.values {
-            orphaned += pipe.queue.takeUnwritten()
+            orphaned += detach(pipe)
             closeEgress(pipe, reason: nil)
         }
         egress = nextEgress
-        egressByName = Dictionary(uniqueKeysWithValues: egress.enumerated().map { ($1.name, $0) })
-        for pipe in egress where pipe.fd < 0 { probe(pipe, now: monotonicNanos(), force: true) }
+        for pipe in egress where pipe.fd < 0 { probe(pipe, now: monotonicNanos()) }
 
-        var parked: [[UInt8]] = []
-        for state in routes.values { parked += state.parked.takeUnwritten() }
+        for state in routes.values { orphaned += state.parked.takeNotReadWhole(unread: 0) }
         routes = new.routes.mapValues { RouteState(route: $0) }
         layout = new
-        for frame in orphaned + parked { reroute(frame) }
+        for frame in orphaned { reroute(frame) }
+    }
+
+    /// The frames of a pipe being closed that its reader did not read whole.
+    func detach(_ pipe: EgressPipe) -> [DetachedFrame] {
+        let unread = pipe.fd >= 0 ? unreadBytes(pipe.fd) : 0
+        let frames = pipe.queue.takeNotReadWhole(unread: unread)
+        pipe.rerouted += UInt64(frames.count)
+        return frames
+    }
+
+    /// Moves `pipe` to the FIFO now at its path. An at-least-once pipe first splices what the old inode holds
+    /// into its spool (read back in order, like everything else); an at-most-once pipe hands the old
+    /// descriptor to a draining twin.
+    func switchToNewInode(_ pipe: IngressPipe) {
+        if let spool = pipe.spool, pipe.fd >= 0 {
+            while spool.splice(from: pipe.fd, length: 1 << 20) > 0 {}
+            close(pipe.fd)
+            pipe.fd = -1
+        } else if pipe.fd >= 0 {
+            let old = IngressPipe(spec: pipe.spec, maximumFrameSize: options.maximumFrameSize)
+            old.fd = pipe.fd
+            old.draining = true
+            old.buffer = pipe.buffer
+            draining.append(old)
+            pipe.fd = -1
+            pipe.buffer.reset()
+        }
+        openIngress(pipe)
     }
 
     func startDraining(_ pipe: IngressPipe) {
         guard pipe.fd >= 0 else { return }
         pipe.draining = true
         draining.append(pipe)
+    }
+
+    /// Gives an at-least-once pipe its spool (reusing one left by an earlier run: its frames are replayed).
+    func attachSpool(_ pipe: IngressPipe) {
+        guard pipe.spec.qos.delivery == .atLeastOnce, let directory = options.spoolDirectory else { return }
+        do {
+            let spool = try Spool(directory: directory, pipe: pipe.name)
+            if spool.unread > 0 {
+                logger.notice(
+                    "replaying frames spooled by an earlier router", metadata: ["pipe": "\(pipe.name)", "bytes": "\(spool.unread)"])
+            }
+            pipe.spool = spool
+            pipe.replayUntil = spool.size
+            pipe.spoolIndex = Int32(spools.count)
+            spools.append(spool)
+        } catch {
+            logger.error("cannot open the spool; this pipe is at-most-once until fixed", metadata: ["pipe": "\(pipe.name)", "error": "\(error)"])
+        }
     }
 
     func openIngress(_ pipe: IngressPipe) {
@@ -155,10 +229,12 @@ public final class Router {
             pipe.fd = fd
             pipe.inode = file.inode
             pipe.device = file.device
+            pipe.missing = false
             setPipeSize(fd, pipe.spec.pipeSize, name: pipe.name)
         case .missing:
+            if !pipe.missing { logger.warning("ingress pipe is missing; run pmm apply", metadata: ["pipe": "\(pipe.name)"]) }
+            pipe.missing = true
             pipe.lastError = "missing"
-            logger.warning("ingress pipe is missing; run pmm apply", metadata: ["pipe": "\(pipe.name)"])
         case .noReader:
             break  // cannot happen for a read end
         case .failed(let error):
@@ -178,6 +254,14 @@ public final class Router {
 
     // MARK: The loop
 
+    enum Owner {
+        case signal
+        case ingress(Int)
+        case egress(Int)
+        case metricsListener
+        case metricsClient(Int32)
+    }
+
     /// Runs until SIGTERM or SIGINT arrives on `signals`; SIGHUP calls `reload` and installs its layout.
     ///
     /// - Parameters:
@@ -191,50 +275,64 @@ public final class Router {
         var fds: [pollfd] = []
         var owners: [Owner] = []
         while true {
+            let now = monotonicNanos()
             fds.removeAll(keepingCapacity: true)
             owners.removeAll(keepingCapacity: true)
             fds.append(pollfd(fd: signals.readFD, events: Int16(POLLIN), revents: 0))
             owners.append(.signal)
             let blocked = blockedRoutes()
+            var timeout: Int32 = 100
+            var spoolBacklog = false
             for (index, pipe) in ingress.enumerated() where pipe.fd >= 0 && !blocked.contains(pipe.spec.dataType) {
+                if pipe.pausedUntil > now {
+                    timeout = min(timeout, Int32(clamping: (pipe.pausedUntil - now) / 1_000_000 + 1))
+                    continue
+                }
+                if (pipe.spool?.unread ?? 0) > 0 { spoolBacklog = true }
                 fds.append(pollfd(fd: pipe.fd, events: Int16(POLLIN), revents: 0))
                 owners.append(.ingress(index))
             }
-            for (index, pipe) in egress.enumerated() where pipe.fd >= 0 && pipe.queue.unwrittenBytes > 0 {
-                fds.append(pollfd(fd: pipe.fd, events: Int16(POLLOUT), revents: 0))
+            for (index, pipe) in egress.enumerated() where pipe.fd >= 0 {
+                // Always watched: POLLERR tells that the reader went away even when nothing is queued.
+                fds.append(pollfd(fd: pipe.fd, events: pipe.queue.unwrittenBytes > 0 ? Int16(POLLOUT) : 0, revents: 0))
                 owners.append(.egress(index))
             }
-            let ready = poll(&fds, nfds_t(fds.count), 100)
+            if let metrics {
+                fds.append(pollfd(fd: metrics.listener, events: Int16(POLLIN), revents: 0))
+                owners.append(.metricsListener)
+                for client in metrics.clients.keys {
+                    fds.append(pollfd(fd: client, events: Int16(POLLIN), revents: 0))
+                    owners.append(.metricsClient(client))
+                }
+            }
+            if spoolBacklog || !draining.isEmpty { timeout = 0 }
+            let ready = poll(&fds, nfds_t(fds.count), timeout)
             if ready < 0 && errno != EINTR {
                 logger.critical("poll failed", metadata: ["errno": "\(errno)"])
             }
-            for (slot, owner) in owners.enumerated() where fds[slot].revents != 0 {
+            for (slot, owner) in owners.enumerated() {
+                let revents = Int32(fds[slot].revents)
                 switch owner {
                 case .signal:
+                    guard revents != 0 else { continue }
                     for signal in signals.drain() {
                         switch signal {
-                        case .reload:
-                            do {
-                                let new = try reload()
-                                install(new)
-                                counters.reloads += 1
-                                logger.info("reloaded", metadata: ["revision": "\(new.revision)"])
-                            } catch {
-                                counters.failedReloads += 1
-                                counters.lastReloadError = "\(error)"
-                                logger.error(
-                                    "reload failed; the current revision keeps serving",
-                                    metadata: ["revision": "\(layout.revision)", "error": "\(error)"])
-                            }
-                            writeStatus(force: true)
-                        case .stop:
-                            return stop()
+                        case .reload: reloadLayout(reload)
+                        case .stop: return stop()
                         }
                     }
                 case .ingress(let index):
-                    readIngress(ingress[index], budget: 4)
-                case .egress:
-                    break  // flushed below
+                    let pipe = ingress[index]
+                    if revents != 0 || (pipe.spool?.unread ?? 0) > 0 { readIngress(pipe, budget: 4) }
+                case .egress(let index):
+                    let pipe = egress[index]
+                    if revents & (POLLERR | POLLHUP) != 0 && pipe.fd >= 0 {
+                        consumerGone(pipe, reason: "the reader went away")
+                    }
+                case .metricsListener:
+                    if revents != 0 { metrics?.accept() }
+                case .metricsClient(let fd):
+                    if revents != 0 { metrics?.respond(fd) { self.metricsText() } }
                 }
             }
             // Removed or replaced pipes are read without waiting for POLLIN (an empty pipe with a writer never
@@ -247,300 +345,71 @@ public final class Router {
                 return true
             }
             flushAll()
-            let now = monotonicNanos()
-            for pipe in egress where pipe.fd < 0 && now >= pipe.nextProbe { probe(pipe, now: now, force: false) }
-            writeStatus(force: false)
+            housekeeping(now: monotonicNanos())
         }
     }
 
-    enum Owner {
-        case signal
-        case ingress(Int)
-        case egress(Int)
+    func reloadLayout(_ reload: () throws -> RouterLayout) {
+        do {
+            let new = try reload()
+            install(new)
+            counters.reloads += 1
+            logger.info("reloaded", metadata: ["revision": "\(new.revision)"])
+        } catch {
+            counters.failedReloads += 1
+            counters.lastReloadError = "\(error)"
+            logger.error(
+                "reload failed; the current revision keeps serving",
+                metadata: ["revision": "\(layout.revision)", "error": "\(error)"])
+        }
+        writeStatus(force: true)
     }
 
-    /// Data types whose ingress pipes must not be read now: a healthy consumer's queue is full (overflow
-    /// `block`/`dead-letter`), or frames wait for a healthy instance and that wait is full.
-    func blockedRoutes() -> Set<String> {
-        var blocked: Set<String> = []
-        for (name, state) in routes {
-            if state.parked.count >= state.capacity {
-                blocked.insert(name)
-                continue
-            }
-            for indices in state.route.egressIndex {
-                for index in indices where index >= 0 {
-                    let pipe = egress[index]
-                    if pipe.healthy && pipe.isFull && pipe.spec.qos.overflow != .dropOldest {
-                        blocked.insert(name)
-                    }
-                }
+    /// Timers: probes of down instances, stall checks, pipes deleted or replaced underneath, spool
+    /// checkpoints, the status file.
+    func housekeeping(now: UInt64) {
+        for pipe in egress {
+            if pipe.fd < 0 {
+                if now >= pipe.nextProbe { probe(pipe, now: now) }
+            } else {
+                checkProgress(pipe, now: now)
             }
         }
-        return blocked
+        if now - lastCheck >= UInt64(options.checkInterval * 1e9) {
+            lastCheck = now
+            checkPipes()
+        }
+        if now - lastCheckpoint >= 50_000_000 {
+            lastCheckpoint = now
+            for spool in spools { spool?.checkpoint() }
+        }
+        writeStatus(force: false)
     }
 
-    // MARK: Ingress
-
-    /// Reads up to `budget` times from `pipe` and routes every complete frame. Returns true when a draining
-    /// pipe is empty.
-    @discardableResult
-    func readIngress(_ pipe: IngressPipe, budget: Int) -> Bool {
-        for _ in 0..<budget {
-            if pipe.buffer.freeSpace < options.readSize { pipe.buffer.compact() }
-            let fd = pipe.fd
-            let n = pipe.buffer.write { raw in
-                let n = read(fd, raw.baseAddress, min(raw.count, options.readSize))
-                return (max(0, n), n)
-            }
-            if n > 0 {
-                pipe.bytes += UInt64(n)
-                do {
-                    while let frame = try pipe.buffer.next() {
-                        route(frame, from: pipe)
-                    }
-                } catch {
-                    resetIngress(pipe, error: error)
-                    return false
+    /// A pipe deleted under the router, or replaced behind its back: ingress pipes are reopened (the old inode
+    /// drained), egress pipes closed (their frames go elsewhere) and probed again.
+    func checkPipes() {
+        for pipe in ingress {
+            guard let file = try? root.stat(pipe.name), file.kind == .fifo else {
+                if !pipe.missing {
+                    logger.error("ingress pipe deleted underneath; run pmm apply to restore it", metadata: ["pipe": "\(pipe.name)"])
                 }
+                pipe.missing = true
+                pipe.lastError = "missing"
                 continue
             }
-            if n == 0 {
-                // Every writer has closed. A partial frame can never be completed now.
-                if pipe.buffer.pending > 0 {
-                    resetIngress(pipe, error: .malformedEnvelope("the writer closed in the middle of a frame"))
-                }
-                if pipe.draining { return true }
-                // A fresh descriptor keeps the pipe open for the next producer without POLLHUP spinning;
-                // opened before the old one closes, so the pipe never lacks a reader.
+            if pipe.fd < 0 {
                 openIngress(pipe)
-                return false
+            } else if file.inode != pipe.inode || file.device != pipe.device {
+                logger.warning("ingress pipe replaced underneath; following the new one", metadata: ["pipe": "\(pipe.name)"])
+                switchToNewInode(pipe)
+            } else if pipe.missing {
+                pipe.missing = false
             }
-            let error = errno
-            if error == EAGAIN || error == EWOULDBLOCK { return pipe.draining && pipe.buffer.pending == 0 }
-            if error == EINTR { continue }
-            pipe.lastError = String(cString: strerror(error))
-            logger.error("read failed", metadata: ["pipe": "\(pipe.name)", "errno": "\(error)"])
-            return pipe.draining
         }
-        return false
-    }
-
-    /// Bytes that are not a frame: drop what the pipe holds, forget the partial frame, count and log. Other
-    /// pipes are not affected.
-    func resetIngress(_ pipe: IngressPipe, error: FrameError) {
-        pipe.resets += 1
-        pipe.lastError = error.description
-        var discarded = pipe.buffer.pending
-        pipe.buffer.reset()
-        var scratch = [UInt8](repeating: 0, count: 64 << 10)
-        while true {
-            let n = read(pipe.fd, &scratch, scratch.count)
-            if n <= 0 { break }
-            discarded += n
-        }
-        logger.error(
-            "ingress reset: bytes that are not a frame",
-            metadata: [
-                "pipe": "\(pipe.name)", "producer": "\(pipe.spec.producer)", "error": "\(error)",
-                "discardedBytes": "\(discarded)", "resets": "\(pipe.resets)",
-            ])
-        if !pipe.draining { openIngress(pipe) }
-    }
-
-    // MARK: Routing
-
-    func route(_ frame: Frame, from pipe: IngressPipe) {
-        let fields = frame.fields
-        pipe.buffer.withBytes(frame.range) { bytes in
-            let body = frame.bodyStart - frame.range.lowerBound
-            if !fields.dataType.isEmpty {
-                let name = UnsafeRawBufferPointer(rebasing: bytes[(body + fields.dataType.lowerBound)..<(body + fields.dataType.upperBound)])
-                if !name.elementsEqual(pipe.dataTypeBytes) {
-                    pipe.misaddressed += 1
-                    logger.warning(
-                        "frame of another data type on this pipe; dropped",
-                        metadata: ["pipe": "\(pipe.name)", "frameDataType": "\(String(decoding: name, as: UTF8.self))"])
-                    return
-                }
-            }
-            pipe.frames += 1
-            let key = UnsafeRawBufferPointer(rebasing: bytes[(body + fields.shardKey.lowerBound)..<(body + fields.shardKey.upperBound)])
-            deliver(bytes, key: key, dataType: pipe.spec.dataType)
-        }
-    }
-
-    /// Routes a frame taken back from a queue (its consumer died, or the layout changed).
-    func reroute(_ frame: [UInt8]) {
-        frame.withUnsafeBytes { bytes in
-            guard case .value(_, let prefix) = Varint.decode(bytes, at: 0),
-                let fields = try? EnvelopeScanner.scan(UnsafeRawBufferPointer(rebasing: bytes[prefix...]))
-            else { return }
-            let dataType = String(decoding: bytes[(prefix + fields.dataType.lowerBound)..<(prefix + fields.dataType.upperBound)], as: UTF8.self)
-            let key = UnsafeRawBufferPointer(rebasing: bytes[(prefix + fields.shardKey.lowerBound)..<(prefix + fields.shardKey.upperBound)])
-            deliver(bytes, key: key, dataType: dataType)
-        }
-    }
-
-    /// Queues `frame` for the instance the route chooses, or parks it until one is healthy.
-    func deliver(_ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer, dataType: String) {
-        guard let state = routes[dataType] else {
-            counters.unroutable += 1
-            logger.warning("no route for data type; frame dropped", metadata: ["dataType": "\(dataType)"])
-            return
-        }
-        guard let index = choose(state, key: key) else {
-            state.parked.append(frame)
-            return
-        }
-        let pipe = egress[index]
-        pipe.queue.append(frame)
-        if pipe.queue.count > pipe.capacity && pipe.spec.qos.overflow == .dropOldest, pipe.queue.dropOldestUnwritten() {
-            pipe.dropped += 1
-        }
-    }
-
-    func isHealthy(_ state: RouteState, _ target: Int, _ instance: Int) -> Bool {
-        let index = state.route.egressIndex[target][instance]
-        return index >= 0 && egress[index].healthy
-    }
-
-    /// The egress index the route's policy picks, or nil when no instance is healthy.
-    func choose(_ state: RouteState, key: UnsafeRawBufferPointer) -> Int? {
-        let entry = state.route.entry
-        switch state.route.policy {
-        case .shard where key.count > 0:
-            let hash = ShardHash.fnv1a64(key)
-            guard let (t, i) = entry.chooseByKey(hash: hash, isHealthy: { isHealthy(state, $0, $1) }) else { return nil }
-            return state.route.egressIndex[t][i]
-        case .shard, .roundRobin:
-            // Smooth weighted round-robin over services with a healthy instance, then rotate within one.
-            var total = 0
-            var best = -1
-            for t in entry.targets.indices where (0..<entry.targets[t].instances.count).contains(where: { isHealthy(state, t, $0) }) {
-                state.current[t] += entry.targets[t].weight
-                total += entry.targets[t].weight
-                if best < 0 || state.current[t] > state.current[best] { best = t }
-            }
-            guard best >= 0 else { return nil }
-            state.current[best] -= total
-            return rotate(state, target: best)
-        case .weighted:
-            var total = 0
-            for t in entry.targets.indices where (0..<entry.targets[t].instances.count).contains(where: { isHealthy(state, t, $0) }) {
-                total += entry.targets[t].weight
-            }
-            guard total > 0 else { return nil }
-            var point = Int(random.next() % UInt64(total))
-            for t in entry.targets.indices where (0..<entry.targets[t].instances.count).contains(where: { isHealthy(state, t, $0) }) {
-                if point < entry.targets[t].weight { return rotate(state, target: t) }
-                point -= entry.targets[t].weight
-            }
-            return nil
-        case .leastLoaded:
-            var best = -1
-            var bestLoad = Int.max
-            let count = state.route.egressIndex.reduce(0) { $0 + $1.count }
-            guard count > 0 else { return nil }
-            state.rotation &+= 1
-            var position = 0
-            for t in entry.targets.indices {
-                for i in entry.targets[t].instances.indices {
-                    let index = state.route.egressIndex[t][i]
-                    position += 1
-                    guard index >= 0, egress[index].healthy else { continue }
-                    let load = egress[index].queue.count * 1000 / max(1, entry.targets[t].weight)
-                    if load < bestLoad || (load == bestLoad && (position + state.rotation) % count == 0) {
-                        best = index
-                        bestLoad = load
-                    }
-                }
-            }
-            return best >= 0 ? best : nil
-        }
-    }
-
-    /// The next healthy instance of target `t`, in turn.
-    func rotate(_ state: RouteState, target t: Int) -> Int? {
-        let instances = state.route.egressIndex[t]
-        for _ in 0..<instances.count {
-            state.rotation &+= 1
-            let i = Int(UInt(bitPattern: state.rotation) % UInt(instances.count))
-            if isHealthy(state, t, i) { return instances[i] }
-        }
-        return nil
-    }
-
-    // MARK: Egress
-
-    func flushAll() {
-        for pipe in egress where pipe.fd >= 0 && pipe.queue.unwrittenBytes > 0 {
-            flush(pipe)
-        }
-    }
-
-    /// Writes as much of the queue as the pipe takes. A reader gone (EPIPE) marks the instance unhealthy and
-    /// routes its unwritten frames elsewhere.
-    func flush(_ pipe: EgressPipe) {
-        while pipe.queue.unwrittenBytes > 0 {
-            let before = pipe.queue.count
-            let n = pipe.queue.withUnwritten { write(pipe.fd, $0.baseAddress, $0.count) }
-            if n > 0 {
-                pipe.bytes += UInt64(n)
-                pipe.queue.consumed(n)
-                pipe.frames += UInt64(before - pipe.queue.count)
-                continue
-            }
-            let error = errno
-            if n < 0 && (error == EAGAIN || error == EWOULDBLOCK) { return }
-            if n < 0 && error == EINTR { continue }
-            closeEgress(pipe, reason: error == EPIPE ? "the reader went away (EPIPE)" : String(cString: strerror(error)))
-            let frames = pipe.queue.takeUnwritten()
-            pipe.rerouted += UInt64(frames.count)
-            for frame in frames { reroute(frame) }
-            return
-        }
-    }
-
-    func closeEgress(_ pipe: EgressPipe, reason: String?) {
-        if pipe.fd >= 0 { close(pipe.fd) }
-        pipe.fd = -1
-        if let reason {
-            pipe.failures += 1
-            pipe.lastError = reason
-            logger.warning("consumer instance unhealthy", metadata: ["pipe": "\(pipe.name)", "reason": "\(reason)"])
-        }
-        if pipe.healthy { pipe.unhealthySince = monotonicNanos() }
-        pipe.healthy = false
-        pipe.backoff = 50_000_000
-        pipe.nextProbe = monotonicNanos() + pipe.backoff
-    }
-
-    /// Tries to open an egress pipe; a reader present makes the instance healthy.
-    func probe(_ pipe: EgressPipe, now: UInt64, force: Bool) {
-        switch root.openFIFO(pipe.name, forWriting: true) {
-        case .opened(let fd, let file):
-            pipe.fd = fd
-            pipe.inode = file.inode
-            pipe.device = file.device
-            pipe.healthy = true
-            pipe.lastError = nil
-            pipe.backoff = 50_000_000
-            setPipeSize(fd, pipe.spec.pipeSize, name: pipe.name)
-            logger.info("consumer instance healthy", metadata: ["pipe": "\(pipe.name)"])
-            if let state = routes[pipe.spec.dataType], !state.parked.isEmpty {
-                for frame in state.parked.takeUnwritten() { reroute(frame) }
-            }
-        case .noReader:
-            pipe.lastError = "no reader"
-            pipe.backoff = min(pipe.backoff * 2, 1_000_000_000)
-            pipe.nextProbe = now + pipe.backoff
-        case .missing:
-            pipe.lastError = "missing"
-            pipe.nextProbe = now + 1_000_000_000
-        case .failed(let error):
-            pipe.lastError = error.message
-            pipe.nextProbe = now + 1_000_000_000
+        for pipe in egress where pipe.fd >= 0 {
+            if let file = try? root.stat(pipe.name), file.inode == pipe.inode, file.device == pipe.device { continue }
+            consumerGone(pipe, reason: "its pipe was deleted or replaced underneath")
         }
     }
 
@@ -551,32 +420,38 @@ public final class Router {
         logger.info("stopping: draining queued frames", metadata: ["timeout": "\(options.drainTimeout)s"])
         let deadline = monotonicNanos() + UInt64(options.drainTimeout * 1e9)
         // Finish frames already half read, so the pipe is left at a frame boundary.
-        for pipe in ingress + draining where pipe.fd >= 0 && pipe.buffer.pending > 0 {
+        for pipe in ingress + draining where pipe.fd >= 0 && pipe.buffer.pending > 0 && pipe.spool == nil {
+            pipe.draining = true
             while pipe.buffer.pending > 0 && monotonicNanos() < deadline {
                 var fds = [pollfd(fd: pipe.fd, events: Int16(POLLIN), revents: 0)]
                 _ = poll(&fds, 1, 50)
-                pipe.draining = true
                 readIngress(pipe, budget: 1)
             }
         }
         while monotonicNanos() < deadline {
             flushAll()
             let now = monotonicNanos()
-            for pipe in egress where pipe.fd < 0 && now >= pipe.nextProbe && !pipe.queue.isEmpty { probe(pipe, now: now, force: false) }
-            let waiting = egress.reduce(0) { $0 + $1.queue.count } + routes.values.reduce(0) { $0 + $1.parked.count }
-            if waiting == 0 { break }
+            for pipe in egress where pipe.fd < 0 && now >= pipe.nextProbe && pipe.queue.count > 0 { probe(pipe, now: now) }
+            if waitingFrames == 0 { break }
             var fds = egress.filter { $0.fd >= 0 && $0.queue.unwrittenBytes > 0 }.map { pollfd(fd: $0.fd, events: Int16(POLLOUT), revents: 0) }
             _ = poll(&fds, nfds_t(fds.count), 20)
         }
-        let undelivered = egress.reduce(0) { $0 + $1.queue.count } + routes.values.reduce(0) { $0 + $1.parked.count }
+        let undelivered = waitingFrames
         if undelivered > 0 {
-            logger.error("stopped with frames undelivered", metadata: ["frames": "\(undelivered)"])
+            let spooled = spools.isEmpty ? "" : " (at-least-once frames stay in the spool for the next router)"
+            logger.error("stopped with frames undelivered\(spooled)", metadata: ["frames": "\(undelivered)"])
         }
+        for spool in spools { spool?.checkpoint() }
         writeStatus(force: true, stopping: true)
         for pipe in ingress + draining where pipe.fd >= 0 { close(pipe.fd) }
         for pipe in egress where pipe.fd >= 0 { close(pipe.fd) }
         logger.info("stopped")
         return .stopped(undelivered: undelivered)
+    }
+
+    /// Frames routed and not yet written anywhere.
+    var waitingFrames: Int {
+        egress.reduce(0) { $0 + $1.queue.count } + routes.values.reduce(0) { $0 + $1.parked.count }
     }
 }
 

@@ -14,6 +14,10 @@ public struct RouterStatus: Codable, Sendable {
         public var bytes: UInt64
         public var resets: UInt64
         public var misaddressed: UInt64
+        /// Frames delivered again from the spool after a restart (possible duplicates).
+        public var replayed: UInt64
+        /// Spooled bytes not yet read back.
+        public var spooledBytes: Int64
         public var lastError: String?
     }
 
@@ -21,12 +25,22 @@ public struct RouterStatus: Codable, Sendable {
         public var name: String
         public var instance: String
         public var dataType: String
+        /// A reader is there and reads: new frames go to it.
         public var healthy: Bool
+        /// Open, but its reader stopped reading (no new frames until it catches up).
+        public var stalled: Bool
+        /// Since when `healthy`/`stalled` are what they are.
+        public var since: Date
         public var frames: UInt64
         public var bytes: UInt64
+        /// Frames routed here and not yet written.
         public var queued: Int
+        /// Frames written and not yet read (kept until read, to re-route if the reader dies).
+        public var inPipe: Int
         public var dropped: UInt64
+        public var deadLettered: UInt64
         public var failures: UInt64
+        public var stalls: UInt64
         public var rerouted: UInt64
         public var lastError: String?
     }
@@ -41,7 +55,10 @@ public struct RouterStatus: Codable, Sendable {
     public var egress: [Egress]
     /// Frames waiting for a healthy instance, by data type.
     public var waiting: [String: Int]
-    public var unroutable: UInt64
+    /// Dead letters by reason (`no-route`, `overflow`, …).
+    public var deadLetters: [String: UInt64]
+    /// Frames shed (drop-oldest, or undeliverable with no dead-letter spool).
+    public var dropped: UInt64
     public var reloads: UInt64
     public var failedReloads: UInt64
     public var lastReloadError: String?
@@ -63,15 +80,19 @@ extension Router {
             ingress: ingress.map {
                 RouterStatus.Ingress(
                     name: $0.name, producer: $0.spec.producer, dataType: $0.spec.dataType, open: $0.fd >= 0, frames: $0.frames,
-                    bytes: $0.bytes, resets: $0.resets, misaddressed: $0.misaddressed, lastError: $0.lastError)
+                    bytes: $0.bytes, resets: $0.resets, misaddressed: $0.misaddressed, replayed: $0.replayed,
+                    spooledBytes: $0.spool?.unread ?? 0, lastError: $0.lastError)
             },
             egress: egress.map {
                 RouterStatus.Egress(
-                    name: $0.name, instance: $0.spec.instance, dataType: $0.spec.dataType, healthy: $0.healthy, frames: $0.frames,
-                    bytes: $0.bytes, queued: $0.queue.count, dropped: $0.dropped, failures: $0.failures, rerouted: $0.rerouted,
+                    name: $0.name, instance: $0.spec.instance, dataType: $0.spec.dataType, healthy: $0.available,
+                    stalled: $0.stalled, since: Date(timeIntervalSince1970: Double($0.since) / 1e9), frames: $0.frames,
+                    bytes: $0.bytes, queued: $0.queue.count, inPipe: $0.queue.inPipe, dropped: $0.dropped,
+                    deadLettered: $0.deadLettered, failures: $0.failures, stalls: $0.stalls, rerouted: $0.rerouted,
                     lastError: $0.lastError)
             },
-            waiting: routes.mapValues { $0.parked.count }.filter { $0.value > 0 }, unroutable: counters.unroutable,
+            waiting: routes.mapValues { $0.parked.count }.filter { $0.value > 0 }, deadLetters: counters.deadLetters,
+            dropped: counters.dropped,
             reloads: counters.reloads, failedReloads: counters.failedReloads, lastReloadError: counters.lastReloadError)
     }
 

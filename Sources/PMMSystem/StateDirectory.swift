@@ -23,6 +23,10 @@ public struct StateDirectory: Sendable {
     public var routerPIDPath: String { path + "/router.pid" }
     /// The router's status JSON.
     public var routerStatusPath: String { path + "/router.json" }
+    /// The at-least-once spools, one file per ingress pipe.
+    public var spoolPath: String { path + "/spool" }
+    /// The dead-letter spool, one file per data type.
+    public var deadLetterPath: String { path + "/deadletters" }
 
     /// The pid of a router that is running for this state directory, or nil.
     public var runningRouterPID: Int32? {

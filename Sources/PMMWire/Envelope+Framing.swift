@@ -3,8 +3,8 @@ import SwiftProtobuf
 /// The envelope under a shorter name.
 public typealias Envelope = Pmm_V1_Envelope
 
-extension Pmm_V1_Envelope {
-    /// This envelope as one frame: a varint length, then the encoded message (`writeDelimitedTo`).
+extension SwiftProtobuf.Message {
+    /// This message as one frame: a varint length, then the encoded message (`writeDelimitedTo`).
     public func framed() throws -> [UInt8] {
         let body: [UInt8] = try serializedBytes()
         var frame: [UInt8] = []
@@ -13,7 +13,9 @@ extension Pmm_V1_Envelope {
         frame += body
         return frame
     }
+}
 
+extension Pmm_V1_Envelope {
     /// Decodes the envelope of one frame's body (prefix already removed).
     public init(body: UnsafeRawBufferPointer) throws {
         try self.init(serializedBytes: Array(body))

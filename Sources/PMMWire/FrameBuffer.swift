@@ -37,7 +37,7 @@ public struct FrameBuffer: Sendable {
     /// Room left for the next read.
     public var freeSpace: Int { storage.count - end }
 
-    /// Moves unconsumed bytes to the front.
+    /// Moves unconsumed bytes to the front. Frame ranges returned before are invalid afterwards.
     public mutating func compact() {
         guard start > 0 else { return }
         let count = end - start
@@ -106,7 +106,6 @@ public struct FrameBuffer: Sendable {
         switch found {
         case .success(let frame):
             if let frame { self.start = frame.range.upperBound }
-            if self.start == self.end { self.start = 0; self.end = 0 }
             return frame
         case .failure(let error):
             throw error

@@ -44,6 +44,12 @@ struct RouterFlags: ParsableArguments {
     @Option(help: ArgumentHelp("Seconds SIGTERM waits for queued frames to reach consumers.", valueName: "seconds"))
     var drainTimeout: Double = 5
 
+    @Option(help: ArgumentHelp("Seconds a consumer may read nothing while its pipe holds data before it counts as stalled.", valueName: "seconds"))
+    var stallTimeout: Double = 5
+
+    @Option(help: ArgumentHelp("Serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9464.", valueName: "host:port"))
+    var metricsListen: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -51,12 +57,24 @@ struct RouterFlags: ParsableArguments {
         guard maxFrame >= 64 && maxFrame <= 64 << 20 else { throw ValidationError("--max-frame must be between 64 and 67108864") }
         guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout must not be negative") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+        guard stallTimeout > 0 else { throw ValidationError("--stall-timeout must be positive") }
+        if let metricsListen, metricsAddress(metricsListen) == nil {
+            throw ValidationError("--metrics-listen takes host:port with an IPv4 host, e.g. 127.0.0.1:9464")
+        }
+    }
+
+    func metricsAddress(_ text: String) -> (host: String, port: UInt16)? {
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, let port = UInt16(parts[1]) else { return nil }
+        return (String(parts[0]), port)
     }
 
     var options: RouterOptions {
         var options = RouterOptions()
         options.maximumFrameSize = maxFrame
         options.drainTimeout = drainTimeout
+        options.stallTimeout = stallTimeout
+        options.metricsListen = metricsListen.flatMap(metricsAddress)
         return options
     }
 }
@@ -90,6 +108,8 @@ final class RouterService {
         }
         var options = flags.options
         options.statusPath = state.routerStatusPath
+        options.spoolDirectory = state.spoolPath
+        options.deadLetterDirectory = state.deadLetterPath
         do { router = try Router(layout: layout, options: options, logger: logger) } catch { throw .system(error) }
         _ = FileManager.default.createFile(atPath: state.routerPIDPath, contents: Data("\(getpid())\n".utf8))
     }

@@ -1,0 +1,73 @@
+import Logging
+import CoreMetrics
+import PMMCore
+import Prometheus
+
+/// Counters and gauges through swift-metrics, backed by a swift-prometheus registry that renders the text
+/// exposition. The router's own counters are the source of truth; they are copied into the metrics on each
+/// scrape, so the hot path pays nothing for metrics.
+final class RouterMetrics {
+    let registry = PrometheusCollectorRegistry()
+    let factory: PrometheusMetricsFactory
+    private var counters: [String: (CoreMetrics.Counter, Int64)] = [:]
+    private var gauges: [String: CoreMetrics.Gauge] = [:]
+
+    init() {
+        factory = PrometheusMetricsFactory(registry: registry)
+    }
+
+    /// Raises the counter `name{labels}` to `value` (counters only go up; a lower value is ignored).
+    func count(_ name: String, _ labels: [(String, String)], _ value: UInt64) {
+        let key = name + labels.map { "|\($0.0)=\($0.1)" }.joined()
+        let (counter, last) = counters[key] ?? (CoreMetrics.Counter(label: name, dimensions: labels, factory: factory), 0)
+        let now = Int64(clamping: value)
+        if now > last { counter.increment(by: now - last) }
+        counters[key] = (counter, max(now, last))
+    }
+
+    func gauge(_ name: String, _ labels: [(String, String)], _ value: Double) {
+        let key = name + labels.map { "|\($0.0)=\($0.1)" }.joined()
+        let gauge = gauges[key] ?? CoreMetrics.Gauge(label: name, dimensions: labels, factory: factory)
+        gauges[key] = gauge
+        gauge.record(value)
+    }
+
+    func render() -> String {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return String(decoding: buffer, as: UTF8.self)
+    }
+}
+
+extension Router {
+    /// The Prometheus text of the router's counters, refreshed now.
+    func metricsText() -> String {
+        let metrics = self.routerMetrics
+        metrics.gauge("pmm_router_revision", [], Double(layout.revision))
+        for pipe in ingress {
+            let labels = [("pipe", pipe.name), ("producer", pipe.spec.producer), ("data_type", pipe.spec.dataType)]
+            metrics.count("pmm_ingress_frames_total", labels, pipe.frames)
+            metrics.count("pmm_ingress_bytes_total", labels, pipe.bytes)
+            metrics.count("pmm_ingress_resets_total", labels, pipe.resets)
+            metrics.count("pmm_ingress_misaddressed_total", labels, pipe.misaddressed)
+            metrics.count("pmm_ingress_replayed_total", labels, pipe.replayed)
+        }
+        for pipe in egress {
+            let labels = [("pipe", pipe.name), ("instance", pipe.spec.instance), ("data_type", pipe.spec.dataType)]
+            metrics.count("pmm_egress_frames_total", labels, pipe.frames)
+            metrics.count("pmm_egress_bytes_total", labels, pipe.bytes)
+            metrics.count("pmm_egress_dropped_total", labels, pipe.dropped)
+            metrics.count("pmm_egress_failures_total", labels, pipe.failures)
+            metrics.count("pmm_egress_stalls_total", labels, pipe.stalls)
+            metrics.count("pmm_egress_rerouted_total", labels, pipe.rerouted)
+            metrics.gauge("pmm_egress_healthy", labels, pipe.available ? 1 : 0)
+            metrics.gauge("pmm_egress_queued_frames", labels, Double(pipe.queue.count))
+        }
+        for (reason, count) in counters.deadLetters {
+            metrics.count("pmm_dead_letters_total", [("reason", reason)], count)
+        }
+        metrics.count("pmm_router_reloads_total", [], counters.reloads)
+        metrics.count("pmm_router_failed_reloads_total", [], counters.failedReloads)
+        return metrics.render()
+    }
+}

@@ -65,6 +65,7 @@ let package = Package(
                 "PMMCore", "PMMWire", "PMMSystem", .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             swiftSettings: upcoming
         ),
@@ -95,7 +96,7 @@ let package = Package(
         // Real FIFOs, real SQLite, real uids (setpriv), and the built pmm binary.
         .testTarget(
             name: "PMMIntegrationTests",
-            dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "pmm"],
+            dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "pmm"],
             swiftSettings: upcoming
         ),
     ]

@@ -23,6 +23,8 @@ final class IngressPipe {
     var replayUntil: Int64 = 0
     /// Over its rate: not read until then (monotonic ns).
     var pausedUntil: UInt64 = 0
+    /// Complete frames may sit in the buffer unrouted (the rate ran dry): parse before reading more.
+    var backlog = false
     var missing = false
 
     var frames: UInt64 = 0
@@ -31,6 +33,9 @@ final class IngressPipe {
     var misaddressed: UInt64 = 0
     var replayed: UInt64 = 0
     var lastError: String?
+    /// Frames per second over the last status interval.
+    var rate: Double = 0
+    var framesAtLastStatus: UInt64 = 0
 
     init(spec: RouterLayout.Ingress, maximumFrameSize: Int) {
         self.spec = spec
@@ -71,6 +76,9 @@ final class EgressPipe {
     var stalls: UInt64 = 0
     var rerouted: UInt64 = 0
     var lastError: String?
+    /// Frames per second over the last status interval.
+    var rate: Double = 0
+    var framesAtLastStatus: UInt64 = 0
 
     init(spec: RouterLayout.Egress) {
         self.spec = spec

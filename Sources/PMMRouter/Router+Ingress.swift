@@ -11,6 +11,10 @@ extension Router {
     /// from the moment it leaves the pipe.
     @discardableResult
     func readIngress(_ pipe: IngressPipe, budget: Int) -> Bool {
+        if pipe.backlog {
+            pipe.backlog = false
+            guard parseFrames(pipe) else { return false }
+        }
         for _ in 0..<budget {
             if pipe.buffer.freeSpace < options.readSize { pipe.buffer.compact() }
             let room = min(pipe.buffer.freeSpace, options.readSize)
@@ -88,6 +92,7 @@ extension Router {
                     guard buckets[pipe.bucketKey]!.take(now: now) else {
                         // Over the rate: stop reading; the producer blocks in write(2) once the pipe fills.
                         pipe.pausedUntil = buckets[pipe.bucketKey]!.nextToken(now: now)
+                        pipe.backlog = true
                         return false
                     }
                 }

@@ -30,6 +30,8 @@ extension Router {
             return
         }
         let target = egress[index]
+        // Frames the pipe can take are not held by the router: write before counting the queue full.
+        if target.isFull && target.fd >= 0 { flush(target) }
         if target.isFull {
             switch target.spec.qos.overflow {
             case .deadLetter:

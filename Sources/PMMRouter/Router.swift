@@ -288,7 +288,7 @@ public final class Router {
                     timeout = min(timeout, Int32(clamping: (pipe.pausedUntil - now) / 1_000_000 + 1))
                     continue
                 }
-                if (pipe.spool?.unread ?? 0) > 0 { spoolBacklog = true }
+                if (pipe.spool?.unread ?? 0) > 0 || pipe.backlog { spoolBacklog = true }
                 fds.append(pollfd(fd: pipe.fd, events: Int16(POLLIN), revents: 0))
                 owners.append(.ingress(index))
             }
@@ -323,7 +323,7 @@ public final class Router {
                     }
                 case .ingress(let index):
                     let pipe = ingress[index]
-                    if revents != 0 || (pipe.spool?.unread ?? 0) > 0 { readIngress(pipe, budget: 4) }
+                    if revents != 0 || (pipe.spool?.unread ?? 0) > 0 || pipe.backlog { readIngress(pipe, budget: 4) }
                 case .egress(let index):
                     let pipe = egress[index]
                     if revents & (POLLERR | POLLHUP) != 0 && pipe.fd >= 0 {
@@ -381,9 +381,18 @@ public final class Router {
         }
         if now - lastCheckpoint >= 50_000_000 {
             lastCheckpoint = now
-            for spool in spools { spool?.checkpoint() }
+            checkpointSpools()
         }
         writeStatus(force: false)
+    }
+
+    /// Writes every spool's watermark; truncates those fully delivered.
+    func checkpointSpools() {
+        var pending = [Int](repeating: 0, count: spools.count)
+        for pipe in ingress + draining where pipe.spoolIndex >= 0 && pipe.spool != nil {
+            pending[Int(pipe.spoolIndex)] += pipe.buffer.pending
+        }
+        for (index, spool) in spools.enumerated() { spool?.checkpoint(pendingBytes: pending[index]) }
     }
 
     /// A pipe deleted under the router, or replaced behind its back: ingress pipes are reopened (the old inode
@@ -441,7 +450,7 @@ public final class Router {
             let spooled = spools.isEmpty ? "" : " (at-least-once frames stay in the spool for the next router)"
             logger.error("stopped with frames undelivered\(spooled)", metadata: ["frames": "\(undelivered)"])
         }
-        for spool in spools { spool?.checkpoint() }
+        checkpointSpools()
         writeStatus(force: true, stopping: true)
         for pipe in ingress + draining where pipe.fd >= 0 { close(pipe.fd) }
         for pipe in egress where pipe.fd >= 0 { close(pipe.fd) }

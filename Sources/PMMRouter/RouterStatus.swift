@@ -18,6 +18,8 @@ public struct RouterStatus: Codable, Sendable {
         public var replayed: UInt64
         /// Spooled bytes not yet read back.
         public var spooledBytes: Int64
+        /// Frames per second in, over the last status interval.
+        public var rate: Double
         public var lastError: String?
     }
 
@@ -42,6 +44,8 @@ public struct RouterStatus: Codable, Sendable {
         public var failures: UInt64
         public var stalls: UInt64
         public var rerouted: UInt64
+        /// Frames per second out, over the last status interval.
+        public var rate: Double
         public var lastError: String?
     }
 
@@ -81,7 +85,7 @@ extension Router {
                 RouterStatus.Ingress(
                     name: $0.name, producer: $0.spec.producer, dataType: $0.spec.dataType, open: $0.fd >= 0, frames: $0.frames,
                     bytes: $0.bytes, resets: $0.resets, misaddressed: $0.misaddressed, replayed: $0.replayed,
-                    spooledBytes: $0.spool?.unread ?? 0, lastError: $0.lastError)
+                    spooledBytes: $0.spool?.unread ?? 0, rate: $0.rate, lastError: $0.lastError)
             },
             egress: egress.map {
                 RouterStatus.Egress(
@@ -89,7 +93,7 @@ extension Router {
                     stalled: $0.stalled, since: Date(timeIntervalSince1970: Double($0.since) / 1e9), frames: $0.frames,
                     bytes: $0.bytes, queued: $0.queue.count, inPipe: $0.queue.inPipe, dropped: $0.dropped,
                     deadLettered: $0.deadLettered, failures: $0.failures, stalls: $0.stalls, rerouted: $0.rerouted,
-                    lastError: $0.lastError)
+                    rate: $0.rate, lastError: $0.lastError)
             },
             waiting: routes.mapValues { $0.parked.count }.filter { $0.value > 0 }, deadLetters: counters.deadLetters,
             dropped: counters.dropped,
@@ -100,7 +104,18 @@ extension Router {
         guard let path = options.statusPath else { return }
         let now = monotonicNanos()
         guard force || now - lastStatus >= UInt64(options.statusInterval * 1e9) else { return }
+        let elapsed = Double(now - lastStatus) / 1e9
         lastStatus = now
+        if elapsed > 0.2 {
+            for pipe in ingress {
+                pipe.rate = Double(pipe.frames - pipe.framesAtLastStatus) / elapsed
+                pipe.framesAtLastStatus = pipe.frames
+            }
+            for pipe in egress {
+                pipe.rate = Double(pipe.frames - pipe.framesAtLastStatus) / elapsed
+                pipe.framesAtLastStatus = pipe.frames
+            }
+        }
         var status = self.status
         status.stopping = stopping
         let encoder = JSONEncoder()

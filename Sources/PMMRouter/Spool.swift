@@ -112,8 +112,11 @@ final class Spool {
     }
 
     /// Writes the watermark file when it moved, and truncates the spool when everything is delivered.
-    func checkpoint() {
-        if outstandingHead == outstanding.count && readOffset == size && size > 0 {
+    ///
+    /// - Parameter pendingBytes: bytes read back but not yet a whole frame; while there are any, the spool
+    ///   keeps them (truncating would leave the frame's start only in memory).
+    func checkpoint(pendingBytes: Int) {
+        if outstandingHead == outstanding.count && readOffset == size && size > 0 && pendingBytes == 0 {
             watermark = size
             // Truncate first: a crash in between leaves a mark past the end, which opening clamps to 0.
             ftruncate(fd, 0)

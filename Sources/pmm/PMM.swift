@@ -23,7 +23,9 @@ struct PMM: ParsableCommand {
               pmm apply -f mesh.yaml        create, re-own and remove pipes; record a revision
               pmm history                   list revisions;  pmm rollback N  applies revision N again
               pmm router                    the data plane (pmm up: apply, then the router)
+              pmm status                    health, rates, dead letters, who holds each pipe
               pmm send / pmm tail           write / read envelopes by hand
+              pmm deadletters list|replay   what the router could not deliver
               pmm demo                      a guided tour in a temporary directory
 
             Environment: PMM_ROOT overrides the spec's root, PMM_STATE_DIR the state directory \
@@ -31,8 +33,8 @@ struct PMM: ParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [
-            Validate.self, Diff.self, Apply.self, History.self, Rollback.self, RouterCommand.self, Up.self, Send.self,
-            Tail.self, Demo.self,
+            Validate.self, Diff.self, Apply.self, History.self, Rollback.self, Status.self, RouterCommand.self, Up.self,
+            Send.self, Tail.self, DeadLetters.self, Demo.self,
         ]
     )
 }

@@ -171,20 +171,59 @@ final class IngressWriter {
     func write(_ envelope: Envelope) throws {
         let frame = try envelope.framed()
         let shard = ShardHash.shard(forKey: envelope.shardKey, shards: dataType.shards)
-        let fd = try fd(forShard: shard)
-        // Up to PIPE_BUF a write is atomic; above it, an flock keeps replicas' frames from interleaving.
-        let locked = frame.count > Int(PIPE_BUF)
-        if locked { DescriptorLock.lock(fd) }
-        defer { if locked { DescriptorLock.unlock(fd) } }
+        while true {
+            let fd = try fd(forShard: shard)
+            // Up to PIPE_BUF a write is atomic; above it, an flock keeps replicas' frames from interleaving.
+            let locked = frame.count > Int(PIPE_BUF)
+            if locked { DescriptorLock.lock(fd) }
+            let result = writeAll(fd, frame)
+            if locked { DescriptorLock.unlock(fd) }
+            switch result {
+            case 0:
+                return
+            case EPIPE:
+                // The router went away: nothing of a frame up to PIPE_BUF reached the pipe. Keep this
+                // descriptor open until the next router is reading: while a writer holds it, the pipe keeps
+                // the frames the old router had not taken; closing it first would discard them.
+                try waitForReader(shard: shard)
+                close(fd)
+            default:
+                printError("error: write to the ingress pipe failed: \(String(cString: strerror(result)))")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    /// Writes all of `frame`; returns 0 or the errno.
+    func writeAll(_ fd: Int32, _ frame: [UInt8]) -> Int32 {
         var offset = 0
         while offset < frame.count {
             let n = frame.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
             if n < 0 {
                 if errno == EINTR { continue }
-                printError("error: write to the ingress pipe failed: \(String(cString: strerror(errno)))")
-                throw ExitCode(1)
+                return errno
             }
             offset += n
+        }
+        return 0
+    }
+
+    /// Blocks until a router opens the shard's pipe for reading again, and makes that the shard's descriptor.
+    func waitForReader(shard: Int) throws {
+        let name = Naming.ingress(producer: producer.name, dataType: dataType.name, shard: shard)
+        printError("note: no router is reading \(name); waiting for one")
+        while true {
+            switch root.openFIFO(name, forWriting: true) {
+            case .opened(let fd, _):
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+                fds[shard] = fd
+                return
+            case .noReader, .missing:
+                usleep(50_000)
+            case .failed(let error):
+                printError("error: \(error)")
+                throw ExitCode(1)
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PMMCore
+import PMMRouter
 import PMMWire
 import Testing
 
@@ -71,9 +72,8 @@ final class MeshHarness {
         return outcome
     }
 
-    var status: RouterStatusView? {
-        guard let data = FileManager.default.contents(atPath: dir.path + "/state/router.json") else { return nil }
-        return try? JSONDecoder().decode(RouterStatusView.self, from: data)
+    var status: RouterStatus? {
+        RouterStatus.read(from: dir.path + "/state/router.json")
     }
 
     /// The envelopes a consumer printed so far.
@@ -147,31 +147,6 @@ struct Received: Decodable, Hashable {
     var instance: String
     var payload: String?
     var schemaVersion: UInt32
-}
-
-/// The parts of `router.json` tests read.
-struct RouterStatusView: Decodable {
-    struct Ingress: Decodable {
-        var name: String
-        var frames: UInt64
-        var resets: UInt64
-        var misaddressed: UInt64
-    }
-    struct Egress: Decodable {
-        var name: String
-        var instance: String
-        var dataType: String
-        var healthy: Bool
-        var frames: UInt64
-        var queued: Int
-        var rerouted: UInt64
-    }
-    var pid: Int32
-    var revision: Int
-    var ingress: [Ingress]
-    var egress: [Egress]
-    var reloads: UInt64
-    var failedReloads: UInt64
 }
 
 /// A mesh for router tests: `api` and `web` produce `metrics` (4 shards); `collector` (3 replicas, weight 90)

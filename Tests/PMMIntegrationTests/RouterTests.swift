@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import PMMCore
 import PMMSpecYAML
+import PMMRouter
 import PMMWire
 import Testing
 

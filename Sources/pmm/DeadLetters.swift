@@ -93,16 +93,7 @@ struct DeadLetters: ParsableCommand {
         func run() throws {
             let entries = DeadLetterStore.read(directory: state.directory.deadLetterPath).filter { filter.matches($0.letter) }
             guard !entries.isEmpty else { return print("No dead letters to replay.") }
-            let spec: MeshSpec
-            do {
-                guard let current = try Reconciler(state: state.directory, create: false).currentRevision() else {
-                    printError("error: nothing has been applied in \(state.directory.path)")
-                    throw ExitCode(1)
-                }
-                spec = current.spec
-            } catch let error as PMMError {
-                throw report(error, exitCode: 1, color: useColor)
-            }
+            let spec = try state.appliedSpec()
             var writers: [String: IngressWriter] = [:]
             var sent: Set<Data> = []
             var skipped = 0

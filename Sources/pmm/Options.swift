@@ -22,6 +22,19 @@ struct SpecOptions: ParsableArguments {
 
 /// The state directory option.
 struct StateOptions: ParsableArguments {
+    /// The spec of the newest applied revision (what the router serves), or a clear error and exit 1.
+    func appliedSpec() throws -> MeshSpec {
+        do {
+            guard let (_, spec) = try Reconciler(state: directory, create: false).currentRevision() else {
+                printError("error: nothing has been applied in \(directory.path); run pmm apply -f mesh.yaml first")
+                throw ExitCode(1)
+            }
+            return spec
+        } catch let error as PMMError {
+            throw report(error, exitCode: 1, color: useColor)
+        }
+    }
+
     @Option(
         name: .customLong("state-dir"),
         help: ArgumentHelp("Where pmm keeps its registry and lock (env: PMM_STATE_DIR; default /var/lib/pmm).", valueName: "dir"))

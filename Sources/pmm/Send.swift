@@ -93,36 +93,29 @@ struct Send: ParsableCommand {
     }
 
     func resolve() throws -> (MeshSpec, Service, DataType, Int?) {
-        do {
-            guard let (_, spec) = try Reconciler(state: state.directory, create: false).currentRevision() else {
-                printError("error: nothing has been applied in \(state.directory.path); run pmm apply first")
-                throw ExitCode(1)
-            }
-            guard let dataType = spec.dataType(named: self.dataType) else {
-                printError("error: data type '\(self.dataType)' is not in the applied spec")
-                throw ExitCode(1)
-            }
-            let producers = spec.services.filter { $0.produces.contains { $0.dataType == dataType.name } }
-            let producer: Service
-            if let service {
-                guard let named = producers.first(where: { $0.name == service }) else {
-                    printError("error: service '\(service)' does not produce '\(dataType.name)' (producers: \(producers.map(\.name).joined(separator: ", ")))")
-                    throw ExitCode(1)
-                }
-                producer = named
-            } else {
-                let mine = producers.filter { $0.uid == geteuid() }
-                guard mine.count == 1 else {
-                    printError("error: say which service sends with --service (producers of '\(dataType.name)': \(producers.map(\.name).joined(separator: ", ")))")
-                    throw ExitCode(1)
-                }
-                producer = mine[0]
-            }
-            let declared = producer.produces.first { $0.dataType == dataType.name }?.version ?? dataType.latestVersion
-            return (spec, producer, dataType, version ?? declared)
-        } catch let error as PMMError {
-            throw report(error, exitCode: 1, color: useColor)
+        let spec = try state.appliedSpec()
+        guard let dataType = spec.dataType(named: self.dataType) else {
+            printError("error: data type '\(self.dataType)' is not in the applied spec")
+            throw ExitCode(1)
         }
+        let producers = spec.services.filter { $0.produces.contains { $0.dataType == dataType.name } }
+        let producer: Service
+        if let service {
+            guard let named = producers.first(where: { $0.name == service }) else {
+                printError("error: service '\(service)' does not produce '\(dataType.name)' (producers: \(producers.map(\.name).joined(separator: ", ")))")
+                throw ExitCode(1)
+            }
+            producer = named
+        } else {
+            let mine = producers.filter { $0.uid == geteuid() }
+            guard mine.count == 1 else {
+                printError("error: say which service sends with --service (producers of '\(dataType.name)': \(producers.map(\.name).joined(separator: ", ")))")
+                throw ExitCode(1)
+            }
+            producer = mine[0]
+        }
+        let declared = producer.produces.first { $0.dataType == dataType.name }?.version ?? dataType.latestVersion
+        return (spec, producer, dataType, version ?? declared)
     }
 }
 

@@ -37,16 +37,7 @@ struct Tail: ParsableCommand {
     var maxFrame: Int = 1 << 20
 
     func run() throws {
-        let root: String
-        do {
-            guard let (_, spec) = try Reconciler(state: state.directory, create: false).currentRevision() else {
-                printError("error: nothing has been applied in \(state.directory.path); run pmm apply first")
-                throw ExitCode(1)
-            }
-            root = spec.root
-        } catch let error as PMMError {
-            throw report(error, exitCode: 1, color: useColor)
-        }
+        let root = try state.appliedSpec().root
         guard let pipeRoot = try? PipeRoot.open(root) else {
             printError("error: \(root) does not exist; run pmm apply first")
             throw ExitCode(1)

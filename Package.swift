@@ -19,6 +19,8 @@ let package = Package(
     products: [
         .executable(name: "pmm", targets: ["pmm"]),
         .library(name: "PMMCore", targets: ["PMMCore"]),
+        // The client library for services: register, send and receive typed messages.
+        .library(name: "PipeMesh", targets: ["PipeMesh"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -69,6 +71,21 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+        // The control plane: the API on pmm.sock (SO_PEERCRED) and self-heal.
+        .target(
+            name: "PMMControl",
+            dependencies: [
+                "PMMCore", "PMMWire", "PMMSystem", "PMMRegistry", "PMMReconciler", .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            swiftSettings: upcoming
+        ),
+        // The client library for services.
+        .target(
+            name: "PipeMesh",
+            dependencies: ["PMMCore", "PMMWire", "PMMSystem", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            swiftSettings: upcoming
+        ),
         // The imperative shell: load, observe, plan, execute, record.
         .target(
             name: "PMMReconciler",
@@ -78,8 +95,8 @@ let package = Package(
         .executableTarget(
             name: "pmm",
             dependencies: [
-                "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "PMMControl",
+                "PipeMesh", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcoming

@@ -18,6 +18,10 @@ public struct ApplyReport: Sendable {
     public var dryRun: Bool
     /// The previous holder of the apply lock, when it was taken over from a process that died.
     public var tookOverLockFrom: String?
+    /// Runtime routing rules this apply cleared (the spec is the truth again).
+    public var clearedRules: [RoutingRule] = []
+    /// Whether a running router must load the result (a new revision, or cleared rules).
+    public var routerNeedsReload: Bool { revision != nil || !clearedRules.isEmpty }
 }
 
 /// What `pmm diff` reports.
@@ -28,8 +32,12 @@ public struct DiffReport: Sendable {
     public var current: Revision?
     /// The number an apply would record.
     public var nextRevision: Int
+    /// Runtime routing rules that differ from the spec: apply clears them.
+    public var runtimeDrift: [RoutingRule]
+    /// Whether apply would record a new revision (pipes or spec change; clearing rules alone records none).
+    public var recordsRevision: Bool { !plan.isEmpty || !specChanges.isEmpty || current == nil }
     /// Whether apply would change anything.
-    public var hasDifferences: Bool { !plan.isEmpty || !specChanges.isEmpty || current == nil }
+    public var hasDifferences: Bool { !plan.isEmpty || !specChanges.isEmpty || current == nil || !runtimeDrift.isEmpty }
 }
 
 /// The imperative shell around the pure planner: observe the host, plan, execute, record.
@@ -84,9 +92,11 @@ public final class Reconciler {
         let current: Revision?
         do { current = try registry.latestRevision() } catch { throw .registry(error) }
         let currentSpec = current.flatMap { LoadedSpec.load(SpecFile(revision: $0), rootOverride: $0.root, checkSchemaFiles: false).spec }
+        let rules: [RoutingRule]
+        do { rules = try registry.routingRules() } catch { throw .registry(error) }
         return DiffReport(
             plan: plan, specChanges: SpecChange.between(currentSpec, spec), current: current,
-            nextRevision: (current?.number ?? 0) + 1)
+            nextRevision: (current?.number ?? 0) + 1, runtimeDrift: spec.drift(of: rules))
     }
 
     /// Makes the host match `loaded`'s spec and records a revision.
@@ -111,22 +121,10 @@ public final class Reconciler {
             tookOverLockFrom: lock?.tookOverFrom)
         if dryRun { return report }
 
-        do {
-            let root = try PipeRoot.openOrCreate(spec.root)
-            try root.removeLeftovers()
-            for change in plan.changes {
-                try execute(change, in: root)
-            }
-        } catch let error as FIFOError {
-            try? registry.event(kind: "apply-failed", message: error.description, at: timestamp)
-            throw .system(error)
-        } catch let error as RegistryError {
-            throw .registry(error)
-        } catch {
-            preconditionFailure("unexpected error \(error)")
-        }
+        try execute(plan, root: spec.root)
 
-        if diff.hasDifferences {
+        do { report.clearedRules = try registry.clearRoutingRules() } catch { throw .registry(error) }
+        if diff.recordsRevision {
             let git = GitInfo.of(file: loaded.file.absolutePath)
             let revision = Revision(
                 appliedAt: timestamp, specSHA256: SHA256.hex(loaded.file.text), specText: loaded.file.text,
@@ -139,12 +137,25 @@ public final class Reconciler {
 
     /// The newest applied revision and its spec (with the root it was applied to), or nil before the first
     /// apply. This is what the data plane serves.
-    public func currentRevision() throws(PMMError) -> (revision: Revision, spec: MeshSpec)? {
+    ///
+    /// - Parameter runtime: apply the runtime routing rules and the rates registered instances asked for
+    ///   (what the router routes by); false gives the revision's spec as applied.
+    public func currentRevision(runtime: Bool = true) throws(PMMError) -> (revision: Revision, spec: MeshSpec)? {
         let latest: Revision?
         do { latest = try registry.latestRevision() } catch { throw .registry(error) }
         guard let latest else { return nil }
         let loaded = LoadedSpec.load(SpecFile(revision: latest), rootOverride: latest.root, checkSchemaFiles: false)
-        guard let spec = loaded.spec, !loaded.diagnostics.hasErrors else { throw .invalidSpec(loaded) }
+        guard var spec = loaded.spec, !loaded.diagnostics.hasErrors else { throw .invalidSpec(loaded) }
+        if runtime {
+            do {
+                spec = spec.applying(try registry.routingRules())
+                var rates: [String: Int] = [:]
+                for instance in try registry.instances() where instance.maxRate > 0 {
+                    rates[instance.service] = min(rates[instance.service] ?? Int.max, instance.maxRate)
+                }
+                spec = spec.narrowingRates(rates)
+            } catch { throw .registry(error) }
+        }
         return (latest, spec)
     }
 
@@ -159,6 +170,51 @@ public final class Reconciler {
         guard let revision else { throw .noSuchRevision(number, latest: latest?.number) }
         let loaded = LoadedSpec.load(SpecFile(revision: revision), rootOverride: rootOverride ?? revision.root)
         return try apply(loaded, prune: prune, dryRun: dryRun, source: "rollback to \(number)")
+    }
+
+    /// Carries out `plan` in `rootPath` (created if needed), recording each change in the inventory as it is made.
+    func execute(_ plan: Plan, root rootPath: String) throws(PMMError) {
+        do {
+            let root = try PipeRoot.openOrCreate(rootPath)
+            try root.removeLeftovers()
+            for change in plan.changes {
+                try execute(change, in: root)
+            }
+        } catch let error as FIFOError {
+            try? registry.event(kind: "apply-failed", message: error.description, at: timestamp)
+            throw .system(error)
+        } catch let error as RegistryError {
+            throw .registry(error)
+        } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
+    }
+
+    /// Self-heal: makes the live root match the current revision again (pipes deleted, re-moded or replaced
+    /// by hand), without recording a revision. Skips the round (nil) when an apply holds the lock.
+    ///
+    /// - Returns: what was repaired, or nil when nothing was applied yet or another apply is running.
+    /// - Throws: `.conflicts` when something pmm must not touch stands in the way (nothing is changed).
+    public func repair() throws(PMMError) -> Plan? {
+        guard let (revision, spec) = try currentRevision(runtime: false) else { return nil }
+        let lock: LockFile
+        do {
+            lock = try LockFile.acquire(at: state.lockPath, owner: "pmm serve (self-heal of revision \(revision.number))", now: timestamp)
+        } catch let error where error.code == .locked {
+            return nil
+        } catch {
+            throw .system(error)
+        }
+        defer { withExtendedLifetime(lock) {} }
+        let singleUser = geteuid() == 0 ? nil : geteuid()
+        let observed = try observe(root: spec.root)
+        let plan = Planner.plan(desired: spec.desiredPipes(singleUserUID: singleUser), observed: observed, prune: false)
+        guard plan.conflicts.isEmpty else { throw .conflicts(root: spec.root, plan.conflicts) }
+        guard !plan.isEmpty else { return plan }
+        try execute(plan, root: spec.root)
+        let summary = plan.changes.map { "\($0.action.symbol) \($0.name)" }.joined(separator: ", ")
+        try? registry.event(kind: "self-heal", message: "revision \(revision.number): \(summary)", at: timestamp)
+        return plan
     }
 
     func execute(_ change: PipeChange, in root: PipeRoot) throws {

@@ -38,6 +38,28 @@ public struct Revision: Sendable, Hashable {
     }
 }
 
+/// A running instance that registered through `pmm serve`.
+public struct InstanceRecord: Sendable, Hashable {
+    public var instance: String
+    public var service: String
+    public var pid: Int32
+    public var uid: UInt32
+    public var registeredAt: String
+    public var lastHeartbeat: String
+    /// A narrower rate the instance asked for (0: the spec's).
+    public var maxRate: Int
+
+    public init(instance: String, service: String, pid: Int32, uid: UInt32, registeredAt: String, lastHeartbeat: String, maxRate: Int) {
+        self.instance = instance
+        self.service = service
+        self.pid = pid
+        self.uid = uid
+        self.registeredAt = registeredAt
+        self.lastHeartbeat = lastHeartbeat
+        self.maxRate = maxRate
+    }
+}
+
 /// A failure of the registry, with the database path.
 public struct RegistryError: Error, CustomStringConvertible, Sendable {
     public var path: String
@@ -117,6 +139,28 @@ public final class Registry: Sendable {
                         at TEXT NOT NULL,
                         kind TEXT NOT NULL,
                         message TEXT NOT NULL
+                    );
+                    """)
+        }
+        migrator.registerMigration("v2: instances and runtime routing rules") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE instance (
+                        instance TEXT PRIMARY KEY,
+                        service TEXT NOT NULL,
+                        pid INTEGER NOT NULL,
+                        uid INTEGER NOT NULL,
+                        registeredAt TEXT NOT NULL,
+                        lastHeartbeat TEXT NOT NULL,
+                        maxRate INTEGER NOT NULL DEFAULT 0
+                    );
+                    CREATE TABLE routingRule (
+                        dataType TEXT NOT NULL,
+                        service TEXT NOT NULL,
+                        weight INTEGER NOT NULL,
+                        setBy INTEGER NOT NULL,
+                        at TEXT NOT NULL,
+                        PRIMARY KEY (dataType, service)
                     );
                     """)
         }
@@ -217,6 +261,81 @@ public final class Registry: Sendable {
             number: row["number"], appliedAt: row["appliedAt"], specSHA256: row["specSHA256"],
             specText: row["specText"], specFile: row["specFile"], root: row["root"], gitCommit: row["gitCommit"],
             gitDirty: row["gitDirty"], source: row["source"], summary: row["summary"])
+    }
+
+    // MARK: Instances
+
+    /// Records a registered instance (replacing an older registration of the same instance).
+    public func register(_ instance: InstanceRecord) throws(RegistryError) {
+        try write { db in
+            try db.execute(
+                sql: """
+                    INSERT OR REPLACE INTO instance (instance, service, pid, uid, registeredAt, lastHeartbeat, maxRate)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    instance.instance, instance.service, instance.pid, Int64(instance.uid), instance.registeredAt,
+                    instance.lastHeartbeat, instance.maxRate,
+                ])
+        }
+    }
+
+    /// Registered instances, by instance name.
+    public func instances() throws(RegistryError) -> [InstanceRecord] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM instance ORDER BY instance").map {
+                InstanceRecord(
+                    instance: $0["instance"], service: $0["service"], pid: $0["pid"], uid: UInt32($0["uid"] as Int64),
+                    registeredAt: $0["registeredAt"], lastHeartbeat: $0["lastHeartbeat"], maxRate: $0["maxRate"])
+            }
+        }
+    }
+
+    /// Removes a registration. Returns whether there was one.
+    @discardableResult
+    public func deregister(instance: String) throws(RegistryError) -> Bool {
+        try write { db in
+            try db.execute(sql: "DELETE FROM instance WHERE instance = ?", arguments: [instance])
+            return db.changesCount > 0
+        }
+    }
+
+    public func heartbeat(instance: String, at: String) throws(RegistryError) {
+        try write { db in
+            try db.execute(sql: "UPDATE instance SET lastHeartbeat = ? WHERE instance = ?", arguments: [at, instance])
+        }
+    }
+
+    // MARK: Runtime routing rules
+
+    public func setRoutingRule(_ rule: RoutingRule) throws(RegistryError) {
+        try write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO routingRule (dataType, service, weight, setBy, at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [rule.dataType, rule.service, rule.weight, Int64(rule.setBy), rule.at])
+            try db.execute(
+                sql: "INSERT INTO event (at, kind, message) VALUES (?, 'routing-rule', ?)",
+                arguments: [rule.at, "uid \(rule.setBy) set \(rule.dataType) -> \(rule.service) weight \(rule.weight)"])
+        }
+    }
+
+    /// Runtime rules, oldest first.
+    public func routingRules() throws(RegistryError) -> [RoutingRule] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM routingRule ORDER BY at, dataType, service").map {
+                RoutingRule(
+                    dataType: $0["dataType"], service: $0["service"], weight: $0["weight"], setBy: UInt32($0["setBy"] as Int64),
+                    at: $0["at"])
+            }
+        }
+    }
+
+    /// Removes every runtime rule (an apply of a spec); returns them.
+    @discardableResult
+    public func clearRoutingRules() throws(RegistryError) -> [RoutingRule] {
+        let rules = try routingRules()
+        try write { db in try db.execute(sql: "DELETE FROM routingRule") }
+        return rules
     }
 
     // MARK: Events

@@ -30,7 +30,7 @@ final class DeadLetterSpool {
 
     init(directory: String) {
         self.directory = directory
-        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
     }
 
     deinit { for fd in fds.values { close(fd) } }

@@ -25,6 +25,8 @@ public struct StateDirectory: Sendable {
     public var routerStatusPath: String { path + "/router.json" }
     /// The at-least-once spools, one file per ingress pipe.
     public var spoolPath: String { path + "/spool" }
+    /// The control API's Unix socket (`pmm serve`).
+    public var socketPath: String { path + "/pmm.sock" }
     /// The dead-letter spool, one file per data type.
     public var deadLetterPath: String { path + "/deadletters" }
 
@@ -36,8 +38,8 @@ public struct StateDirectory: Sendable {
         return pid
     }
 
-    /// Creates the directory (mode 0755 for parents, 0700 for itself when new) and refuses a symlink or a
-    /// directory others can write.
+    /// Creates the directory (mode 0755: services must reach `pmm.sock` in it; the spool and dead letters
+    /// below are 0700) and refuses a symlink or a directory others can write.
     public func prepare() throws(FIFOError) {
         switch Sys.lstat(path) {
         case .success(let st):
@@ -54,7 +56,6 @@ public struct StateDirectory: Sendable {
             }
         case .failure(.noSuchFileOrDirectory):
             try PipeRoot.makeDirectories(path, mode: 0o755)
-            _ = Glibc.chmod(path, 0o700)
         case .failure(let errno):
             throw .syscall("lstat", path: path, errno)
         }

@@ -64,7 +64,7 @@ struct WaitOptions: ParsableArguments {
             }
             return
         }
-        if report.revision != nil {
+        if report.routerNeedsReload {
             kill(pid, SIGHUP)
             print("Signalled the router (pid \(pid)) to load revision \(target).")
         }
@@ -97,6 +97,9 @@ enum ApplyOutput {
         if !report.plan.orphans.isEmpty {
             lines.append("Left in place (the spec no longer names them; remove with --prune):")
             lines += r.pipes(report.plan.orphans)
+        }
+        for rule in report.clearedRules {
+            lines.append("Cleared the runtime routing rule \(rule.dataType) -> \(rule.service) weight \(rule.weight) (set by uid \(rule.setBy) at \(rule.at)): the spec's routes apply again.")
         }
         if report.dryRun {
             lines.append("Dry run: \(r.counts(report.plan, future: true)); nothing was changed.")

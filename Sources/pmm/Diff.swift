@@ -45,7 +45,7 @@ struct Diff: ParsableCommand {
             } else {
                 let reconciler = try Reconciler(state: state.directory, create: false)
                 let diff = try reconciler.diff(desired, prune: prune)
-                result = DiffOutput(root: desired.root, diff: diff)
+                result = DiffOutput(root: desired.root, diff: diff, spec: desired)
             }
         } catch {
             throw report(error, exitCode: 2, color: useColor)
@@ -123,6 +123,14 @@ struct DiffOutput: Encodable {
         var shardMovedShare: Double
         var instanceMovedShare: Double
     }
+    struct RuntimeRule: Encodable {
+        var dataType: String
+        var service: String
+        var runtimeWeight: Int
+        var specWeight: Int?
+        var setBy: UInt32
+        var at: String
+    }
     struct RevisionInfo: Encodable {
         var current: Int?
         var next: Int?
@@ -138,11 +146,19 @@ struct DiffOutput: Encodable {
     var keyMovement: [Movement]
     var revision: RevisionInfo
     var unchangedPipes: Int
+    /// Weights set at run time that the spec does not say (apply clears them).
+    var runtimeRules: [RuntimeRule] = []
 
-    init(root: String, diff: DiffReport) {
+    init(root: String, diff: DiffReport, spec: MeshSpec? = nil) {
         self.init(root: root, base: nil, plan: diff.plan, specChanges: diff.specChanges, movement: [])
         differences = diff.hasDifferences
-        revision = RevisionInfo(current: diff.current?.number, next: diff.hasDifferences ? diff.nextRevision : nil)
+        runtimeRules = diff.runtimeDrift.map { rule in
+            RuntimeRule(
+                dataType: rule.dataType, service: rule.service, runtimeWeight: rule.weight,
+                specWeight: spec?.effectiveRoute(for: rule.dataType)?.targets.first { $0.service == rule.service }?.weight,
+                setBy: rule.setBy, at: rule.at)
+        }
+        revision = RevisionInfo(current: diff.current?.number, next: diff.recordsRevision ? diff.nextRevision : nil)
     }
 
     init(root: String, base: String?, plan: Plan, specChanges: [SpecChange], movement: [KeyMovement]) {
@@ -173,7 +189,7 @@ struct DiffOutput: Encodable {
 
     private var plan: Plan
     enum CodingKeys: String, CodingKey {
-        case differences, root, base, pipes, orphans, conflicts, spec, keyMovement, revision, unchangedPipes
+        case differences, root, base, pipes, orphans, conflicts, spec, keyMovement, revision, unchangedPipes, runtimeRules
     }
 
     func text(_ r: Renderer) -> String {
@@ -197,11 +213,19 @@ struct DiffOutput: Encodable {
             lines.append("Spec fields\(base == nil ? (revision.current.map { " (against revision \($0))" } ?? "") : ""):")
             lines += r.spec(specChanges)
         }
+        if !runtimeRules.isEmpty {
+            lines.append("Runtime routing rules that differ from the spec (set with pmm route set; apply clears them):")
+            for rule in runtimeRules {
+                lines.append(
+                    "  \(r.symbol(.update)) routes.\(rule.dataType).targets.\(rule.service).weight: \(rule.runtimeWeight) (set at run time by uid \(rule.setBy)) → \(rule.specWeight.map(String.init) ?? "absent") (spec)")
+            }
+        }
         for movement in keyMovement {
             lines.append(
                 "Keys of '\(movement.dataType)': \(percent(movement.shardMovedShare)) move to another shard, \(percent(movement.instanceMovedShare)) to another instance (of \(movement.sampledKeys) sampled).")
         }
-        let summary = "\(r.counts(plan, future: true)); \(spec.count) spec field\(spec.count == 1 ? "" : "s") change."
+        let rules = runtimeRules.isEmpty ? "" : " \(runtimeRules.count) runtime rule\(runtimeRules.count == 1 ? "" : "s") to clear."
+        let summary = "\(r.counts(plan, future: true)); \(spec.count) spec field\(spec.count == 1 ? "" : "s") change.\(rules)"
         if !differences {
             lines.append("No differences." + (revision.current.map { " Revision \($0) is current." } ?? ""))
         } else if let next = revision.next {

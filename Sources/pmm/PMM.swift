@@ -23,6 +23,7 @@ struct PMM: ParsableCommand {
               pmm apply -f mesh.yaml        create, re-own and remove pipes; record a revision
               pmm history                   list revisions;  pmm rollback N  applies revision N again
               pmm router                    the data plane (pmm up: apply, then the router)
+              pmm serve -f mesh.yaml        the control API (register, pipe-name, route set) and self-heal
               pmm status                    health, rates, dead letters, who holds each pipe
               pmm send / pmm tail           write / read envelopes by hand
               pmm deadletters list|replay   what the router could not deliver
@@ -34,7 +35,8 @@ struct PMM: ParsableCommand {
         version: "0.1.0",
         subcommands: [
             Validate.self, Diff.self, Apply.self, History.self, Rollback.self, Status.self, RouterCommand.self, Up.self,
-            Send.self, Tail.self, DeadLetters.self, Demo.self,
+            Serve.self, Register.self, Deregister.self, PipeNameCommand.self, RouteCommand.self, Send.self, Tail.self,
+            DeadLetters.self, Demo.self,
         ]
     )
 }

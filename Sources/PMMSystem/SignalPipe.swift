@@ -52,7 +52,7 @@ public final class SignalPipe: @unchecked Sendable {
     }
 
     /// The events waiting, oldest first.
-    func drain() -> [Signal] {
+    public func drain() -> [Signal] {
         var bytes = [UInt8](repeating: 0, count: 64)
         var events: [Signal] = []
         while true {

@@ -1,0 +1,320 @@
+import Foundation
+import Glibc
+public import Logging
+import PMMCore
+public import PMMReconciler
+import PMMRegistry
+public import PMMSystem
+import PMMWire
+import SwiftProtobuf
+
+/// `SO_PEERCRED` (Linux): the connecting process's pid, uid and gid, as the kernel knows them.
+let SO_PEERCRED: Int32 = 17
+
+/// The caller of a request, from SO_PEERCRED: who it is, not who it says it is.
+public struct PeerCredentials: Sendable, Equatable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+}
+
+/// Settings of `pmm serve`.
+public struct ControlOptions: Sendable {
+    /// Seconds between self-heal rounds (and checks of registered pids).
+    public var interval: Double = 5
+    /// A connection that sends nothing for this long is closed.
+    public var idleTimeout: Double = 30
+    /// At most this many connections at once; more are closed at accept.
+    public var maximumClients = 1024
+    /// The largest request accepted, in bytes.
+    public var maximumRequest = 64 << 10
+
+    public init() {}
+}
+
+/// The control plane: the API on `<state-dir>/pmm.sock` and the self-heal loop.
+///
+/// One thread, one poll loop over the listening socket, its clients and the signal pipe. Every request is
+/// answered in order on its connection; a malformed or oversized one closes that connection only. Callers
+/// are identified with SO_PEERCRED; every refusal is an answer with a reason and an event in the registry.
+public final class ControlServer {
+    let reconciler: Reconciler
+    let state: StateDirectory
+    let options: ControlOptions
+    let logger: Logger
+    /// The spec file `SIGHUP` re-reads and applies, if any.
+    let specPath: String?
+    let rootOverride: String?
+    let listener: Int32
+    var clients: [Int32: Client] = [:]
+    var lastHeal: UInt64 = 0
+    public private(set) var counters = Counters()
+
+    public struct Counters: Sendable {
+        public var requests = 0
+        public var refusals = 0
+        public var malformed = 0
+        public var repairs = 0
+    }
+
+    final class Client {
+        let fd: Int32
+        let peer: PeerCredentials
+        var inbound: MessageBuffer
+        var outbound: [UInt8] = []
+        var lastActivity: UInt64
+
+        init(fd: Int32, peer: PeerCredentials, maximumRequest: Int, now: UInt64) {
+            self.fd = fd
+            self.peer = peer
+            self.inbound = MessageBuffer(maximumSize: maximumRequest)
+            self.lastActivity = now
+        }
+    }
+
+    /// Listens on `<state-dir>/pmm.sock` (replacing a stale socket file; refusing when another server answers).
+    public init(
+        reconciler: Reconciler, specPath: String?, rootOverride: String? = nil, options: ControlOptions = ControlOptions(), logger: Logger
+    ) throws(FIFOError) {
+        self.reconciler = reconciler
+        self.state = reconciler.state
+        self.specPath = specPath
+        self.rootOverride = rootOverride
+        self.options = options
+        self.logger = logger
+        listener = try Self.listen(at: reconciler.state.socketPath)
+    }
+
+    deinit {
+        for fd in clients.keys { close(fd) }
+        close(listener)
+        unlink(state.socketPath)
+    }
+
+    static func listen(at path: String) throws(FIFOError) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw FIFOError(.systemCall, path: path, "socket failed") }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            close(fd)
+            throw FIFOError(.systemCall, path: path, "the socket path is too long", hint: "use a shorter --state-dir")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        func bindIt() -> Int32 {
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+        }
+        if bindIt() != 0 {
+            guard errno == EADDRINUSE else {
+                let message = String(cString: strerror(errno))
+                close(fd)
+                throw FIFOError(.systemCall, path: path, "cannot bind: \(message)")
+            }
+            // A socket file is there: another live server, or one left by a server that died.
+            let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let alive = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            } == 0
+            close(probe)
+            if alive {
+                close(fd)
+                throw FIFOError(.locked, path: path, "another pmm serve answers on this socket")
+            }
+            unlink(path)
+            guard bindIt() == 0 else {
+                close(fd)
+                throw FIFOError(.systemCall, path: path, "cannot bind: \(String(cString: strerror(errno)))")
+            }
+        }
+        // Services of other uids connect; who they are is checked per request (SO_PEERCRED).
+        chmod(path, 0o666)
+        guard Glibc.listen(fd, 128) == 0 else {
+            close(fd)
+            throw FIFOError(.systemCall, path: path, "cannot listen: \(String(cString: strerror(errno)))")
+        }
+        return fd
+    }
+
+    // MARK: The loop
+
+    /// Serves until SIGTERM/SIGINT; SIGHUP re-reads the spec file and applies it.
+    ///
+    /// - Parameter onChange: called after anything the router must load (a new revision, a routing rule, a
+    ///   repair), e.g. to send it SIGHUP.
+    public func run(signals: SignalPipe, onChange: () -> Void) {
+        logger.info("serving the control API", metadata: ["socket": "\(state.socketPath)"])
+        heal(onChange: onChange)
+        while true {
+            var fds = [pollfd(fd: signals.readFD, events: Int16(POLLIN), revents: 0), pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+            let order = Array(clients.keys)
+            for fd in order {
+                let events = Int16(POLLIN) | (clients[fd]!.outbound.isEmpty ? 0 : Int16(POLLOUT))
+                fds.append(pollfd(fd: fd, events: events, revents: 0))
+            }
+            _ = poll(&fds, nfds_t(fds.count), 200)
+            if fds[0].revents != 0 {
+                for signal in signals.drain() {
+                    switch signal {
+                    case .reload: reload(onChange: onChange)
+                    case .stop:
+                        logger.info("stopping the control API")
+                        return
+                    }
+                }
+            }
+            if fds[1].revents != 0 { acceptClients() }
+            let now = monotonicNanos()
+            for (slot, fd) in order.enumerated() {
+                guard let client = clients[fd] else { continue }
+                let revents = fds[slot + 2].revents
+                if revents & Int16(POLLOUT) != 0 { flush(client) }
+                if revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { read(client, now: now, onChange: onChange) }
+            }
+            for client in clients.values where now - client.lastActivity > UInt64(options.idleTimeout * 1e9) {
+                logger.debug("closing an idle connection", metadata: ["pid": "\(client.peer.pid)"])
+                drop(client)
+            }
+            if now - lastHeal >= UInt64(options.interval * 1e9) { heal(onChange: onChange) }
+        }
+    }
+
+    func acceptClients() {
+        while true {
+            let fd = accept(listener, nil, nil)
+            guard fd >= 0 else { return }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            guard clients.count < options.maximumClients else {
+                logger.warning("too many connections; refusing one", metadata: ["limit": "\(options.maximumClients)"])
+                close(fd)
+                continue
+            }
+            var credentials = (pid: Int32(0), uid: UInt32(0), gid: UInt32(0))
+            var length = socklen_t(MemoryLayout.size(ofValue: credentials))
+            guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0 else {
+                close(fd)
+                continue
+            }
+            let peer = PeerCredentials(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid)
+            clients[fd] = Client(fd: fd, peer: peer, maximumRequest: options.maximumRequest, now: monotonicNanos())
+        }
+    }
+
+    func read(_ client: Client, now: UInt64, onChange: () -> Void) {
+        var chunk = [UInt8](repeating: 0, count: 16 << 10)
+        let n = recv(client.fd, &chunk, chunk.count, 0)
+        if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) { return drop(client) }
+        guard n > 0 else { return }
+        client.lastActivity = now
+        client.inbound.append(chunk[0..<n])
+        do {
+            while let body = try client.inbound.next() {
+                guard let request = try? Pmm_V1_Request(serializedBytes: body) else {
+                    counters.malformed += 1
+                    event("malformed", "pid \(client.peer.pid) uid \(client.peer.uid): a request that is not a pmm.v1.Request; connection closed")
+                    return drop(client)
+                }
+                counters.requests += 1
+                let response = handle(request, from: client.peer, onChange: onChange)
+                if !response.ok {
+                    counters.refusals += 1
+                    event("refused", "pid \(client.peer.pid) uid \(client.peer.uid): \(response.error)")
+                }
+                client.outbound += (try? response.framed()) ?? []
+                flush(client)
+            }
+        } catch {
+            counters.malformed += 1
+            event("malformed", "pid \(client.peer.pid) uid \(client.peer.uid): \(error); connection closed")
+            drop(client)
+        }
+    }
+
+    func flush(_ client: Client) {
+        while !client.outbound.isEmpty {
+            let n = client.outbound.withUnsafeBytes { send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n > 0 {
+                client.outbound.removeFirst(n)
+            } else {
+                if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
+                return drop(client)
+            }
+        }
+    }
+
+    func drop(_ client: Client) {
+        close(client.fd)
+        clients[client.fd] = nil
+    }
+
+    func event(_ kind: String, _ message: String) {
+        logger.notice("\(kind): \(message)")
+        try? reconciler.registry.event(kind: kind, message: message, at: timestamp)
+    }
+
+    var timestamp: String { ISO8601DateFormatter().string(from: Date()) }
+
+    // MARK: Self-heal and reload
+
+    /// Repairs drift and forgets registered instances whose process is gone.
+    func heal(onChange: () -> Void) {
+        lastHeal = monotonicNanos()
+        do {
+            if let plan = try reconciler.repair(), !plan.isEmpty {
+                counters.repairs += 1
+                logger.notice(
+                    "self-heal repaired drift",
+                    metadata: ["changes": "\(plan.changes.map { "\($0.action.symbol) \($0.name)" }.joined(separator: ", "))"])
+                onChange()
+            }
+        } catch {
+            logger.error("self-heal failed", metadata: ["error": "\(error)"])
+        }
+        do {
+            for instance in try reconciler.registry.instances() where kill(instance.pid, 0) != 0 && errno == ESRCH {
+                try reconciler.registry.deregister(instance: instance.instance)
+                event("deregistered", "\(instance.instance): its process \(instance.pid) is gone")
+                if instance.maxRate > 0 { onChange() }
+            }
+        } catch {
+            logger.error("cannot check registered instances", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// SIGHUP: re-read the spec file and apply it; an invalid spec is refused and the current revision stays.
+    func reload(onChange: () -> Void) {
+        guard let specPath else {
+            logger.info("SIGHUP: no spec file (-f) to re-read; repairing instead")
+            return heal(onChange: onChange)
+        }
+        do {
+            let loaded = LoadedSpec.load(try SpecFile.read(specPath), rootOverride: rootOverride)
+            let report = try reconciler.apply(loaded, prune: false, dryRun: false, source: "serve (SIGHUP)")
+            if let revision = report.revision {
+                logger.notice("SIGHUP: applied the spec", metadata: ["revision": "\(revision.number)", "summary": "\(revision.summary)"])
+            } else {
+                logger.info("SIGHUP: the spec has not changed")
+            }
+            if report.routerNeedsReload { onChange() }
+        } catch let error as PMMError {
+            event("reload-refused", "SIGHUP: \(specPath): \(error); the current revision keeps serving")
+        } catch {
+            event("reload-refused", "SIGHUP: \(specPath): \(error); the current revision keeps serving")
+        }
+    }
+}
+
+@inline(__always)
+func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}

@@ -1,0 +1,202 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import Logging
+import PMMControl
+import PMMCore
+import PMMReconciler
+import PMMSystem
+import PipeMesh
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the control plane: the API on <state-dir>/pmm.sock, and self-healing of drift.",
+        discussion: """
+            Applies -f FILE at start (idempotent), then serves RegisterService, DeregisterService, GetPipeName and \
+            SetRoutingRule to local processes, identified by SO_PEERCRED (a service's uid may only speak for \
+            itself; routing rules need root or the mesh's adminUid). Every --interval seconds it repairs the \
+            pipes against the applied revision (deleted, re-moded or replaced by hand) and forgets registered \
+            instances whose process is gone. SIGHUP re-reads FILE and applies it (an invalid spec is refused and \
+            the current revision keeps serving); SIGTERM stops. A running router is sent SIGHUP whenever it must \
+            load something new.
+            """)
+
+    @OptionGroup var spec: SpecOptions
+    @OptionGroup var state: StateOptions
+
+    @Option(help: ArgumentHelp("Seconds between self-heal rounds.", valueName: "seconds"))
+    var interval: Double = 5
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard interval >= 0.1 else { throw ValidationError("--interval must be at least 0.1 seconds") }
+    }
+
+    func run() throws {
+        let logger = makeLogger(label: "pmm.serve", level: logLevel)
+        let loaded = try readSpec(spec, failure: 1)
+        let directory = state.directory
+        do {
+            let reconciler = try Reconciler(state: directory)
+            let report = try reconciler.apply(loaded, prune: false, dryRun: false, source: "serve")
+            printDiagnostics(loaded, color: useColor)
+            print(ApplyOutput.text(report, renderer: Renderer(color: useColor)))
+            fflush(nil)
+            var options = ControlOptions()
+            options.interval = interval
+            let server: ControlServer
+            do {
+                server = try ControlServer(
+                    reconciler: reconciler, specPath: loaded.file.absolutePath, rootOverride: spec.rootOverride, options: options, logger: logger)
+            } catch { throw PMMError.system(error) }
+            let signals = SignalPipe()
+            if report.routerNeedsReload { signalRouter(directory) }
+            server.run(signals: signals) { signalRouter(directory) }
+        } catch let error as PMMError {
+            throw report(error, exitCode: 1, color: useColor)
+        }
+    }
+}
+
+/// Tells a running router to load the newest revision and runtime rules.
+func signalRouter(_ state: StateDirectory) {
+    if let pid = state.runningRouterPID { kill(pid, SIGHUP) }
+}
+
+/// Runs a control-API call, printing a refusal or an unreachable server as an error (exit 1).
+func withControl<T>(_ state: StateOptions, _ body: (PipeMesh) throws(PipeMeshError) -> T) throws -> T {
+    do {
+        return try body(PipeMesh(stateDirectory: state.directory.path))
+    } catch {
+        printError("error: \(error)")
+        throw ExitCode(1)
+    }
+}
+
+struct Register: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "RegisterService through pmm serve: announce an instance and print its pipes.",
+        discussion: """
+            The registration belongs to the calling process (SO_PEERCRED): only the uid the spec gives the \
+            service may register it (or root). pmm serve forgets it once that process is gone, so from the \
+            shell this is mostly a check of who may do what; services register with the PipeMesh library.
+            """)
+
+    @OptionGroup var state: StateOptions
+
+    @Option(help: "The service to register.")
+    var service: String
+
+    @Option(help: "Only this data type's pipes.")
+    var dataType: String?
+
+    @Option(help: "Narrow the service's rate to this many messages/s.")
+    var maxRate: UInt64 = 0
+
+    @Option(help: "The instance wanted (default: the first free replica).")
+    var instance: String?
+
+    @Option(name: .shortAndLong, help: "Output format: text or json.")
+    var output: OutputFormat = .text
+
+    func run() throws {
+        let registration = try withControl(state) { mesh throws(PipeMeshError) in
+            try mesh.register(service: service, dataType: dataType, maxRate: maxRate, instance: instance)
+        }
+        if output == .json {
+            struct Row: Encodable {
+                var service: String
+                var instance: String
+                var ingress: [String: [String]]
+                var egress: [String: String]
+                var versions: [String: UInt32]
+            }
+            return try printJSON(
+                Row(service: registration.service, instance: registration.instance, ingress: registration.ingress, egress: registration.egress,
+                    versions: registration.versions))
+        }
+        print("Registered \(registration.instance) (pid \(getpid())).")
+        for (dataType, paths) in registration.ingress.sorted(by: { $0.key < $1.key }) {
+            print("  writes \(dataType): \(paths.joined(separator: " "))")
+        }
+        for (dataType, path) in registration.egress.sorted(by: { $0.key < $1.key }) {
+            print("  reads \(dataType): \(path)")
+        }
+    }
+}
+
+struct Deregister: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "DeregisterService through pmm serve.")
+
+    @OptionGroup var state: StateOptions
+
+    @Option(help: "The service.")
+    var service: String
+
+    @Option(help: "The instance (default: those the calling process registered; root: all).")
+    var instance: String?
+
+    func run() throws {
+        try withControl(state) { mesh throws(PipeMeshError) in try mesh.deregister(service: service, instance: instance) }
+        print("Deregistered \(instance ?? service).")
+    }
+}
+
+struct PipeNameCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pipe-name",
+        abstract: "GetPipeName through pmm serve: print the ingress pipe for a data type and shard key.",
+        discussion: "The service is the caller's (by uid); root may name one with --service. Prints the path alone.")
+
+    @OptionGroup var state: StateOptions
+
+    @Option(help: "The data type.")
+    var dataType: String
+
+    @Option(help: "The shard key.")
+    var shardKey: String = ""
+
+    @Option(help: "The producing service (root only; default: the caller's).")
+    var service: String?
+
+    func run() throws {
+        let answer = try withControl(state) { mesh throws(PipeMeshError) in
+            try mesh.pipeName(dataType: dataType, shardKey: Array(shardKey.utf8), service: service)
+        }
+        print(answer.path)
+    }
+}
+
+struct RouteCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "route", abstract: "Runtime routing rules.", subcommands: [Set.self])
+
+    struct Set: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "SetRoutingRule through pmm serve: change a target's weight at run time (root or adminUid).",
+            discussion: """
+                Takes effect in the router at once. `pmm diff` shows it as drift from the spec until the spec says \
+                the same; the next `pmm apply` of the spec clears it.
+                """)
+
+        @OptionGroup var state: StateOptions
+
+        @Option(help: "The data type whose route changes.")
+        var dataType: String
+
+        @Option(help: "The target service.")
+        var service: String
+
+        @Option(help: "Its new weight.")
+        var weight: UInt32
+
+        func run() throws {
+            try withControl(state) { mesh throws(PipeMeshError) in
+                try mesh.setRoutingRule(dataType: dataType, service: service, weight: weight)
+            }
+            print("Routing rule set: \(dataType) -> \(service) weight \(weight) (until the next pmm apply).")
+        }
+    }
+}

@@ -101,6 +101,24 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+        // Examples: two services built on PipeMesh (used by `pmm demo` when built next to pmm).
+        .target(
+            name: "ShopSchemas", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            path: "Examples/ShopSchemas", swiftSettings: generatedCode),
+        .executableTarget(
+            name: "example-producer",
+            dependencies: [
+                "PipeMesh", "ShopSchemas", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Examples/ProducerExample", swiftSettings: upcoming),
+        .executableTarget(
+            name: "example-consumer",
+            dependencies: [
+                "PipeMesh", "ShopSchemas", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Examples/ConsumerExample", swiftSettings: upcoming),
         .testTarget(name: "PMMCoreTests", dependencies: ["PMMCore"], swiftSettings: upcoming),
         .testTarget(
             name: "PMMWireTests", dependencies: ["PMMWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
@@ -113,7 +131,10 @@ let package = Package(
         // Real FIFOs, real SQLite, real uids (setpriv), and the built pmm binary.
         .testTarget(
             name: "PMMIntegrationTests",
-            dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "pmm"],
+            dependencies: [
+                "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "PipeMesh", "pmm",
+                "example-producer", "example-consumer",
+            ],
             swiftSettings: upcoming
         ),
     ]

@@ -198,9 +198,18 @@ struct DataPlaneTour {
     var binary: String { URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path }
     var stateArgument: String { "--state-dir=\(tour.state.path)" }
 
-    func spawn(_ arguments: [String]) throws -> Process {
+    /// The example services (Examples/), when they were built next to pmm.
+    var examples: (producer: String, consumer: String)? {
+        let directory = (binary as NSString).deletingLastPathComponent
+        let producer = directory + "/example-producer"
+        let consumer = directory + "/example-consumer"
+        guard FileManager.default.isExecutableFile(atPath: producer), FileManager.default.isExecutableFile(atPath: consumer) else { return nil }
+        return (producer, consumer)
+    }
+
+    func spawn(_ arguments: [String], executable: String? = nil) throws -> Process {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
+        process.executableURL = URL(fileURLWithPath: executable ?? binary)
         process.arguments = arguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: "/dev/null")
@@ -219,30 +228,49 @@ struct DataPlaneTour {
     }
 
     func run() throws {
-        tour.step("8. pmm router; consumers collector-0..2, collector-canary-0, billing-0..1; producer api")
+        let examples = self.examples
+        tour.step(
+            "8. pmm serve, pmm router; consumers collector-0..2, collector-canary-0, billing-0..1; producer api"
+                + (examples == nil ? "" : " (the example services, on the PipeMesh library)"))
         var children: [String: Process] = [:]
         defer {
             for process in children.values where process.isRunning { kill(process.processIdentifier, SIGKILL) }
             for process in children.values { process.waitUntilExit() }
         }
+        // The spec on disk is revision 1's again (the rollback), so serve's start-up apply changes nothing.
+        try tour.write(tour.exampleText())
+        children["serve"] = try spawn(["serve", "-f", tour.specPath, "--root", tour.root, stateArgument, "--log-level", "error"])
         let router = try spawn(["router", stateArgument, "--log-level", "error"])
         children["router"] = router
         let statusPath = tour.state.routerStatusPath
-        for _ in 0..<200 where RouterStatus.read(from: statusPath) == nil { usleep(20_000) }
+        for _ in 0..<200 where RouterStatus.read(from: statusPath) == nil || !FileManager.default.fileExists(atPath: tour.state.socketPath) {
+            usleep(20_000)
+        }
         for (instance, dataType) in [
             ("collector-0", "metrics"), ("collector-1", "metrics"), ("collector-2", "metrics"), ("collector-canary-0", "metrics"),
             ("billing-0", "orders"), ("billing-1", "orders"),
         ] {
-            children[instance] = try spawn(["tail", stateArgument, "--instance", instance, "--data-type", dataType, "-o", "json"])
+            if let examples, dataType == "metrics" {
+                let service = String(instance[..<instance.lastIndex(of: "-")!])
+                children[instance] = try spawn(
+                    ["--state-dir", tour.state.path, "--service", service, "--instance", instance], executable: examples.consumer)
+            } else {
+                children[instance] = try spawn(["tail", stateArgument, "--instance", instance, "--data-type", dataType, "-o", "json"])
+            }
         }
         for _ in 0..<200 {
             if (RouterStatus.read(from: statusPath)?.egress.filter(\.healthy).count ?? 0) >= 6 { break }
             usleep(20_000)
         }
-        children["api-metrics"] = try spawn([
-            "send", stateArgument, "--service", "api", "--data-type", "metrics", "--keys", "1000", "--rate", "4000",
-            "--count", "1000000", "--payload", "cpu=0.42",
-        ])
+        if let examples {
+            children["api-metrics"] = try spawn(
+                ["--state-dir", tour.state.path, "--service", "api", "--hosts", "1000", "--rate", "4000"], executable: examples.producer)
+        } else {
+            children["api-metrics"] = try spawn([
+                "send", stateArgument, "--service", "api", "--data-type", "metrics", "--keys", "1000", "--rate", "4000",
+                "--count", "1000000", "--payload", "cpu=0.42",
+            ])
+        }
         children["api-orders"] = try spawn([
             "send", stateArgument, "--service", "api", "--data-type", "orders", "--keys", "50", "--rate", "500",
             "--count", "1000000", "--payload", "order",
@@ -281,6 +309,7 @@ struct DataPlaneTour {
             if let process = children[name] { stop(process) }
         }
         stop(router, grace: 10)
+        if let serve = children["serve"] { stop(serve) }
         let status = RouterStatus.read(from: statusPath)
         let sent = status?.ingress.reduce(0) { $0 + $1.frames } ?? 0
         let delivered = status?.egress.reduce(0) { $0 + $1.frames } ?? 0

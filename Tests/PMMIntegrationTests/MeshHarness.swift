@@ -14,8 +14,10 @@ final class MeshHarness {
     var stateArgument: String { "--state-dir=\(dir.path)/state" }
 
     /// - Parameter yaml: a spec; `ROOT` is replaced by the pipe root.
-    init(_ yaml: String) throws {
+    /// - Parameter files: more files to write next to the spec first (schemas), by relative path.
+    init(_ yaml: String, files: [String: String] = [:]) throws {
         signal(SIGPIPE, SIG_IGN)  // tests write into pipes whose reader may be gone: EPIPE, not death
+        for (name, text) in files { dir.write(text, to: name) }
         dir.write(yaml.replacingOccurrences(of: "ROOT", with: dir.root))
         let outcome = try pmm("apply", "-f", dir.specPath, stateArgument)
         try #require(outcome.status == 0, "apply failed: \(outcome.stderr)")

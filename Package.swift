@@ -71,6 +71,12 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+        // Schemas: .proto files through protoc into descriptors, for the compatibility check.
+        .target(
+            name: "PMMSchema",
+            dependencies: ["PMMCore", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            swiftSettings: upcoming
+        ),
         // The control plane: the API on pmm.sock (SO_PEERCRED) and self-heal.
         .target(
             name: "PMMControl",
@@ -89,7 +95,7 @@ let package = Package(
         // The imperative shell: load, observe, plan, execute, record.
         .target(
             name: "PMMReconciler",
-            dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry"],
+            dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMSchema"],
             swiftSettings: upcoming
         ),
         .executableTarget(

@@ -296,7 +296,7 @@ public final class ControlServer {
             return heal(onChange: onChange)
         }
         do {
-            let loaded = LoadedSpec.load(try SpecFile.read(specPath), rootOverride: rootOverride)
+            let loaded = LoadedSpec.load(try SpecFile.read(specPath), rootOverride: rootOverride, schemas: .optional)
             let report = try reconciler.apply(loaded, prune: false, dryRun: false, source: "serve (SIGHUP)")
             if let revision = report.revision {
                 logger.notice("SIGHUP: applied the spec", metadata: ["revision": "\(revision.number)", "summary": "\(revision.summary)"])

@@ -108,6 +108,14 @@ public struct DiagnosticCode: RawRepresentable, Hashable, Sendable, CustomString
     public static let invalidRoute = DiagnosticCode(rawValue: "E012")
     /// `apiVersion` or `kind` that this pmm does not understand.
     public static let unsupportedDocument = DiagnosticCode(rawValue: "E013")
+    /// The schema compatibility check could not run (protoc is missing).
+    public static let schemaCheckUnavailable = DiagnosticCode(rawValue: "E014")
+    /// Two versions of a data type differ in a way its `compatibility` forbids.
+    public static let incompatibleSchema = DiagnosticCode(rawValue: "E015")
+    /// A schema file protoc cannot read, or that lacks the message the spec names.
+    public static let unreadableSchema = DiagnosticCode(rawValue: "E016")
+    /// Frames of a multi-writer pipe can exceed PIPE_BUF, so only a writer's lock keeps them whole.
+    public static let framesAbovePipeBuf = DiagnosticCode(rawValue: "W003")
     /// Two services run as the same uid, so a caller's uid cannot tell them apart.
     public static let sharedUID = DiagnosticCode(rawValue: "W001")
     /// A data type nobody produces or consumes, or a consumed type with no route.

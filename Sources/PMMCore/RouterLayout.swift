@@ -10,6 +10,8 @@ public struct RouterLayout: Hashable, Sendable {
         public var pipeSize: Int?
         /// The producer's QoS for this type (rate limits apply per producing service).
         public var qos: QoS
+        /// The schema version the producer declares (frames that carry none are taken to be this one).
+        public var version: Int?
     }
 
     /// An egress pipe the router writes: one per consumer instance and data type.
@@ -21,6 +23,8 @@ public struct RouterLayout: Hashable, Sendable {
         public var pipeSize: Int?
         /// The consumer's QoS (buffer and overflow apply per consumer instance).
         public var qos: QoS
+        /// The schema version the consumer reads.
+        public var version: Int?
     }
 
     /// Where one data type's frames go.
@@ -33,6 +37,20 @@ public struct RouterLayout: Hashable, Sendable {
         public var egressIndex: [[Int]]
         /// The type's QoS (for frames that wait because no instance is healthy).
         public var qos: QoS
+        /// The declared versions; empty for an unversioned type (every frame goes anywhere).
+        public var versions: Set<Int>
+        /// For each writer version, the reader versions that can read it (from the schema check recorded
+        /// with the revision); nil when no check ran, and then only equal versions match.
+        public var readers: [Int: Set<Int>]?
+        /// The version each target service reads, by target index of `entry`.
+        public var targetVersions: [Int?]
+
+        /// Whether target `t` can read frames of `version`.
+        public func target(_ t: Int, reads version: Int) -> Bool {
+            guard !versions.isEmpty, let reader = targetVersions[t] else { return true }
+            if reader == version { return true }
+            return readers?[version]?.contains(reader) ?? false
+        }
     }
 
     public var revision: Int
@@ -42,7 +60,9 @@ public struct RouterLayout: Hashable, Sendable {
     /// Routes by data type name.
     public var routes: [String: Route]
 
-    public init(spec: MeshSpec, revision: Int) {
+    /// - Parameter readers: per data type, writer version -> reader versions that can read it (the checked
+    ///   compatibility matrix); nil when no schema check ran.
+    public init(spec: MeshSpec, revision: Int, readers: [String: [Int: [Int]]]? = nil) {
         self.revision = revision
         self.root = spec.root
         var ingress: [Ingress] = []
@@ -50,17 +70,20 @@ public struct RouterLayout: Hashable, Sendable {
         for pipe in spec.desiredPipes() {
             guard let dataType = spec.dataType(named: pipe.dataType), let service = spec.service(named: pipe.service) else { continue }
             let bindings = pipe.kind == .ingress ? service.produces : service.consumes
-            let override = bindings.first { $0.dataType == pipe.dataType }?.qos ?? QoSOverride()
-            let qos = dataType.qos.applying(override)
+            let binding = bindings.first { $0.dataType == pipe.dataType }
+            let qos = dataType.qos.applying(binding?.qos ?? QoSOverride())
+            let version = binding?.version ?? dataType.latestVersion
             switch pipe.kind {
             case .ingress:
                 ingress.append(
-                    Ingress(name: pipe.name, producer: pipe.service, dataType: pipe.dataType, shard: pipe.shard ?? 0, pipeSize: pipe.pipeSize, qos: qos))
+                    Ingress(
+                        name: pipe.name, producer: pipe.service, dataType: pipe.dataType, shard: pipe.shard ?? 0, pipeSize: pipe.pipeSize, qos: qos,
+                        version: version))
             case .egress:
                 egress.append(
                     Egress(
                         name: pipe.name, instance: pipe.instance ?? pipe.service, service: pipe.service, dataType: pipe.dataType,
-                        pipeSize: pipe.pipeSize, qos: qos))
+                        pipeSize: pipe.pipeSize, qos: qos, version: version))
             }
         }
         let egressByName = Dictionary(uniqueKeysWithValues: egress.enumerated().map { ($1.name, $0) })
@@ -71,7 +94,13 @@ public struct RouterLayout: Hashable, Sendable {
             let indices = entry.targets.map { target in
                 target.instances.map { egressByName[Naming.egress(instance: $0, dataType: name)] ?? -1 }
             }
-            routes[name] = Route(dataType: name, policy: entry.policy, entry: entry, egressIndex: indices, qos: dataType.qos)
+            let targetVersions = entry.targets.map { target in
+                spec.service(named: target.service)?.consumes.first { $0.dataType == name }.map { $0.version ?? dataType.latestVersion } ?? nil
+            }
+            routes[name] = Route(
+                dataType: name, policy: entry.policy, entry: entry, egressIndex: indices, qos: dataType.qos,
+                versions: Set(dataType.versions.map(\.version)), readers: readers?[name].map { $0.mapValues(Set.init) },
+                targetVersions: targetVersions)
         }
         self.ingress = ingress
         self.egress = egress

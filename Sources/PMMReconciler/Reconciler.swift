@@ -129,7 +129,7 @@ public final class Reconciler {
             let revision = Revision(
                 appliedAt: timestamp, specSHA256: SHA256.hex(loaded.file.text), specText: loaded.file.text,
                 specFile: loaded.file.absolutePath, root: spec.root, gitCommit: git?.commit, gitDirty: git?.dirty, source: source,
-                summary: Self.summary(plan, specChanges: diff.specChanges))
+                summary: Self.summary(plan, specChanges: diff.specChanges), schemaMatrix: Self.encode(loaded.readers))
             do { report.revision = try registry.append(revision) } catch { throw .registry(error) }
         }
         return report
@@ -159,6 +159,24 @@ public final class Reconciler {
         return (latest, spec)
     }
 
+    /// The checked compatibility matrix recorded with `revision` (nil when no schema check ran then).
+    public func readers(of revision: Revision) -> [String: [Int: [Int]]]? {
+        guard let text = revision.schemaMatrix, let data = text.data(using: .utf8),
+            let decoded = try? JSONDecoder().decode([String: [String: [Int]]].self, from: data)
+        else { return nil }
+        return decoded.mapValues { matrix in
+            Dictionary(uniqueKeysWithValues: matrix.compactMap { key, value in Int(key).map { ($0, value) } })
+        }
+    }
+
+    static func encode(_ readers: [String: [Int: [Int]]]?) -> String? {
+        guard let readers else { return nil }
+        let stringKeyed = readers.mapValues { matrix in Dictionary(uniqueKeysWithValues: matrix.map { (String($0.key), $0.value) }) }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return (try? encoder.encode(stringKeyed)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
     /// Applies revision `number`'s spec again, as a new revision.
     public func rollback(to number: Int, rootOverride: String?, prune: Bool, dryRun: Bool) throws(PMMError) -> ApplyReport {
         let revision: Revision?
@@ -168,7 +186,7 @@ public final class Reconciler {
             latest = try registry.latestRevision()
         } catch { throw .registry(error) }
         guard let revision else { throw .noSuchRevision(number, latest: latest?.number) }
-        let loaded = LoadedSpec.load(SpecFile(revision: revision), rootOverride: rootOverride ?? revision.root)
+        let loaded = LoadedSpec.load(SpecFile(revision: revision), rootOverride: rootOverride ?? revision.root, schemas: .optional)
         return try apply(loaded, prune: prune, dryRun: dryRun, source: "rollback to \(number)")
     }
 

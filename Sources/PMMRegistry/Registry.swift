@@ -20,10 +20,13 @@ public struct Revision: Sendable, Hashable {
     public var source: String
     /// One line: what the apply changed.
     public var summary: String
+    /// JSON: data type -> writer version -> reader versions, from the schema check at apply time; nil when
+    /// it did not run (the router then matches equal versions only).
+    public var schemaMatrix: String?
 
     public init(
         number: Int = 0, appliedAt: String, specSHA256: String, specText: String, specFile: String,
-        root: String, gitCommit: String? = nil, gitDirty: Bool? = nil, source: String, summary: String
+        root: String, gitCommit: String? = nil, gitDirty: Bool? = nil, source: String, summary: String, schemaMatrix: String? = nil
     ) {
         self.number = number
         self.appliedAt = appliedAt
@@ -35,6 +38,7 @@ public struct Revision: Sendable, Hashable {
         self.gitDirty = gitDirty
         self.source = source
         self.summary = summary
+        self.schemaMatrix = schemaMatrix
     }
 }
 
@@ -164,6 +168,9 @@ public final class Registry: Sendable {
                     );
                     """)
         }
+        migrator.registerMigration("v3: the schema compatibility matrix of each revision") { db in
+            try db.execute(sql: "ALTER TABLE revision ADD COLUMN schemaMatrix TEXT")
+        }
         return migrator
     }
 
@@ -221,12 +228,12 @@ public final class Registry: Sendable {
         try write { db in
             try db.execute(
                 sql: """
-                    INSERT INTO revision (appliedAt, specSHA256, specText, specFile, root, gitCommit, gitDirty, source, summary)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO revision (appliedAt, specSHA256, specText, specFile, root, gitCommit, gitDirty, source, summary, schemaMatrix)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     revision.appliedAt, revision.specSHA256, revision.specText, revision.specFile, revision.root, revision.gitCommit,
-                    revision.gitDirty, revision.source, revision.summary,
+                    revision.gitDirty, revision.source, revision.summary, revision.schemaMatrix,
                 ])
             var stored = revision
             stored.number = Int(db.lastInsertedRowID)
@@ -260,7 +267,7 @@ public final class Registry: Sendable {
         Revision(
             number: row["number"], appliedAt: row["appliedAt"], specSHA256: row["specSHA256"],
             specText: row["specText"], specFile: row["specFile"], root: row["root"], gitCommit: row["gitCommit"],
-            gitDirty: row["gitDirty"], source: row["source"], summary: row["summary"])
+            gitDirty: row["gitDirty"], source: row["source"], summary: row["summary"], schemaMatrix: row["schemaMatrix"])
     }
 
     // MARK: Instances

@@ -164,7 +164,8 @@ extension Router {
             }
             pipe.frames += 1
             let key = UnsafeRawBufferPointer(rebasing: bytes[(body + fields.shardKey.lowerBound)..<(body + fields.shardKey.upperBound)])
-            deliver(bytes, key: key, dataType: pipe.spec.dataType, tag: tag, from: pipe.name)
+            let version = fields.schemaVersion == 0 ? pipe.spec.version : Int(fields.schemaVersion)
+            deliver(bytes, key: key, dataType: pipe.spec.dataType, version: version, tag: tag, from: pipe.name)
         }
     }
 

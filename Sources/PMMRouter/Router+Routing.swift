@@ -11,16 +11,38 @@ extension Router {
             else { return }
             let dataType = String(decoding: bytes[(prefix + fields.dataType.lowerBound)..<(prefix + fields.dataType.upperBound)], as: UTF8.self)
             let key = UnsafeRawBufferPointer(rebasing: bytes[(prefix + fields.shardKey.lowerBound)..<(prefix + fields.shardKey.upperBound)])
-            deliver(bytes, key: key, dataType: dataType, tag: frame.tag, from: "(re-routed)")
+            // A frame without a version was accepted under its producer's; routed again, any target reads it.
+            let version = fields.schemaVersion == 0 ? nil : Int(fields.schemaVersion)
+            deliver(bytes, key: key, dataType: dataType, version: version, tag: frame.tag, from: "(re-routed)")
         }
     }
 
-    /// Queues `frame` for the instance the route chooses, parks it until one is healthy, or dead-letters it.
-    func deliver(_ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer, dataType: String, tag: SpoolTag?, from pipe: String) {
+    /// Queues `frame` for the instance the route chooses among the targets that can read its schema version,
+    /// parks it until one is healthy, or dead-letters it.
+    func deliver(
+        _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer, dataType: String, version: Int?, tag: SpoolTag?, from pipe: String
+    ) {
         guard let state = routes[dataType] else {
             deadLetter(frame, dataType: dataType, reason: .noRoute, pipe: pipe, detail: "no service consumes '\(dataType)'", tag: tag)
             return
         }
+        state.eligible = nil
+        if let version, !state.route.versions.isEmpty {
+            guard state.route.versions.contains(version) else {
+                deadLetter(
+                    frame, dataType: dataType, reason: .noReader, pipe: pipe,
+                    detail: "version \(version) of '\(dataType)' is not declared (declared: \(state.route.versions.sorted().map(String.init).joined(separator: ", ")))",
+                    tag: tag)
+                return
+            }
+            let eligible = state.route.entry.targets.indices.map { state.route.target($0, reads: version) }
+            guard eligible.contains(true) else {
+                deadLetter(frame, dataType: dataType, reason: .noReader, pipe: pipe, detail: "no target of '\(dataType)' can read version \(version)", tag: tag)
+                return
+            }
+            if eligible.contains(false) { state.eligible = eligible }
+        }
+        defer { state.eligible = nil }
         guard let index = choose(state, key: key) else {
             if state.parked.count >= state.capacity && state.route.qos.overflow == .deadLetter {
                 deadLetter(frame, dataType: dataType, reason: .noHealthyInstance, pipe: pipe, tag: tag)
@@ -76,6 +98,7 @@ extension Router {
     }
 
     func isAvailable(_ state: RouteState, _ target: Int, _ instance: Int) -> Bool {
+        if let eligible = state.eligible, !eligible[target] { return false }
         let index = state.route.egressIndex[target][instance]
         return index >= 0 && egress[index].available
     }
@@ -124,7 +147,7 @@ extension Router {
                 for i in entry.targets[t].instances.indices {
                     position += 1
                     let index = state.route.egressIndex[t][i]
-                    guard index >= 0, egress[index].available else { continue }
+                    guard index >= 0, isAvailable(state, t, i) else { continue }
                     let load = (egress[index].queue.count + egress[index].queue.inPipe) * 1000 / max(1, entry.targets[t].weight)
                     if load < bestLoad || (load == bestLoad && (position &+ state.rotation) % 2 == 0) {
                         best = index

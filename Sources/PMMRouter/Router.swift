@@ -82,6 +82,8 @@ public final class Router {
         var parked = FrameQueue()
         var current: [Int]
         var rotation = 0
+        /// While choosing a frame's instance: which targets can read its schema version (nil: all).
+        var eligible: [Bool]?
 
         init(route: RouterLayout.Route) {
             self.route = route

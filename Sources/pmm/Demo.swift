@@ -84,7 +84,7 @@ struct DemoTour {
 
     func load() throws(PMMError) -> LoadedSpec {
         do {
-            return LoadedSpec.load(try SpecFile.read(specPath), rootOverride: root)
+            return LoadedSpec.load(try SpecFile.read(specPath), rootOverride: root, schemas: .optional)
         } catch {
             throw .system(error)
         }

@@ -33,7 +33,7 @@ struct Diff: ParsableCommand {
     var prune = false
 
     func run() throws {
-        let loaded = try readSpec(spec, failure: 2)
+        let loaded = try readSpec(spec, failure: 2, schemas: .required)
         guard let desired = loaded.validSpec else {
             throw report(.invalidSpec(loaded), exitCode: 2, color: useColor)
         }

@@ -63,10 +63,13 @@ func printError(_ text: String) {
 }
 
 /// Reads the spec file, or reports why not and exits with `code`.
-func readSpec(_ options: SpecOptions, failure code: Int32) throws -> LoadedSpec {
+///
+/// - Parameter schemas: `.required` for checks (validate, diff), `.optional` for commands that act (apply,
+///   up, serve): without protoc they warn and go on.
+func readSpec(_ options: SpecOptions, failure code: Int32, schemas: SchemaCheck = .optional) throws -> LoadedSpec {
     do {
         let file = try SpecFile.read(options.file)
-        return LoadedSpec.load(file, rootOverride: options.rootOverride)
+        return LoadedSpec.load(file, rootOverride: options.rootOverride, schemas: schemas)
     } catch {
         printError("error: \(error)")
         throw ExitCode(code)

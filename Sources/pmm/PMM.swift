@@ -18,7 +18,7 @@ struct PMM: ParsableCommand {
         discussion: """
             Describe data types, services and routes in mesh.yaml and keep it in git. Then:
 
-              pmm validate -f mesh.yaml     check it (every error with file:line:column)
+              pmm validate -f mesh.yaml     check it (every error with file:line:column; schemas through protoc)
               pmm diff -f mesh.yaml         what apply would change (exit 0 none, 1 some, 2 error)
               pmm apply -f mesh.yaml        create, re-own and remove pipes; record a revision
               pmm history                   list revisions;  pmm rollback N  applies revision N again
@@ -27,6 +27,7 @@ struct PMM: ParsableCommand {
               pmm status                    health, rates, dead letters, who holds each pipe
               pmm send / pmm tail           write / read envelopes by hand
               pmm deadletters list|replay   what the router could not deliver
+              pmm schema check -f mesh.yaml which schema version can read which
               pmm demo                      a guided tour in a temporary directory
 
             Environment: PMM_ROOT overrides the spec's root, PMM_STATE_DIR the state directory \
@@ -36,7 +37,7 @@ struct PMM: ParsableCommand {
         subcommands: [
             Validate.self, Diff.self, Apply.self, History.self, Rollback.self, Status.self, RouterCommand.self, Up.self,
             Serve.self, Register.self, Deregister.self, PipeNameCommand.self, RouteCommand.self, Send.self, Tail.self,
-            DeadLetters.self, Demo.self,
+            DeadLetters.self, SchemaCommand.self, Demo.self,
         ]
     )
 }

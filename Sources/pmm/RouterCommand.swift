@@ -116,7 +116,7 @@ final class RouterService {
 
     static func layout(_ reconciler: Reconciler) throws(PMMError) -> RouterLayout? {
         guard let (revision, spec) = try reconciler.currentRevision() else { return nil }
-        return RouterLayout(spec: spec, revision: revision.number)
+        return RouterLayout(spec: spec, revision: revision.number, readers: reconciler.readers(of: revision))
     }
 
     /// Runs until SIGTERM/SIGINT (or `signals.send(.stop)`).

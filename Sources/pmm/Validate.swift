@@ -17,7 +17,7 @@ struct Validate: ParsableCommand {
     @OptionGroup var spec: SpecOptions
 
     func run() throws {
-        let loaded = try readSpec(spec, failure: 1)
+        let loaded = try readSpec(spec, failure: 1, schemas: .required)
         printDiagnostics(loaded, color: useColor)
         if loaded.diagnostics.hasErrors {
             printError("\(DiagnosticRenderer.summary(loaded.diagnostics)).")

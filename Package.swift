@@ -32,6 +32,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // Pure: spec model, diagnostics, naming, hashing, validation, planning. Standard library only.
@@ -71,6 +72,12 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+        // `pmm bench`: the routed path against direct FIFOs, with HdrHistogram latencies.
+        .target(
+            name: "PMMBench",
+            dependencies: ["PMMCore", "PMMWire", "PMMSystem", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            swiftSettings: upcoming
+        ),
         // Schemas: .proto files through protoc into descriptors, for the compatibility check.
         .target(
             name: "PMMSchema",
@@ -102,7 +109,7 @@ let package = Package(
             name: "pmm",
             dependencies: [
                 "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "PMMControl",
-                "PipeMesh", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "PMMBench", "PipeMesh", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcoming

@@ -37,7 +37,7 @@ struct PMM: ParsableCommand {
         subcommands: [
             Validate.self, Diff.self, Apply.self, History.self, Rollback.self, Status.self, RouterCommand.self, Up.self,
             Serve.self, Register.self, Deregister.self, PipeNameCommand.self, RouteCommand.self, Send.self, Tail.self,
-            DeadLetters.self, SchemaCommand.self, Demo.self,
+            DeadLetters.self, SchemaCommand.self, BenchCommand.self, Demo.self,
         ]
     )
 }

@@ -1,0 +1,237 @@
+import Foundation
+import Glibc
+import Histogram
+import PMMWire
+
+let F_SETPIPE_SZ: Int32 = 1031
+
+/// Every frame's arrival: which sequences came, how often, and their latency.
+final class Tally: @unchecked Sendable {
+    private let lock = NSLock()
+    private var seen: [[UInt8]]
+    private var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+    private(set) var received = 0
+    private(set) var duplicated = 0
+    private(set) var lastArrival: Int64 = 0
+    let expected: Int
+
+    init(producers: Int, count: Int) {
+        seen = Array(repeating: [UInt8](repeating: 0, count: count + 1), count: producers)
+        expected = producers * count
+    }
+
+    /// Records a batch read at `now`: (producer, sequence, sentAt) per frame.
+    func record(_ frames: [(Int, Int, Int64)], now: Int64) {
+        lock.lock()
+        defer { lock.unlock() }
+        for (producer, sequence, sentAt) in frames {
+            guard producer < seen.count, sequence < seen[producer].count else { continue }
+            if seen[producer][sequence] != 0 { duplicated += 1 } else { received += 1 }
+            seen[producer][sequence] = 1
+            _ = histogram.record(UInt64(max(0, now - sentAt) / 1000))
+        }
+        lastArrival = now
+    }
+
+    func waitForAll(timeout: Double) {
+        let deadline = Date().addingTimeInterval(timeout)
+        var last = -1
+        var lastChange = Date()
+        while Date() < deadline {
+            let count = lock.withLock { received }
+            if count >= expected { return }
+            if count != last {
+                last = count
+                lastChange = Date()
+            } else if Date().timeIntervalSince(lastChange) > 3 {
+                return  // nothing arrives any more: what is missing is lost
+            }
+            usleep(5_000)
+        }
+    }
+
+    func result(path: String, seconds: Double, frameBytes: Int, router: (Double, Double?)?) -> BenchResult {
+        lock.withLock {
+            BenchResult(
+                path: path, frames: received, seconds: seconds, messagesPerSecond: Double(received) / max(seconds, 1e-9),
+                megabytesPerSecond: Double(received * frameBytes) / max(seconds, 1e-9) / 1e6,
+                p50Microseconds: Double(histogram.valueAtPercentile(50)), p99Microseconds: Double(histogram.valueAtPercentile(99)),
+                p999Microseconds: Double(histogram.valueAtPercentile(99.9)), maxMicroseconds: Double(histogram.max),
+                lost: expected - received, duplicated: duplicated, routerCPUSeconds: router?.0, routerPeakRSSMiB: router?.1 ?? nil)
+        }
+    }
+}
+
+/// A producer: frames with sequence and send time, in 64 KiB writes (or paced at `rate`).
+final class ProducerThread: @unchecked Sendable {
+    let path: String
+    let index: Int
+    let config: BenchConfig
+    private let done = DispatchSemaphore(value: 0)
+
+    init(path: String, index: Int, config: BenchConfig) {
+        self.path = path
+        self.index = index
+        self.config = config
+    }
+
+    /// Bytes of one frame (prefix included) for this workload, with a 7-byte sequence field (sizes vary by a
+    /// few bytes; used only for MB/s).
+    static func frameSize(_ config: BenchConfig) -> Int {
+        let body = 7 + 10 + 4 + 9 + 9 + 2 + config.size
+        return body + Varint.size(of: UInt64(body))
+    }
+
+    func start() {
+        let thread = Thread { self.run() }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    func wait() { done.wait() }
+
+    func run() {
+        defer { done.signal() }
+        let fd = open(path, O_WRONLY)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        _ = fcntl(fd, F_SETPIPE_SZ, Int32(1 << 20))
+        let payload = [UInt8](repeating: 0x61, count: config.size)
+        let source = Array("p\(index)".utf8)
+        var batch: [UInt8] = []
+        batch.reserveCapacity(config.batchBytes + 1024)
+        var body: [UInt8] = []
+        body.reserveCapacity(config.size + 64)
+        let started = realtime()
+        let perTick = config.rate > 0 ? max(1, Int(config.rate / 1000)) : Int.max
+        var sequence = 1
+        while sequence <= config.count {
+            if config.rate > 0 {
+                // Paced: the frames due by now, one write per tick of 1 ms.
+                let due = started + Int64(Double(sequence - 1) / config.rate * 1e9)
+                let now = realtime()
+                if due > now { usleep(UInt32(min(1000, (due - now) / 1000))) ; continue }
+            }
+            batch.removeAll(keepingCapacity: true)
+            var inBatch = 0
+            while sequence <= config.count && batch.count < config.batchBytes && inBatch < perTick {
+                body.removeAll(keepingCapacity: true)
+                body += [0x0a, 0x05, 0x62, 0x65, 0x6e, 0x63, 0x68]  // data_type "bench"
+                let key = sequence % 1024
+                body += [0x1a, 0x04, UInt8(key & 0xff), UInt8(key >> 8), UInt8(index & 0xff), 0x6b]  // shard_key
+                body += [0x22, UInt8(source.count)] + source  // source
+                body.append(0x28)
+                Varint.encode(UInt64(sequence), into: &body)  // sequence
+                body.append(0x30)
+                Varint.encode(UInt64(realtime()), into: &body)  // sent_at_unix_nanos
+                body.append(0x3a)
+                Varint.encode(UInt64(payload.count), into: &body)
+                body += payload
+                Varint.encode(UInt64(body.count), into: &batch)
+                batch += body
+                sequence += 1
+                inBatch += 1
+            }
+            var offset = 0
+            while offset < batch.count {
+                let n = batch.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+                if n <= 0 {
+                    if errno == EINTR { continue }
+                    return
+                }
+                offset += n
+            }
+        }
+    }
+}
+
+/// A consumer: reads its pipe in 256 KiB reads, parses every frame's source, sequence and send time.
+final class ConsumerThread: @unchecked Sendable {
+    let path: String
+    let tally: Tally
+    let expected: Int
+    private let lock = NSLock()
+    private var stopped = false
+
+    init(path: String, tally: Tally, expected: Int) {
+        self.path = path
+        self.tally = tally
+        self.expected = expected
+    }
+
+    func start() {
+        let thread = Thread { self.run() }
+        thread.start()
+    }
+
+    func stop() { lock.withLock { stopped = true } }
+    var isStopped: Bool { lock.withLock { stopped } }
+
+    func run() {
+        let fd = open(path, O_RDONLY | O_NONBLOCK)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        _ = fcntl(fd, F_SETPIPE_SZ, Int32(1 << 20))
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var start = 0
+        var end = 0
+        var frames: [(Int, Int, Int64)] = []
+        while !isStopped {
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+            _ = poll(&fds, 1, 50)
+            if start > 0 {
+                buffer.withUnsafeMutableBytes { raw in
+                    raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: end - start)
+                }
+                end -= start
+                start = 0
+            }
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + end, $0.count - end) }
+            guard n > 0 else { continue }
+            end += n
+            let now = realtime()
+            frames.removeAll(keepingCapacity: true)
+            buffer.withUnsafeBytes { raw in
+                while true {
+                    let window = UnsafeRawBufferPointer(rebasing: raw[start..<end])
+                    guard case .value(let length, let prefix) = Varint.decode(window, at: 0), prefix + Int(length) <= window.count else { break }
+                    let body = UnsafeRawBufferPointer(rebasing: window[prefix..<(prefix + Int(length))])
+                    frames.append(Self.parse(body))
+                    start += prefix + Int(length)
+                }
+            }
+            tally.record(frames, now: now)
+        }
+    }
+
+    /// (producer index from the source "pN", sequence, sent_at).
+    static func parse(_ body: UnsafeRawBufferPointer) -> (Int, Int, Int64) {
+        var producer = 0
+        var sequence = 0
+        var sentAt: Int64 = 0
+        var i = 0
+        while i < body.count {
+            guard case .value(let tag, let size) = Varint.decode(body, at: i) else { break }
+            i += size
+            switch tag & 7 {
+            case 0:
+                guard case .value(let value, let n) = Varint.decode(body, at: i) else { return (producer, sequence, sentAt) }
+                i += n
+                if tag >> 3 == 5 { sequence = Int(value) } else if tag >> 3 == 6 { sentAt = Int64(bitPattern: value) }
+            case 2:
+                guard case .value(let length, let n) = Varint.decode(body, at: i) else { return (producer, sequence, sentAt) }
+                i += n
+                if tag >> 3 == 4 {
+                    var value = 0
+                    for byte in body[(i + 1)..<(i + Int(length))] { value = value * 10 + Int(byte - 48) }
+                    producer = value
+                }
+                i += Int(length)
+            case 1: i += 8
+            case 5: i += 4
+            default: return (producer, sequence, sentAt)
+            }
+        }
+        return (producer, sequence, sentAt)
+    }
+}

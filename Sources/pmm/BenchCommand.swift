@@ -1,0 +1,142 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import PMMBench
+import PMMCore
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure the router hop: the same workload routed and through direct FIFOs, in one run.",
+        discussion: """
+            Builds a temporary mesh in its own directory (no root needed), starts the real router process, and \
+            runs --producers producer threads and --consumers consumer threads: once through the router, once \
+            producer-to-consumer over plain FIFOs (the physical baseline). Reports messages/s, MB/s, latency \
+            p50/p99/p99.9/max (HdrHistogram, from the send timestamp in each envelope), the router's CPU seconds \
+            and peak RSS, and the ratio routed/direct. Every sequence number is checked: lost or duplicated \
+            frames are reported. Use --rate for a paced latency run and --runs for medians (the machine is shared: \
+            compare ratios, not absolutes).
+            """)
+
+    @Option(help: "Producer threads (each its own producing service and ingress pipe).")
+    var producers = 1
+
+    @Option(help: "Consumer instances.")
+    var consumers = 1
+
+    @Option(help: "Payload bytes per message.")
+    var size = 128
+
+    @Option(help: "Messages per producer.")
+    var count = 1_000_000
+
+    @Option(help: "Messages per second per producer (0: as fast as possible).")
+    var rate: Double = 0
+
+    @Option(help: "Routing policy: shard, weighted, round-robin, least-loaded.")
+    var policy: String = "shard"
+
+    @Option(help: "Delivery: at-most-once or at-least-once (spooled to disk).")
+    var delivery: String = "at-most-once"
+
+    @Option(help: "Repeat the pair of runs this many times and report medians.")
+    var runs = 1
+
+    @Option(name: .shortAndLong, help: "Output format: text or json.")
+    var output: OutputFormat = .text
+
+    func validate() throws {
+        guard producers >= 1 && producers <= 64, consumers >= 1 && consumers <= 64 else { throw ValidationError("--producers and --consumers: 1 to 64") }
+        guard size >= 0 && size <= 60_000 else { throw ValidationError("--size: 0 to 60000 bytes") }
+        guard count >= 1, runs >= 1, rate >= 0 else { throw ValidationError("--count and --runs must be positive, --rate not negative") }
+        guard RoutingPolicy(rawValue: policy) != nil else { throw ValidationError("unknown --policy \(policy)") }
+        guard Delivery(rawValue: delivery) != nil else { throw ValidationError("unknown --delivery \(delivery)") }
+    }
+
+    struct Report: Encodable {
+        var machine: String
+        var workload: String
+        var runs: [[BenchResult]]
+        var median: [String: Double]
+    }
+
+    func run() throws {
+        var config = BenchConfig()
+        config.producers = producers
+        config.consumers = consumers
+        config.size = size
+        config.count = count
+        config.rate = rate
+        config.policy = RoutingPolicy(rawValue: policy)!
+        config.delivery = Delivery(rawValue: delivery)!
+        var template = Array((NSTemporaryDirectory() as NSString).appendingPathComponent("pmm-bench-XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else { throw ExitCode(1) }
+        let workspace = String(cString: made)
+        defer { try? FileManager.default.removeItem(atPath: workspace) }
+        let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let interactive = isatty(STDERR_FILENO) == 1
+        let bench = Bench(config: config, pmm: binary, workspace: workspace) { if interactive { printError($0) } }
+        let workload =
+            "\(producers) producer(s) -> \(consumers) consumer(s), \(size) B payloads, \(count) per producer, \(rate > 0 ? "paced at \(Int(rate))/s per producer" : "unpaced"), policy \(policy), \(delivery)"
+        if output == .text { print("pmm bench: \(workload)") }
+        var all: [[BenchResult]] = []
+        for run in 1...runs {
+            do {
+                let direct = try bench.direct()
+                let routed = try bench.routed()
+                all.append([direct, routed])
+                if output == .text {
+                    print("run \(run):")
+                    for result in [direct, routed] { print("  " + line(result)) }
+                    print(String(format: "  ratio routed/direct: %.2f× throughput, p50 +%.0f µs, p99 +%.0f µs", routed.messagesPerSecond / direct.messagesPerSecond, routed.p50Microseconds - direct.p50Microseconds, routed.p99Microseconds - direct.p99Microseconds))
+                }
+            } catch {
+                printError("error: \(error)")
+                throw ExitCode(1)
+            }
+        }
+        func median(_ values: [Double]) -> Double {
+            let sorted = values.sorted()
+            return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+        }
+        let medians: [String: Double] = [
+            "directMessagesPerSecond": median(all.map { $0[0].messagesPerSecond }),
+            "routedMessagesPerSecond": median(all.map { $0[1].messagesPerSecond }),
+            "ratio": median(all.map { $0[1].messagesPerSecond / $0[0].messagesPerSecond }),
+            "directP50Microseconds": median(all.map { $0[0].p50Microseconds }),
+            "routedP50Microseconds": median(all.map { $0[1].p50Microseconds }),
+            "directP99Microseconds": median(all.map { $0[0].p99Microseconds }),
+            "routedP99Microseconds": median(all.map { $0[1].p99Microseconds }),
+            "routerCPUSeconds": median(all.map { $0[1].routerCPUSeconds ?? 0 }),
+            "routerPeakRSSMiB": median(all.map { $0[1].routerPeakRSSMiB ?? 0 }),
+        ]
+        let lost = all.flatMap { $0 }.reduce(0) { $0 + $1.lost }
+        if output == .json {
+            try printJSON(Report(machine: machineLine(), workload: workload, runs: all, median: medians))
+        } else {
+            if runs > 1 {
+                print(String(format: "median of %d: direct %.0f msg/s, routed %.0f msg/s, ratio %.2f×; p50 %.0f → %.0f µs, p99 %.0f → %.0f µs", runs,
+                    medians["directMessagesPerSecond"]!, medians["routedMessagesPerSecond"]!, medians["ratio"]!, medians["directP50Microseconds"]!,
+                    medians["routedP50Microseconds"]!, medians["directP99Microseconds"]!, medians["routedP99Microseconds"]!))
+            }
+            print(lost == 0 ? "nothing lost (every sequence number checked)." : "LOST \(lost) frames.")
+        }
+        if lost > 0 { throw ExitCode(1) }
+    }
+
+    func line(_ r: BenchResult) -> String {
+        var text = String(
+            format: "%-28@ %9.0f msg/s %7.1f MB/s  p50 %6.0f µs  p99 %7.0f µs  p99.9 %7.0f µs  max %7.0f µs  lost %d dup %d",
+            r.path as NSString, r.messagesPerSecond, r.megabytesPerSecond, r.p50Microseconds, r.p99Microseconds, r.p999Microseconds, r.maxMicroseconds, r.lost,
+            r.duplicated)
+        if let cpu = r.routerCPUSeconds { text += String(format: "  router %.2f CPU s", cpu) }
+        if let rss = r.routerPeakRSSMiB { text += String(format: ", %.1f MiB peak RSS", rss) }
+        return text
+    }
+
+    func machineLine() -> String {
+        let cpu = ((try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? "").split(separator: "\n").first { $0.hasPrefix("model name") }
+            .map { String($0.split(separator: ":", maxSplits: 1)[1]).trimmingCharacters(in: .whitespaces) } ?? "?"
+        return "\(ProcessInfo.processInfo.activeProcessorCount) cores, \(cpu), \(ProcessInfo.processInfo.physicalMemory >> 30) GiB"
+    }
+}

@@ -25,7 +25,7 @@ public func fuzzControlMessage(_ data: UnsafePointer<UInt8>, _ size: Int) -> CIn
             do throws(FrameError) {
                 guard let body = try buffer.next() else { break }
                 precondition(body.count <= maximum, "body over the maximum")
-                consumed += body.count + Varint.size(of: UInt64(body.count))
+                consumed += body.count + 1  // a prefix takes at least one byte (maybe more: non-minimal varints are legal)
                 #if FUZZ_PROTOBUF
                 if let request = try? Pmm_V1_Request(serializedBytes: body) {
                     // Round-trip what decoded: re-encoding must not crash.
@@ -37,7 +37,7 @@ public func fuzzControlMessage(_ data: UnsafePointer<UInt8>, _ size: Int) -> CIn
                 break outer  // the server closes the connection
             }
         }
-        precondition(buffer.pending >= 0 && buffer.pending == appended - consumed, "pending \(buffer.pending) != \(appended - consumed)")
+        precondition(buffer.pending >= 0 && buffer.pending <= appended - consumed, "pending \(buffer.pending) > \(appended - consumed)")
     }
     return 0
 }

@@ -16,7 +16,7 @@ extension Router {
             guard parseFrames(pipe) else { return false }
         }
         for _ in 0..<budget {
-            if pipe.buffer.freeSpace < options.readSize { pipe.buffer.compact() }
+            pipe.buffer.prepare(minimum: options.readSize)
             let room = min(pipe.buffer.freeSpace, options.readSize)
             var n: Int
             if let spool = pipe.spool {

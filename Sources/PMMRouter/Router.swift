@@ -400,6 +400,9 @@ public final class Router {
     /// A pipe deleted under the router, or replaced behind its back: ingress pipes are reopened (the old inode
     /// drained), egress pipes closed (their frames go elsewhere) and probed again.
     func checkPipes() {
+        for pipe in ingress where pipe.buffer.pending == 0 && !pipe.backlog && (pipe.spool?.unread ?? 0) == 0 {
+            pipe.buffer.shrinkIfIdle()  // an idle pipe costs no memory
+        }
         for pipe in ingress {
             guard let file = try? root.stat(pipe.name), file.kind == .fifo else {
                 if !pipe.missing {

@@ -12,12 +12,15 @@ public struct Frame: Equatable, Sendable {
 
 /// The read side of one pipe: bytes arrive in arbitrary chunks, complete frames come out.
 ///
-/// Holds one fixed allocation of `maximumFrameSize + readSize` bytes, so a pipe's memory is bounded whatever
-/// its producer writes. Frames are found in place (no copy); `compact()` moves a trailing partial frame to
-/// the front before the next read. Not thread-safe: one pipe, one owner.
+/// Its storage grows on demand up to `maximumFrameSize + readSize` bytes, so an idle pipe costs nothing and a
+/// busy one is bounded whatever its producer writes. Frames are found in place (no copy); `prepare(minimum:)`
+/// moves a trailing partial frame to the front (and grows if needed) before the next read. Not thread-safe:
+/// one pipe, one owner.
 public struct FrameBuffer: Sendable {
     public let maximumFrameSize: Int
-    public private(set) var storage: [UInt8]
+    /// The most bytes the storage may hold.
+    public let capacityLimit: Int
+    public private(set) var storage: [UInt8] = []
     /// Unconsumed bytes are `storage[start..<end]`.
     public private(set) var start = 0
     public private(set) var end = 0
@@ -28,7 +31,35 @@ public struct FrameBuffer: Sendable {
     public init(maximumFrameSize: Int, readSize: Int = 256 << 10) {
         precondition(maximumFrameSize >= 16, "frames need room")
         self.maximumFrameSize = maximumFrameSize
-        self.storage = [UInt8](repeating: 0, count: maximumFrameSize + readSize)
+        self.capacityLimit = maximumFrameSize + readSize
+    }
+
+    /// Makes room for a read of at least `minimum` bytes (fewer if the limit is reached): moves unconsumed bytes
+    /// to the front, and grows the storage when that is not enough. Frame ranges returned before are invalid
+    /// afterwards.
+    public mutating func prepare(minimum: Int) {
+        if freeSpace >= minimum { return }
+        compact()
+        if freeSpace >= minimum || storage.count >= capacityLimit { return }
+        let size = Swift.min(capacityLimit, Swift.max(storage.count * 2, end + minimum, 4096))
+        let old = storage
+        let used = end
+        storage = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+            old.withUnsafeBufferPointer { source in
+                if used > 0 { buffer.baseAddress!.initialize(from: source.baseAddress!, count: used) }
+            }
+            // The rest is filled by reads before it is looked at; zeroing it would only touch pages.
+            initialized = size
+        }
+    }
+
+    /// Releases the storage when nothing is buffered (after a burst), so an idle pipe costs nothing.
+    public mutating func shrinkIfIdle() {
+        if start == end && !storage.isEmpty {
+            storage = []
+            start = 0
+            end = 0
+        }
     }
 
     /// Bytes buffered that are not yet a whole frame.
@@ -68,9 +99,10 @@ public struct FrameBuffer: Sendable {
         return result
     }
 
-    /// Appends bytes (for tests and in-memory producers).
+    /// Appends bytes (for tests and in-memory producers), growing as `prepare` does.
     public mutating func append(_ bytes: some Collection<UInt8>) {
-        precondition(bytes.count <= freeSpace, "FrameBuffer overflow: compact or read less")
+        prepare(minimum: bytes.count)
+        precondition(bytes.count <= freeSpace, "FrameBuffer overflow: more than its limit is pending")
         let array = Array(bytes)
         write { (raw: UnsafeMutableRawBufferPointer) -> (written: Int, result: Void) in
             array.withUnsafeBytes { raw.copyMemory(from: $0) }

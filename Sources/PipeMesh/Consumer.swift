@@ -66,7 +66,7 @@ public struct Consumer<Message: SwiftProtobuf.Message>: AsyncSequence, Sendable 
                 }
                 var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
                 _ = poll(&fds, 1, 200)
-                if buffer.freeSpace < 64 << 10 { buffer.compact() }
+                buffer.prepare(minimum: 64 << 10)
                 let n = buffer.write { raw in
                     let n = read(fd, raw.baseAddress, raw.count)
                     return (Swift.max(0, n), n)

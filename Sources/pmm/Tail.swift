@@ -61,7 +61,7 @@ struct Tail: ParsableCommand {
             var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
             _ = poll(&fds, 1, 100)
             if idleTimeout > 0 && monotonicSeconds() - lastFrame > idleTimeout { break }
-            if buffer.freeSpace < 65536 { buffer.compact() }
+            buffer.prepare(minimum: 65536)
             let n = buffer.write { raw in
                 let n = read(fd, raw.baseAddress, raw.count)
                 return (max(0, n), n)

@@ -44,7 +44,7 @@ func sampleEnvelope(_ sequence: UInt64, payload: Int = 40) -> Envelope {
         var sequences: [UInt64] = []
         var offset = 0
         while offset < stream.count {
-            if buffer.freeSpace < 4096 { buffer.compact() }
+            buffer.prepare(minimum: 4096)
             let take = min(chunk, stream.count - offset, buffer.freeSpace)
             buffer.append(stream[offset..<(offset + take)])
             offset += take

@@ -29,11 +29,11 @@ bodies = {
 }
 for name, body in bodies.items():
     write("envelope", name, body)
-    write("frame", name, bytes([60, 7]) + frame(body) + frame(body))  # max-frame selector, chunk size, bytes
-write("frame", "stream", bytes([255, 13]) + b"".join(frame(envelope(seq=i, key=b"k%d" % i)) for i in range(20)))
-write("frame", "oversized", bytes([0, 5]) + varint(4 << 30) + b"junk")
-write("frame", "malformed-length", bytes([10, 3]) + b"\xff" * 11)
-write("frame", "bad-body", bytes([10, 3]) + frame(b"\x0b\x0c"))
+    write("frame", name, bytes([60, 63, 7]) + frame(body) + frame(body))  # max-frame selector, read-size selector, chunk size, bytes
+write("frame", "stream", bytes([255, 63, 13]) + b"".join(frame(envelope(seq=i, key=b"k%d" % i)) for i in range(20)))
+write("frame", "oversized", bytes([0, 63, 5]) + varint(4 << 30) + b"junk")
+write("frame", "malformed-length", bytes([10, 63, 3]) + b"\xff" * 11)
+write("frame", "bad-body", bytes([10, 63, 3]) + frame(b"\x0b\x0c"))
 write("envelope", "group", b"\x0b\x0c")
 write("envelope", "truncated", envelope()[:-3])
 write("envelope", "wrong-wire-type", field(1, 0, 5) + field(3, 5, b"abcd"))

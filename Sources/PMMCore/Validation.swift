@@ -190,12 +190,12 @@ private struct Checker {
             }
         }
         for (uid, names) in byUID.sorted(by: { $0.key < $1.key }) where names.count > 1 {
-            for name in names.dropFirst() {
-                report(
-                    .sharedUID, "services \(Suggestion.quotedList(names)) share uid \(uid)",
-                    at: DocumentPath.root.appending("services").appending(name).appending("uid"),
-                    notes: ["pmm tells callers apart by uid; give each service its own uid"], severity: .warning)
-            }
+            // One warning per shared uid, at the second service that takes it; a long list is cut short.
+            let shown = names.count <= 4 ? Suggestion.quotedList(names) : Suggestion.quotedList(Array(names.prefix(3))) + " and \(names.count - 3) more"
+            report(
+                .sharedUID, "\(names.count) services share uid \(uid): \(shown)",
+                at: DocumentPath.root.appending("services").appending(names[1]).appending("uid"),
+                notes: ["pmm tells callers apart by uid; give each service its own uid"], severity: .warning)
         }
     }
 

@@ -71,7 +71,9 @@ struct FrameQueue {
             firstUnwritten = 0
             written = 0
             acknowledged = 0
-        } else if head > 0 && starts[head] >= 1 << 20 && starts[head] * 2 >= bytes.count {
+        } else if head > 0 && starts[head] >= 1 << 20 && starts[head] >= 4 * (bytes.count - starts[head]) {
+            // Moving the R bytes still held frees H >= 4R: at most a quarter of a copy per byte, amortized
+            // (compacting whenever half was free made memmove a fifth of the router's time with 4 KB frames).
             compact()
         }
     }

@@ -21,6 +21,8 @@ let package = Package(
         .library(name: "PMMCore", targets: ["PMMCore"]),
         // The client library for services: register, send and receive typed messages.
         .library(name: "PipeMesh", targets: ["PipeMesh"]),
+        // The wire format (framing, envelope scanner), for tools and the micro-benchmarks in Benchmarks/.
+        .library(name: "PMMWire", targets: ["PMMWire"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -152,3 +154,17 @@ let package = Package(
         ),
     ]
 )
+
+// Micro-benchmarks of the hot path (ordo-one/package-benchmark), only when asked for, so that tests and CI
+// never build them:  PMM_BENCHMARKS=1 swift package --scratch-path .build-bench benchmark
+if Context.environment["PMM_BENCHMARKS"] != nil {
+    package.dependencies.append(
+        .package(url: "https://github.com/ordo-one/package-benchmark", from: "1.38.1", traits: ["MallocInterposer"]))
+    package.targets.append(
+        .executableTarget(
+            name: "HotPath",
+            dependencies: ["PMMCore", "PMMWire", .product(name: "Benchmark", package: "package-benchmark")],
+            path: "Benchmarks/HotPath",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ))
+}

@@ -48,6 +48,8 @@ public final class ControlServer {
     let listener: Int32
     var clients: [Int32: Client] = [:]
     var lastHeal: UInt64 = 0
+    /// A descriptor kept in reserve so a connection can be refused when the process runs out of them.
+    var spare: Int32 = open("/dev/null", O_RDONLY | O_CLOEXEC)
     public private(set) var counters = Counters()
 
     public struct Counters: Sendable {
@@ -189,7 +191,10 @@ public final class ControlServer {
     func acceptClients() {
         while true {
             let fd = accept(listener, nil, nil)
-            guard fd >= 0 else { return }
+            guard fd >= 0 else {
+                if errno == EMFILE || errno == ENFILE { shedOneConnection() }
+                return
+            }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             guard clients.count < options.maximumClients else {
@@ -206,6 +211,16 @@ public final class ControlServer {
             let peer = PeerCredentials(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid)
             clients[fd] = Client(fd: fd, peer: peer, maximumRequest: options.maximumRequest, now: monotonicNanos())
         }
+    }
+
+    /// Out of descriptors: the waiting connection would keep the listener readable and the loop spinning.
+    /// Give back the spare descriptor, take the connection off the backlog and close it, take the spare again.
+    func shedOneConnection() {
+        if spare >= 0 { close(spare) }
+        let fd = accept(listener, nil, nil)
+        if fd >= 0 { close(fd) }
+        spare = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        logger.warning("out of file descriptors; refused a connection", metadata: ["clients": "\(clients.count)"])
     }
 
     func read(_ client: Client, now: UInt64, onChange: () -> Void) {

@@ -76,7 +76,7 @@ public final class Bench {
         let tally = Tally(producers: config.producers, count: config.count)
         let readers = paths.map { path in ConsumerThread(path: path, tally: tally, expected: config.producers * config.count) }
         for reader in readers { reader.start() }
-        let started = realtime()
+        let started = realtimeNanos()
         let producers = paths.enumerated().map { index, path in ProducerThread(path: path, index: index, config: config) }
         for producer in producers { producer.start() }
         for producer in producers { producer.wait() }
@@ -139,7 +139,7 @@ public final class Bench {
             return String(decoding: data, as: UTF8.self).components(separatedBy: "\"healthy\" : true").count - 1 >= self.config.consumers
         }
         let cpuBefore = processCPUSeconds(router.processIdentifier)
-        let started = realtime()
+        let started = realtimeNanos()
         let producers = (0..<config.producers).map { p in
             ProducerThread(path: directory + "/pipes/" + Naming.ingress(producer: "p\(p)", dataType: "bench", shard: 0), index: p, config: config)
         }
@@ -179,11 +179,6 @@ public struct BenchError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-func realtime() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-}
 
 /// utime + stime of a process, from /proc/<pid>/stat (clock ticks of 1/100 s on Linux).
 func processCPUSeconds(_ pid: Int32) -> Double {

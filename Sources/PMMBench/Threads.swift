@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Histogram
+import PMMSystem
 import PMMWire
 
 let F_SETPIPE_SZ: Int32 = 1031
@@ -102,14 +103,14 @@ final class ProducerThread: @unchecked Sendable {
         batch.reserveCapacity(config.batchBytes + 1024)
         var body: [UInt8] = []
         body.reserveCapacity(config.size + 64)
-        let started = realtime()
+        let started = realtimeNanos()
         let perTick = config.rate > 0 ? max(1, Int(config.rate / 1000)) : Int.max
         var sequence = 1
         while sequence <= config.count {
             if config.rate > 0 {
                 // Paced: the frames due by now, one write per tick of 1 ms.
                 let due = started + Int64(Double(sequence - 1) / config.rate * 1e9)
-                let now = realtime()
+                let now = realtimeNanos()
                 if due > now { usleep(UInt32(min(1000, (due - now) / 1000))) ; continue }
             }
             batch.removeAll(keepingCapacity: true)
@@ -123,7 +124,7 @@ final class ProducerThread: @unchecked Sendable {
                 body.append(0x28)
                 Varint.encode(UInt64(sequence), into: &body)  // sequence
                 body.append(0x30)
-                Varint.encode(UInt64(realtime()), into: &body)  // sent_at_unix_nanos
+                Varint.encode(UInt64(realtimeNanos()), into: &body)  // sent_at_unix_nanos
                 body.append(0x3a)
                 Varint.encode(UInt64(payload.count), into: &body)
                 body += payload
@@ -189,7 +190,7 @@ final class ConsumerThread: @unchecked Sendable {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + end, $0.count - end) }
             guard n > 0 else { continue }
             end += n
-            let now = realtime()
+            let now = realtimeNanos()
             frames.removeAll(keepingCapacity: true)
             buffer.withUnsafeBytes { raw in
                 while true {

@@ -1,4 +1,5 @@
 import Glibc
+import PMMSystem
 import PMMCore
 import PMMWire
 

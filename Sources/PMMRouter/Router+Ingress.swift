@@ -1,5 +1,6 @@
 import Logging
 import Glibc
+import PMMSystem
 import PMMCore
 import PMMWire
 

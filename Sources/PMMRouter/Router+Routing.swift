@@ -1,3 +1,4 @@
+import PMMSystem
 import Logging
 import PMMCore
 import PMMWire

@@ -1,5 +1,6 @@
 public import Foundation
 import Glibc
+import PMMSystem
 import PMMCore
 
 /// What the router reports in `<state-dir>/router.json`: what it serves and its counters. Written atomically

@@ -51,7 +51,7 @@ public final class Producer<Message: SwiftProtobuf.Message>: @unchecked Sendable
             envelope.shardKey = Data(shardKey)
             envelope.source = source
             envelope.sequence = sequence
-            envelope.sentAtUnixNanos = Self.now()
+            envelope.sentAtUnixNanos = realtimeNanos()
             envelope.payload = payload
             envelope.headers = headers
             let frame = try envelope.framed()
@@ -59,12 +59,6 @@ public final class Producer<Message: SwiftProtobuf.Message>: @unchecked Sendable
             try write(frame, shard: shard)
             return sequence
         }
-    }
-
-    static func now() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
     }
 
     private func write(_ frame: [UInt8], shard: Int) throws(PipeMeshError) {

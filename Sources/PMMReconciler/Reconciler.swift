@@ -84,11 +84,15 @@ public final class Reconciler {
         }
     }
 
+    /// The pipes `spec` asks for on this host: a single-user mesh (0600) when pmm does not run as root.
+    func desiredPipes(_ spec: MeshSpec) -> [DesiredPipe] {
+        spec.desiredPipes(singleUserUID: geteuid() == 0 ? nil : geteuid())
+    }
+
     /// What applying `spec` would change.
     public func diff(_ spec: MeshSpec, prune: Bool) throws(PMMError) -> DiffReport {
         let observed = try observe(root: spec.root)
-        let singleUser = geteuid() == 0 ? nil : geteuid()
-        let plan = Planner.plan(desired: spec.desiredPipes(singleUserUID: singleUser), observed: observed, prune: prune)
+        let plan = Planner.plan(desired: desiredPipes(spec), observed: observed, prune: prune)
         let current: Revision?
         do { current = try registry.latestRevision() } catch { throw .registry(error) }
         let currentSpec = current.flatMap { LoadedSpec.load(SpecFile(revision: $0), rootOverride: $0.root, checkSchemaFiles: false).spec }
@@ -224,9 +228,8 @@ public final class Reconciler {
             throw .system(error)
         }
         defer { withExtendedLifetime(lock) {} }
-        let singleUser = geteuid() == 0 ? nil : geteuid()
         let observed = try observe(root: spec.root)
-        let plan = Planner.plan(desired: spec.desiredPipes(singleUserUID: singleUser), observed: observed, prune: false)
+        let plan = Planner.plan(desired: desiredPipes(spec), observed: observed, prune: false)
         guard plan.conflicts.isEmpty else { throw .conflicts(root: spec.root, plan.conflicts) }
         guard !plan.isEmpty else { return plan }
         try execute(plan, root: spec.root)

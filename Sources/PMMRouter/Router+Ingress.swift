@@ -21,26 +21,20 @@ extension Router {
             let room = min(pipe.buffer.freeSpace, options.readSize)
             var n: Int
             if let spool = pipe.spool {
+                n = 0
                 if spool.unread == 0 {
-                    let moved = pipe.fd >= 0 ? spool.splice(from: pipe.fd, length: room) : 0
-                    if moved <= 0 {
-                        n = moved
-                        if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
-                            return pipe.draining && pipe.buffer.pending == 0
-                        }
-                        if n < 0 && errno == EINVAL {
-                            // splice refuses some files (a spool on an odd filesystem): read instead.
-                            logger.error("splice into the spool failed; reading the pipe directly", metadata: ["pipe": "\(pipe.name)"])
-                            pipe.spool = nil
-                            continue
-                        }
-                    } else {
-                        n = pipe.buffer.write { raw in
-                            let count = spool.readBack(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<room]))
-                            return (count, count)
-                        }
+                    n = pipe.fd >= 0 ? spool.splice(from: pipe.fd, length: room) : 0
+                    if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                        return pipe.draining && pipe.buffer.pending == 0
                     }
-                } else {
+                    if n < 0 && errno == EINVAL {
+                        // splice refuses some files (a spool on an odd filesystem): read instead.
+                        logger.error("splice into the spool failed; reading the pipe directly", metadata: ["pipe": "\(pipe.name)"])
+                        pipe.spool = nil
+                        continue
+                    }
+                }
+                if spool.unread > 0 {
                     n = pipe.buffer.write { raw in
                         let count = spool.readBack(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<room]))
                         return (count, count)

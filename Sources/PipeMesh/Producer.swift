@@ -17,21 +17,16 @@ public final class Producer<Message: SwiftProtobuf.Message>: @unchecked Sendable
     public let dataType: String
     public let version: UInt32
     public let source: String
-    let paths: [String]
+    private let writer: IngressFrameWriter
     private let lock = NSLock()
-    private var fds: [Int32]
     private var sequence: UInt64 = 0
 
     init(dataType: String, version: UInt32, source: String, paths: [String]) {
         self.dataType = dataType
         self.version = version
         self.source = source
-        self.paths = paths
-        self.fds = Array(repeating: -1, count: paths.count)
-        signal(SIGPIPE, SIG_IGN)
+        self.writer = IngressFrameWriter(paths: paths)
     }
-
-    deinit { for fd in fds where fd >= 0 { close(fd) } }
 
     /// Sends `message` with `shardKey`; returns the sequence number it got.
     @discardableResult
@@ -55,50 +50,8 @@ public final class Producer<Message: SwiftProtobuf.Message>: @unchecked Sendable
             envelope.payload = payload
             envelope.headers = headers
             let frame = try envelope.framed()
-            let shard = ShardHash.shard(forKey: shardKey, shards: paths.count)
-            try write(frame, shard: shard)
+            try writer.write(frame, shard: ShardHash.shard(forKey: shardKey, shards: writer.paths.count))
             return sequence
-        }
-    }
-
-    private func write(_ frame: [UInt8], shard: Int) throws(PipeMeshError) {
-        while true {
-            if fds[shard] < 0 { fds[shard] = try openWaiting(paths[shard]) }
-            let fd = fds[shard]
-            let locked = frame.count > Int(PIPE_BUF)
-            if locked { DescriptorLock.lock(fd) }
-            var offset = 0
-            var failure: Int32 = 0
-            while offset < frame.count {
-                let n = frame.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    failure = errno
-                    break
-                }
-                offset += n
-            }
-            if locked { DescriptorLock.unlock(fd) }
-            if failure == 0 { return }
-            guard failure == EPIPE else { throw .pipe(path: paths[shard], reason: String(cString: strerror(failure))) }
-            // No reader (the router restarts, or apply replaced the pipe): open the pipe now at the path, which
-            // waits for a reader, and only then let go of the old descriptor.
-            let replacement = try openWaiting(paths[shard])
-            close(fd)
-            fds[shard] = replacement
-        }
-    }
-
-    /// Opens a pipe for writing, waiting (polling every 50 ms) while no router reads it.
-    private func openWaiting(_ path: String) throws(PipeMeshError) -> Int32 {
-        while true {
-            let fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)
-            if fd >= 0 {
-                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
-                return fd
-            }
-            guard errno == ENXIO || errno == ENOENT else { throw .pipe(path: path, reason: String(cString: strerror(errno))) }
-            usleep(50_000)
         }
     }
 }

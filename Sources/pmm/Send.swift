@@ -6,6 +6,7 @@ import PMMReconciler
 import PMMRouter
 import PMMSystem
 import PMMWire
+import PipeMesh
 
 struct Send: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -119,104 +120,32 @@ struct Send: ParsableCommand {
     }
 }
 
-/// Writes framed envelopes into a producer's ingress pipes, one write(2) per frame, choosing the shard by key.
+/// Writes envelopes into a producer's ingress pipes, choosing the shard by key (PipeMesh's writer does the rest).
 final class IngressWriter {
-    let root: PipeRoot
-    let spec: MeshSpec
-    let producer: Service
+    let writer: IngressFrameWriter
     let dataType: DataType
-    var fds: [Int: Int32] = [:]
 
     init(spec: MeshSpec, producer: Service, dataType: DataType) throws {
-        guard let root = try PipeRoot.open(spec.root) else {
+        guard FileManager.default.fileExists(atPath: spec.root) else {
             printError("error: \(spec.root) does not exist; run pmm apply first")
             throw ExitCode(1)
         }
-        self.root = root
-        self.spec = spec
-        self.producer = producer
+        let paths = (0..<dataType.shards).map {
+            Naming.path(root: spec.root, fileName: Naming.ingress(producer: producer.name, dataType: dataType.name, shard: $0))
+        }
         self.dataType = dataType
-        signal(SIGPIPE, SIG_IGN)
-    }
-
-    deinit { for fd in fds.values { close(fd) } }
-
-    func fd(forShard shard: Int) throws -> Int32 {
-        if let fd = fds[shard] { return fd }
-        let name = Naming.ingress(producer: producer.name, dataType: dataType.name, shard: shard)
-        switch root.openFIFO(name, forWriting: true) {
-        case .opened(let fd, _):
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)  // block when the pipe is full: back-pressure
-            fds[shard] = fd
-            return fd
-        case .noReader:
-            printError("error: no router is reading \(Naming.path(root: spec.root, fileName: name)); start pmm router")
-            throw ExitCode(1)
-        case .missing:
-            printError("error: \(Naming.path(root: spec.root, fileName: name)) does not exist; run pmm apply")
-            throw ExitCode(1)
-        case .failed(let error):
-            printError("error: \(error)")
-            throw ExitCode(1)
+        writer = IngressFrameWriter(paths: paths, waitForFirstReader: false) { path in
+            printError("note: no router is reading \((path as NSString).lastPathComponent); waiting for one")
         }
     }
 
     func write(_ envelope: Envelope) throws {
         let frame = try envelope.framed()
-        let shard = ShardHash.shard(forKey: envelope.shardKey, shards: dataType.shards)
-        while true {
-            let fd = try fd(forShard: shard)
-            // Up to PIPE_BUF a write is atomic; above it, an flock keeps replicas' frames from interleaving.
-            let locked = frame.count > Int(PIPE_BUF)
-            if locked { DescriptorLock.lock(fd) }
-            let result = writeAll(fd, frame)
-            if locked { DescriptorLock.unlock(fd) }
-            switch result {
-            case 0:
-                return
-            case EPIPE:
-                // The router went away: nothing of a frame up to PIPE_BUF reached the pipe. Keep this
-                // descriptor open until the next router is reading: while a writer holds it, the pipe keeps
-                // the frames the old router had not taken; closing it first would discard them.
-                try waitForReader(shard: shard)
-                close(fd)
-            default:
-                printError("error: write to the ingress pipe failed: \(String(cString: strerror(result)))")
-                throw ExitCode(1)
-            }
-        }
-    }
-
-    /// Writes all of `frame`; returns 0 or the errno.
-    func writeAll(_ fd: Int32, _ frame: [UInt8]) -> Int32 {
-        var offset = 0
-        while offset < frame.count {
-            let n = frame.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return errno
-            }
-            offset += n
-        }
-        return 0
-    }
-
-    /// Blocks until a router opens the shard's pipe for reading again, and makes that the shard's descriptor.
-    func waitForReader(shard: Int) throws {
-        let name = Naming.ingress(producer: producer.name, dataType: dataType.name, shard: shard)
-        printError("note: no router is reading \(name); waiting for one")
-        while true {
-            switch root.openFIFO(name, forWriting: true) {
-            case .opened(let fd, _):
-                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
-                fds[shard] = fd
-                return
-            case .noReader, .missing:
-                usleep(50_000)
-            case .failed(let error):
-                printError("error: \(error)")
-                throw ExitCode(1)
-            }
+        do {
+            try writer.write(frame, shard: ShardHash.shard(forKey: envelope.shardKey, shards: dataType.shards))
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
         }
     }
 }

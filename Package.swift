@@ -63,11 +63,14 @@ let package = Package(
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
             swiftSettings: generatedCode
         ),
-        // The data plane: a poll loop over the ingress and egress FIFOs.
+        // Pure: the router's decisions as a state machine (events in, actions out), no syscalls.
+        .target(name: "PMMRouterCore", dependencies: ["PMMCore", "PMMWire"], swiftSettings: upcoming),
+        // The data plane's shell: a poll loop over the ingress and egress FIFOs that performs the core's actions.
         .target(
             name: "PMMRouter",
             dependencies: [
-                "PMMCore", "PMMWire", "PMMSystem", .product(name: "Logging", package: "swift-log"),
+                "PMMCore", "PMMWire", "PMMSystem", "PMMRouterCore", .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -110,7 +113,7 @@ let package = Package(
         .executableTarget(
             name: "pmm",
             dependencies: [
-                "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "PMMControl",
+                "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "PMMRouterCore", "PMMControl",
                 "PMMBench", "PipeMesh", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -135,6 +138,11 @@ let package = Package(
             ],
             path: "Examples/ConsumerExample", swiftSettings: upcoming),
         .testTarget(name: "PMMCoreTests", dependencies: ["PMMCore"], swiftSettings: upcoming),
+        // The router core, driven by seeded random schedules in a simulated world (SIMULATION.md).
+        .testTarget(
+            name: "PMMRouterCoreTests",
+            dependencies: ["PMMCore", "PMMRouterCore", "PMMWire", "PMMSpecYAML", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            swiftSettings: upcoming),
         .testTarget(
             name: "PMMWireTests", dependencies: ["PMMWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             swiftSettings: upcoming),

@@ -12,6 +12,16 @@ public struct RouterLayout: Hashable, Sendable {
         public var qos: QoS
         /// The schema version the producer declares (frames that carry none are taken to be this one).
         public var version: Int?
+
+        public init(name: String, producer: String, dataType: String, shard: Int, pipeSize: Int?, qos: QoS, version: Int?) {
+            self.name = name
+            self.producer = producer
+            self.dataType = dataType
+            self.shard = shard
+            self.pipeSize = pipeSize
+            self.qos = qos
+            self.version = version
+        }
     }
 
     /// An egress pipe the router writes: one per consumer instance and data type.

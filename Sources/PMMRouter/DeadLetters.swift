@@ -2,23 +2,8 @@ import Foundation
 import Glibc
 import PMMSystem
 public import PMMWire
+import PMMRouterCore
 import SwiftProtobuf
-
-/// Why a frame went to the dead-letter spool.
-public enum DeadLetterReason: String, Sendable, CaseIterable, Codable {
-    /// No route: nobody consumes the data type.
-    case noRoute = "no-route"
-    /// A frame of another data type arrived on this pipe.
-    case misaddressed
-    /// A consumer's buffer was full and its overflow policy is `dead-letter`.
-    case overflow
-    /// No healthy instance, and the frames waiting for one reached the type's buffer (overflow `dead-letter`).
-    case noHealthyInstance = "no-healthy-instance"
-    /// No declared consumer version can read the frame's schema version.
-    case noReader = "no-reader-for-version"
-    /// Bytes discarded when an ingress pipe was reset (not a frame; kept raw).
-    case discarded
-}
 
 /// The dead-letter spool: `<state-dir>/deadletters/<data-type>.log`, one record per frame, each a varint length
 /// and a `pmm.v1.DeadLetter` message (the frame, its reason, where and when). Appended with one write(2) per

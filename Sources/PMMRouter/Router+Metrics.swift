@@ -2,6 +2,7 @@ import PMMSystem
 import Logging
 import CoreMetrics
 import PMMCore
+import PMMRouterCore
 import Prometheus
 
 /// Counters and gauges through swift-metrics, backed by a swift-prometheus registry that renders the text
@@ -44,8 +45,10 @@ extension Router {
     /// The Prometheus text of the router's counters, refreshed now.
     func metricsText() -> String {
         let metrics = self.routerMetrics
-        metrics.gauge("pmm_router_revision", [], Double(layout.revision))
-        for pipe in ingress {
+        metrics.gauge("pmm_router_revision", [], Double(core.layout.revision))
+        metrics.gauge("pmm_router_held_bytes", [], Double(core.heldBytes))
+        metrics.gauge("pmm_router_spooled_bytes", [], Double(core.spoolLive))
+        for pipe in core.ingress where !pipe.draining {
             let labels = [("pipe", pipe.name), ("producer", pipe.spec.producer), ("data_type", pipe.spec.dataType)]
             metrics.count("pmm_ingress_frames_total", labels, pipe.frames)
             metrics.count("pmm_ingress_bytes_total", labels, pipe.bytes)
@@ -53,7 +56,7 @@ extension Router {
             metrics.count("pmm_ingress_misaddressed_total", labels, pipe.misaddressed)
             metrics.count("pmm_ingress_replayed_total", labels, pipe.replayed)
         }
-        for pipe in egress {
+        for pipe in core.egress {
             let labels = [("pipe", pipe.name), ("instance", pipe.spec.instance), ("data_type", pipe.spec.dataType)]
             metrics.count("pmm_egress_frames_total", labels, pipe.frames)
             metrics.count("pmm_egress_bytes_total", labels, pipe.bytes)
@@ -64,11 +67,11 @@ extension Router {
             metrics.gauge("pmm_egress_healthy", labels, pipe.available ? 1 : 0)
             metrics.gauge("pmm_egress_queued_frames", labels, Double(pipe.queue.count))
         }
-        for (reason, count) in counters.deadLetters {
-            metrics.count("pmm_dead_letters_total", [("reason", reason)], count)
+        for (reason, count) in core.counters.deadLetters {
+            metrics.count("pmm_dead_letters_total", [("reason", reason.rawValue)], count)
         }
-        metrics.count("pmm_router_reloads_total", [], counters.reloads)
-        metrics.count("pmm_router_failed_reloads_total", [], counters.failedReloads)
+        metrics.count("pmm_router_reloads_total", [], core.counters.reloads)
+        metrics.count("pmm_router_failed_reloads_total", [], shellCounters.failedReloads)
         return metrics.render()
     }
 }

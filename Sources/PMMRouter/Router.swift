@@ -3,7 +3,9 @@ import Glibc
 public import Logging
 public import PMMCore
 public import PMMSystem
+import PMMRouterCore
 import PMMWire
+import SystemPackage
 
 /// Settings of the data plane that are not in the spec.
 public struct RouterOptions: Sendable {
@@ -16,6 +18,11 @@ public struct RouterOptions: Sendable {
     /// A consumer that reads nothing for this long while its pipe holds data is stalled: no new frames go
     /// to it until it drains its pipe.
     public var stallTimeout: Double = 5
+    /// Bytes the router holds in queues, all pipes together; at the limit producers are held back.
+    public var memoryLimit: Int = 256 << 20
+    /// Undelivered bytes the at-least-once spools may hold, all pipes together; at the limit at-least-once
+    /// producers are held back.
+    public var spoolLimit: Int64 = 1 << 30
     /// How often every pipe's inode is checked (a pipe deleted or replaced under the router).
     public var checkInterval: Double = 2
     /// Where to write the status JSON (pid, revision, counters), if anywhere.
@@ -29,6 +36,17 @@ public struct RouterOptions: Sendable {
     public var metricsListen: (host: String, port: UInt16)?
 
     public init() {}
+
+    var core: RouterCoreOptions {
+        var core = RouterCoreOptions()
+        core.maximumFrameSize = maximumFrameSize
+        core.readSize = readSize
+        core.stallTimeout = UInt64(stallTimeout * 1e9)
+        core.memoryLimit = memoryLimit
+        core.spoolLimit = spoolLimit
+        core.drainGrace = UInt64(max(drainTimeout, 1) * 1e9)
+        return core
+    }
 }
 
 /// Why the router stopped.
@@ -37,26 +55,29 @@ public enum RouterExit: Sendable, Equatable {
     case stopped(undelivered: Int)
 }
 
-/// The data plane: reads frames from every ingress pipe and writes each to one consumer instance's egress pipe,
-/// by data type, shard key and weights (DESIGN.md, "Routing", "Flow control and delivery").
+/// The data plane's shell: one thread, one `poll(2)` loop that turns readiness, reads, writes and timers into
+/// events for the `RouterCore` and performs the actions it returns (DESIGN.md, "Routing", "Flow control and
+/// delivery").
 ///
-/// One thread, one `poll(2)` loop: many frames per read(2), one write(2) per egress pipe per batch, no lock
-/// and no task hop per frame. Frames are forwarded byte for byte as they arrived; only the routing fields
-/// (data type, schema version, shard key) are located, never the payload.
+/// Every decision (where a frame goes, when an instance is down or stalled, what waits, what is dead-lettered)
+/// is the core's; this class owns every descriptor and does the system calls. Many frames per read(2), one
+/// write(2) per egress pipe per batch, no lock and no task hop per frame. Frames are forwarded byte for byte.
+///
+/// A reload (SIGHUP) or stop (SIGTERM) is acted on between poll passes, never inside one, and pipes are named
+/// by the core's `PipeID`s, so a pass never reaches a pipe through a stale index.
 ///
 /// Not thread-safe: `run` owns the object until it returns.
 public final class Router {
     let options: RouterOptions
     let logger: Logger
-    var layout: RouterLayout
-    var root: PipeRoot
-    var ingress: [IngressPipe] = []
-    /// Ingress pipes removed or replaced by a reload, read until empty and then closed.
-    var draining: [IngressPipe] = []
-    var egress: [EgressPipe] = []
-    var routes: [String: RouteState] = [:]
-    var buckets: [String: TokenBucket] = [:]
-    var spools: [Spool?] = []
+    var core: RouterCore
+    let root: PipeRoot
+    /// Read descriptors of ingress pipes, by the core's identifier.
+    var ingressFDs: [PipeID: Held] = [:]
+    /// Write descriptors of egress pipes (present while a reader is there).
+    var egressFDs: [PipeID: Held] = [:]
+    /// Spool files by ingress pipe name.
+    var spoolFiles: [String: SpoolFile] = [:]
     let deadLetters: DeadLetterSpool?
     var metrics: MetricsEndpoint?
     let routerMetrics = RouterMetrics()
@@ -64,33 +85,25 @@ public final class Router {
     var lastStatus: UInt64 = 0
     var lastCheck: UInt64 = 0
     var lastCheckpoint: UInt64 = 0
-    var counters = Counters()
-    var random = SplitMix(seed: UInt64(truncatingIfNeeded: realtimeNanos()))
+    var shellCounters = ShellCounters()
+    var rates: [PipeID: (frames: UInt64, rate: Double)] = [:]
+    /// Nanoseconds to add to the monotonic clock for the wall clock (for status timestamps).
+    let wallOffset: Int64
 
-    struct Counters {
-        var deadLetters: [String: UInt64] = [:]
-        var dropped: UInt64 = 0
-        var reloads: UInt64 = 0
-        var failedReloads: UInt64 = 0
-        var lastReloadError: String?
-        var replayed: UInt64 = 0
+    /// A descriptor and the inode it was opened on.
+    struct Held {
+        var fd: FileDescriptor
+        var inode: UInt64
+        var device: UInt64
+        /// The pipe's capacity in bytes (F_GETPIPE_SZ), for egress pipes.
+        var capacity: Int
     }
 
-    /// Per data type: its route, frames waiting for a healthy instance, round-robin state.
-    final class RouteState {
-        var route: RouterLayout.Route
-        var parked = FrameQueue()
-        var current: [Int]
-        var rotation = 0
-        /// While choosing a frame's instance: which targets can read its schema version (nil: all).
-        var eligible: [Bool]?
-
-        init(route: RouterLayout.Route) {
-            self.route = route
-            self.current = Array(repeating: 0, count: route.entry.targets.count)
-        }
-
-        var capacity: Int { route.qos.buffer }
+    struct ShellCounters {
+        /// Undeliverable frames with no dead-letter spool to keep them.
+        var dropped: UInt64 = 0
+        var failedReloads: UInt64 = 0
+        var lastReloadError: String?
     }
 
     /// - Parameters:
@@ -98,7 +111,6 @@ public final class Router {
     public init(layout: RouterLayout, options: RouterOptions = RouterOptions(), logger: Logger) throws(FIFOError) {
         self.options = options
         self.logger = logger
-        self.layout = layout
         guard let root = try PipeRoot.open(layout.root) else {
             throw FIFOError(.systemCall, path: layout.root, "the pipe root does not exist", hint: "run pmm apply first")
         }
@@ -110,147 +122,41 @@ public final class Router {
         if let (host, port) = options.metricsListen {
             metrics = try MetricsEndpoint(host: host, port: port)
         }
-        install(layout)
-    }
-
-    // MARK: Layout
-
-    /// Opens what `layout` names that is not open yet, starts draining what it no longer names, swaps routes.
-    func install(_ new: RouterLayout) {
-        var oldIngress = Dictionary(uniqueKeysWithValues: ingress.map { ($0.name, $0) })
-        var next: [IngressPipe] = []
-        for spec in new.ingress {
-            if let pipe = oldIngress.removeValue(forKey: spec.name) {
-                pipe.spec = spec
-                if case .some(let file) = try? root.stat(spec.name), file.inode == pipe.inode, file.device == pipe.device {
-                    next.append(pipe)
-                    continue
+        let now = monotonicNanos()
+        wallOffset = realtimeNanos() - Int64(now)
+        var spoolFiles: [String: SpoolFile] = [:]
+        core = RouterCore(
+            layout: layout, options: options.core, now: now, seed: UInt64(truncatingIfNeeded: realtimeNanos()),
+            openSpool: Self.spoolOpener(options.spoolDirectory, root: root, logger: logger) { spoolFiles[$0.pipe] = $0 })
+        // Spools of pipes this layout no longer names (a crash after an apply removed them) are read back too.
+        if let directory = options.spoolDirectory, let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
+            let live = Set(layout.ingress.map(\.name))
+            for name in names.sorted() where name.hasSuffix(".spool") {
+                let pipe = String(name.dropLast(".spool".count))
+                guard !live.contains(pipe), let (file, ledger) = try? SpoolFile.open(directory: directory, pipe: pipe, source: nil) else { continue }
+                if core.adoptSpool(ledger, now: now) {
+                    spoolFiles[pipe] = file
+                    logger.notice("replaying the spool of a removed pipe", metadata: ["pipe": "\(pipe)", "bytes": "\(ledger.live)"])
                 }
-                // Replaced by apply (a new writer): finish the old inode, read the new one.
-                if pipe.spool != nil {
-                    switchToNewInode(pipe)
-                    next.append(pipe)
-                    continue
-                }
-                startDraining(pipe)
             }
-            let pipe = IngressPipe(spec: spec, maximumFrameSize: options.maximumFrameSize)
-            attachSpool(pipe)
-            openIngress(pipe)
-            next.append(pipe)
         }
-        for pipe in oldIngress.values { startDraining(pipe) }
-        ingress = next
-        buckets = buckets.filter { key, _ in next.contains { $0.bucketKey == key } }
+        self.spoolFiles = spoolFiles
+        performActions()
+    }
 
-        var oldEgress = Dictionary(uniqueKeysWithValues: egress.map { ($0.name, $0) })
-        var nextEgress: [EgressPipe] = []
-        var orphaned: [DetachedFrame] = []
-        for spec in new.egress {
-            if let pipe = oldEgress.removeValue(forKey: spec.name) {
-                pipe.spec = spec
-                if pipe.fd < 0 || ((try? root.stat(spec.name))?.map { $0.inode == pipe.inode && $0.device == pipe.device } ?? false) {
-                    nextEgress.append(pipe)
-                    continue
-                }
-                // Replaced by apply (a new reader): what is queued goes to the new pipe's instance.
-                orphaned += detach(pipe)
-                closeEgress(pipe, reason: nil)
+    /// Opens spool files for the core; `register` keeps each file.
+    static func spoolOpener(_ directory: String?, root: PipeRoot, logger: Logger, register: @escaping (SpoolFile) -> Void) -> (String) -> SpoolLedger? {
+        { pipe in
+            guard let directory else { return nil }
+            do {
+                let source = (try? root.stat(pipe))?.inode
+                let (file, ledger) = try SpoolFile.open(directory: directory, pipe: pipe, source: source)
+                register(file)
+                return ledger
+            } catch {
+                logger.error("cannot open the spool; this pipe is at-most-once until fixed", metadata: ["pipe": "\(pipe)", "error": "\(error)"])
+                return nil
             }
-            nextEgress.append(EgressPipe(spec: spec))
-        }
-        for pipe in oldEgress.values {
-            orphaned += detach(pipe)
-            closeEgress(pipe, reason: nil)
-        }
-        egress = nextEgress
-        for pipe in egress where pipe.fd < 0 { probe(pipe, now: monotonicNanos()) }
-
-        for state in routes.values { orphaned += state.parked.takeNotReadWhole(unread: 0) }
-        routes = new.routes.mapValues { RouteState(route: $0) }
-        layout = new
-        for frame in orphaned { reroute(frame) }
-    }
-
-    /// The frames of a pipe being closed that its reader did not read whole.
-    func detach(_ pipe: EgressPipe) -> [DetachedFrame] {
-        let unread = pipe.fd >= 0 ? unreadBytes(pipe.fd) : 0
-        let frames = pipe.queue.takeNotReadWhole(unread: unread)
-        pipe.rerouted += UInt64(frames.count)
-        return frames
-    }
-
-    /// Moves `pipe` to the FIFO now at its path. An at-least-once pipe first splices what the old inode holds
-    /// into its spool (read back in order, like everything else); an at-most-once pipe hands the old
-    /// descriptor to a draining twin.
-    func switchToNewInode(_ pipe: IngressPipe) {
-        if let spool = pipe.spool, pipe.fd >= 0 {
-            while spool.splice(from: pipe.fd, length: 1 << 20) > 0 {}
-            close(pipe.fd)
-            pipe.fd = -1
-        } else if pipe.fd >= 0 {
-            let old = IngressPipe(spec: pipe.spec, maximumFrameSize: options.maximumFrameSize)
-            old.fd = pipe.fd
-            old.draining = true
-            old.buffer = pipe.buffer
-            draining.append(old)
-            pipe.fd = -1
-            pipe.buffer.reset()
-        }
-        openIngress(pipe)
-    }
-
-    func startDraining(_ pipe: IngressPipe) {
-        guard pipe.fd >= 0 else { return }
-        pipe.draining = true
-        draining.append(pipe)
-    }
-
-    /// Gives an at-least-once pipe its spool (reusing one left by an earlier run: its frames are replayed).
-    func attachSpool(_ pipe: IngressPipe) {
-        guard pipe.spec.qos.delivery == .atLeastOnce, let directory = options.spoolDirectory else { return }
-        do {
-            let spool = try Spool(directory: directory, pipe: pipe.name)
-            if spool.unread > 0 {
-                logger.notice(
-                    "replaying frames spooled by an earlier router", metadata: ["pipe": "\(pipe.name)", "bytes": "\(spool.unread)"])
-            }
-            pipe.spool = spool
-            pipe.replayUntil = spool.size
-            pipe.spoolIndex = Int32(spools.count)
-            spools.append(spool)
-        } catch {
-            logger.error("cannot open the spool; this pipe is at-most-once until fixed", metadata: ["pipe": "\(pipe.name)", "error": "\(error)"])
-        }
-    }
-
-    func openIngress(_ pipe: IngressPipe) {
-        switch root.openFIFO(pipe.name, forWriting: false) {
-        case .opened(let fd, let file):
-            if pipe.fd >= 0 { close(pipe.fd) }
-            pipe.fd = fd
-            pipe.inode = file.inode
-            pipe.device = file.device
-            pipe.missing = false
-            setPipeSize(fd, pipe.spec.pipeSize, name: pipe.name)
-        case .missing:
-            if !pipe.missing { logger.warning("ingress pipe is missing; run pmm apply", metadata: ["pipe": "\(pipe.name)"]) }
-            pipe.missing = true
-            pipe.lastError = "missing"
-        case .noReader:
-            break  // cannot happen for a read end
-        case .failed(let error):
-            pipe.lastError = error.message
-            logger.error("cannot open ingress pipe", metadata: ["pipe": "\(pipe.name)", "error": "\(error)"])
-        }
-    }
-
-    func setPipeSize(_ fd: Int32, _ size: Int?, name: String) {
-        guard let size else { return }
-        if fcntl(fd, F_SETPIPE_SZ, Int32(clamping: size)) < 0 {
-            logger.warning(
-                "cannot set the pipe size (F_SETPIPE_SZ); fs.pipe-max-size may be lower",
-                metadata: ["pipe": "\(name)", "size": "\(size)", "errno": "\(errno)"])
         }
     }
 
@@ -258,8 +164,8 @@ public final class Router {
 
     enum Owner {
         case signal
-        case ingress(Int)
-        case egress(Int)
+        case ingress(PipeID)
+        case egress(PipeID)
         case metricsListener
         case metricsClient(Int32)
     }
@@ -273,7 +179,8 @@ public final class Router {
         startedAt = Date()
         writeStatus(force: true)
         logger.info(
-            "router serving", metadata: ["revision": "\(layout.revision)", "ingress": "\(ingress.count)", "egress": "\(egress.count)"])
+            "router serving",
+            metadata: ["revision": "\(core.layout.revision)", "ingress": "\(core.ingress.count)", "egress": "\(core.egress.count)"])
         var fds: [pollfd] = []
         var owners: [Owner] = []
         while true {
@@ -282,22 +189,20 @@ public final class Router {
             owners.removeAll(keepingCapacity: true)
             fds.append(pollfd(fd: signals.readFD, events: Int16(POLLIN), revents: 0))
             owners.append(.signal)
-            let blocked = blockedRoutes()
             var timeout: Int32 = 100
-            var spoolBacklog = false
-            for (index, pipe) in ingress.enumerated() where pipe.fd >= 0 && !blocked.contains(pipe.spec.dataType) {
-                if pipe.pausedUntil > now {
-                    timeout = min(timeout, Int32(clamping: (pipe.pausedUntil - now) / 1_000_000 + 1))
-                    continue
-                }
-                if (pipe.spool?.unread ?? 0) > 0 || pipe.backlog { spoolBacklog = true }
-                fds.append(pollfd(fd: pipe.fd, events: Int16(POLLIN), revents: 0))
-                owners.append(.ingress(index))
+            if let wake = core.nextWake(after: now) { timeout = min(timeout, Int32(clamping: (wake - now) / 1_000_000 + 1)) }
+            for slot in core.ingress.indices where core.wantsToRead(slot, now: now) {
+                let pipe = core.ingress[slot]
+                if core.hasBufferedWork(slot) { timeout = 0 }
+                guard let held = ingressFDs[pipe.id] else { continue }
+                fds.append(pollfd(fd: held.fd.rawValue, events: Int16(POLLIN), revents: 0))
+                owners.append(.ingress(pipe.id))
             }
-            for (index, pipe) in egress.enumerated() where pipe.fd >= 0 {
+            for slot in core.egress.indices {
+                guard let held = egressFDs[core.egress[slot].id] else { continue }
                 // Always watched: POLLERR tells that the reader went away even when nothing is queued.
-                fds.append(pollfd(fd: pipe.fd, events: pipe.queue.unwrittenBytes > 0 ? Int16(POLLOUT) : 0, revents: 0))
-                owners.append(.egress(index))
+                fds.append(pollfd(fd: held.fd.rawValue, events: core.hasUnwritten(slot) ? Int16(POLLOUT) : 0, revents: 0))
+                owners.append(.egress(core.egress[slot].id))
             }
             if let metrics {
                 fds.append(pollfd(fd: metrics.listener, events: Int16(POLLIN), revents: 0))
@@ -307,11 +212,12 @@ public final class Router {
                     owners.append(.metricsClient(client))
                 }
             }
-            if spoolBacklog || !draining.isEmpty { timeout = 0 }
             let ready = poll(&fds, nfds_t(fds.count), timeout)
             if ready < 0 && errno != EINTR {
                 logger.critical("poll failed", metadata: ["errno": "\(errno)"])
             }
+            var reloadRequested = false
+            var stopRequested = false
             for (slot, owner) in owners.enumerated() {
                 let revents = Int32(fds[slot].revents)
                 switch owner {
@@ -319,18 +225,16 @@ public final class Router {
                     guard revents != 0 else { continue }
                     for signal in signals.drain() {
                         switch signal {
-                        case .reload: reloadLayout(reload)
-                        case .stop: return stop()
+                        case .reload: reloadRequested = true
+                        case .stop: stopRequested = true
                         }
                     }
-                case .ingress(let index):
-                    let pipe = ingress[index]
-                    if revents != 0 || (pipe.spool?.unread ?? 0) > 0 || pipe.backlog { readIngress(pipe, budget: 4) }
-                case .egress(let index):
-                    let pipe = egress[index]
-                    if revents & (POLLERR | POLLHUP) != 0 && pipe.fd >= 0 {
-                        consumerGone(pipe, reason: "the reader went away")
-                    }
+                case .ingress(let id):
+                    guard let slot = core.ingressSlot(id) else { continue }
+                    if revents != 0 || core.hasBufferedWork(slot) { readIngress(slot, budget: 4) }
+                case .egress(let id):
+                    guard revents & (POLLERR | POLLHUP) != 0, let slot = core.egressSlot(id) else { continue }
+                    egressFailed(slot, reason: "the reader went away")
                 case .metricsListener:
                     if revents != 0 { metrics?.accept() }
                 case .metricsClient(let fd):
@@ -338,16 +242,12 @@ public final class Router {
                 }
             }
             // Removed or replaced pipes are read without waiting for POLLIN (an empty pipe with a writer never
-            // becomes readable) and closed once empty at a frame boundary.
-            draining.removeAll { pipe in
-                guard readIngress(pipe, budget: 64) else { return false }
-                close(pipe.fd)
-                pipe.fd = -1
-                logger.info("drained and closed a removed ingress pipe", metadata: ["pipe": "\(pipe.name)"])
-                return true
-            }
+            // becomes readable), once per pass, and closed once empty at a frame boundary.
+            for slot in core.ingress.indices where core.ingress[slot].draining { readIngress(slot, budget: 16) }
             flushAll()
             housekeeping(now: monotonicNanos())
+            if stopRequested { return stop() }
+            if reloadRequested { reloadLayout(reload) }
         }
     }
 
@@ -355,31 +255,52 @@ public final class Router {
         do {
             let new = try reload()
             install(new)
-            counters.reloads += 1
             logger.info("reloaded", metadata: ["revision": "\(new.revision)"])
         } catch {
-            counters.failedReloads += 1
-            counters.lastReloadError = "\(error)"
+            shellCounters.failedReloads += 1
+            shellCounters.lastReloadError = "\(error)"
             logger.error(
                 "reload failed; the current revision keeps serving",
-                metadata: ["revision": "\(layout.revision)", "error": "\(error)"])
+                metadata: ["revision": "\(core.layout.revision)", "error": "\(error)"])
         }
         writeStatus(force: true)
     }
 
-    /// Timers: probes of down instances, stall checks, pipes deleted or replaced underneath, spool
-    /// checkpoints, the status file.
-    func housekeeping(now: UInt64) {
-        for pipe in egress {
-            if pipe.fd < 0 {
-                if now >= pipe.nextProbe { probe(pipe, now: now) }
-            } else {
-                checkProgress(pipe, now: now)
-            }
+    /// Installs `new` in the core: pipes whose FIFO apply replaced are told apart by their inode, and every
+    /// consumer's progress is read first, so what goes elsewhere is exactly what it did not read.
+    func install(_ new: RouterLayout) {
+        let now = monotonicNanos()
+        acknowledgeAll(now: now)
+        let names = Set(new.ingress.map(\.name))
+        var replacedIngress: Set<String> = []
+        for pipe in core.ingress where !pipe.draining && names.contains(pipe.name) {
+            guard let held = ingressFDs[pipe.id], case .some(let file) = try? root.stat(pipe.name) else { continue }
+            if file.inode != held.inode || file.device != held.device { replacedIngress.insert(pipe.name) }
         }
+        let egressNames = Set(new.egress.map(\.name))
+        var replacedEgress: Set<String> = []
+        for pipe in core.egress where egressNames.contains(pipe.name) {
+            guard let held = egressFDs[pipe.id] else { continue }
+            if let file = try? root.stat(pipe.name), file.inode == held.inode, file.device == held.device { continue }
+            replacedEgress.insert(pipe.name)
+        }
+        var opened: [SpoolFile] = []
+        core.install(
+            new, replacedIngress: replacedIngress, replacedEgress: replacedEgress, now: now,
+            openSpool: Self.spoolOpener(options.spoolDirectory, root: root, logger: logger) { opened.append($0) })
+        for file in opened { spoolFiles[file.pipe] = file }
+        performActions()
+    }
+
+    /// Timers: consumers' progress (acknowledgements, stalls), probes, pipes deleted or replaced underneath,
+    /// spool checkpoints, the status file.
+    func housekeeping(now: UInt64) {
+        acknowledgeAll(now: now)
+        core.tick(now: now)
+        performActions()
         if now - lastCheck >= UInt64(options.checkInterval * 1e9) {
             lastCheck = now
-            checkPipes()
+            checkPipes(now: now)
         }
         if now - lastCheckpoint >= 50_000_000 {
             lastCheckpoint = now
@@ -388,42 +309,62 @@ public final class Router {
         writeStatus(force: false)
     }
 
-    /// Writes every spool's watermark; truncates those fully delivered.
-    func checkpointSpools() {
-        var pending = [Int](repeating: 0, count: spools.count)
-        for pipe in ingress + draining where pipe.spoolIndex >= 0 && pipe.spool != nil {
-            pending[Int(pipe.spoolIndex)] += pipe.buffer.pending
+    /// Tells the core how much every open egress pipe still holds (FIONREAD).
+    func acknowledgeAll(now: UInt64) {
+        for slot in core.egress.indices {
+            guard let held = egressFDs[core.egress[slot].id] else { continue }
+            core.egressUnread(slot, unread: unreadBytes(held.fd), now: now)
         }
-        for (index, spool) in spools.enumerated() { spool?.checkpoint(pendingBytes: pending[index]) }
+        performActions()
+    }
+
+    /// Writes every spool's watermark; frees what is delivered.
+    func checkpointSpools() {
+        for pipe in core.ingress where pipe.spool >= 0 && !pipe.draining {
+            if let held = ingressFDs[pipe.id], let ledger = core.spools[pipe.spool] { spoolFiles[ledger.pipe]?.source = held.inode }
+        }
+        for index in core.spools.indices {
+            guard let ledger = core.spools[index], let file = spoolFiles[ledger.pipe] else { continue }
+            if ledger.size > 0 && core.spoolEmptyable(index) {
+                // Truncate first: a crash in between leaves a mark past the end, which opening clamps to 0.
+                if file.truncate() { core.spoolTruncated(index) }
+            } else {
+                file.release(before: ledger.watermark)
+            }
+            if let ledger = core.spools[index] { file.writeMark(ledger) }
+        }
     }
 
     /// A pipe deleted under the router, or replaced behind its back: ingress pipes are reopened (the old inode
     /// drained), egress pipes closed (their frames go elsewhere) and probed again.
-    func checkPipes() {
-        for pipe in ingress where pipe.buffer.pending == 0 && !pipe.backlog && (pipe.spool?.unread ?? 0) == 0 {
-            pipe.buffer.shrinkIfIdle()  // an idle pipe costs no memory
-        }
-        for pipe in ingress {
+    func checkPipes(now: UInt64) {
+        var replaced: Set<String> = []
+        for pipe in core.ingress where !pipe.draining {
             guard let file = try? root.stat(pipe.name), file.kind == .fifo else {
-                if !pipe.missing {
-                    logger.error("ingress pipe deleted underneath; run pmm apply to restore it", metadata: ["pipe": "\(pipe.name)"])
-                }
-                pipe.missing = true
-                pipe.lastError = "missing"
+                core.ingressUnavailable(pipe.id, missing: true, error: "missing")
                 continue
             }
-            if pipe.fd < 0 {
-                openIngress(pipe)
-            } else if file.inode != pipe.inode || file.device != pipe.device {
+            guard let held = ingressFDs[pipe.id] else {
+                openIngress(pipe.id, name: pipe.name, pipeSize: pipe.spec.pipeSize)
+                continue
+            }
+            if file.inode != held.inode || file.device != held.device {
                 logger.warning("ingress pipe replaced underneath; following the new one", metadata: ["pipe": "\(pipe.name)"])
-                switchToNewInode(pipe)
-            } else if pipe.missing {
-                pipe.missing = false
+                replaced.insert(pipe.name)
             }
         }
-        for pipe in egress where pipe.fd >= 0 {
-            if let file = try? root.stat(pipe.name), file.inode == pipe.inode, file.device == pipe.device { continue }
-            consumerGone(pipe, reason: "its pipe was deleted or replaced underneath")
+        for slot in core.egress.indices {
+            let pipe = core.egress[slot]
+            guard let held = egressFDs[pipe.id] else { continue }
+            if let file = try? root.stat(pipe.name), file.inode == held.inode, file.device == held.device { continue }
+            egressFailed(slot, reason: "its pipe was deleted or replaced underneath")
+        }
+        if !replaced.isEmpty {
+            core.install(core.layout, replacedIngress: replaced, now: now, isReload: false)
+            performActions()
+        }
+        for slot in core.ingress.indices where core.ingress[slot].pendingBytes == 0 {
+            core.shrinkIfIdle(slot)  // an idle pipe costs no memory
         }
     }
 
@@ -433,48 +374,55 @@ public final class Router {
     func stop() -> RouterExit {
         logger.info("stopping: draining queued frames", metadata: ["timeout": "\(options.drainTimeout)s"])
         let deadline = monotonicNanos() + UInt64(options.drainTimeout * 1e9)
+        core.beginStop()
         // Finish frames already half read, so the pipe is left at a frame boundary.
-        for pipe in ingress + draining where pipe.fd >= 0 && pipe.buffer.pending > 0 && pipe.spool == nil {
-            pipe.draining = true
-            while pipe.buffer.pending > 0 && monotonicNanos() < deadline {
-                var fds = [pollfd(fd: pipe.fd, events: Int16(POLLIN), revents: 0)]
-                _ = poll(&fds, 1, 50)
-                readIngress(pipe, budget: 1)
-            }
+        while monotonicNanos() < deadline {
+            let reading = core.ingress.indices.filter { core.wantsToRead($0, now: monotonicNanos()) }
+            guard !reading.isEmpty else { break }
+            var fds = reading.compactMap { ingressFDs[core.ingress[$0].id].map { pollfd(fd: $0.fd.rawValue, events: Int16(POLLIN), revents: 0) } }
+            _ = poll(&fds, nfds_t(fds.count), 50)
+            for slot in reading { readIngress(slot, budget: 1) }
         }
+        // Deliver what is queued; wait (a little) for consumers to read what was written, so at-least-once
+        // frames are not replayed by the next router.
+        let settle = monotonicNanos() + 1_000_000_000
         while monotonicNanos() < deadline {
             flushAll()
-            let now = monotonicNanos()
-            for pipe in egress where pipe.fd < 0 && now >= pipe.nextProbe && pipe.queue.count > 0 { probe(pipe, now: now) }
-            if waitingFrames == 0 { break }
-            var fds = egress.filter { $0.fd >= 0 && $0.queue.unwrittenBytes > 0 }.map { pollfd(fd: $0.fd, events: Int16(POLLOUT), revents: 0) }
+            housekeeping(now: monotonicNanos())
+            if core.waitingFrames == 0 && (core.heldFrames == 0 || core.spools.isEmpty || monotonicNanos() > settle) { break }
+            var fds = core.egress.indices.compactMap { slot in
+                core.hasUnwritten(slot) ? egressFDs[core.egress[slot].id].map { pollfd(fd: $0.fd.rawValue, events: Int16(POLLOUT), revents: 0) } : nil
+            }
             _ = poll(&fds, nfds_t(fds.count), 20)
         }
-        let undelivered = waitingFrames
+        let undelivered = core.waitingFrames
         if undelivered > 0 {
-            let spooled = spools.isEmpty ? "" : " (at-least-once frames stay in the spool for the next router)"
+            let spooled = core.spools.isEmpty ? "" : " (at-least-once frames stay in the spool for the next router)"
             logger.error("stopped with frames undelivered\(spooled)", metadata: ["frames": "\(undelivered)"])
         }
         checkpointSpools()
         writeStatus(force: true, stopping: true)
-        for pipe in ingress + draining where pipe.fd >= 0 { close(pipe.fd) }
-        for pipe in egress where pipe.fd >= 0 { close(pipe.fd) }
+        for held in ingressFDs.values { try? held.fd.close() }
+        for held in egressFDs.values { try? held.fd.close() }
+        ingressFDs = [:]
+        egressFDs = [:]
         logger.info("stopped")
         return .stopped(undelivered: undelivered)
     }
-
-    /// Frames routed and not yet written anywhere.
-    var waitingFrames: Int {
-        egress.reduce(0) { $0 + $1.queue.count } + routes.values.reduce(0) { $0 + $1.parked.count }
-    }
 }
 
-/// A small, fast PRNG for weighted choice (SplitMix64). Not for secrets.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        return ShardHash.mix(state &- 0x9e37_79b9_7f4a_7c15)
-    }
+/// Bytes the pipe behind `fd` holds unread (FIONREAD works on either end of a pipe).
+func unreadBytes(_ fd: FileDescriptor) -> Int {
+    var count: Int32 = 0
+    return ioctl(fd.rawValue, UInt(FIONREAD), &count) == 0 ? Int(count) : 0
+}
+
+/// F_SETPIPE_SZ / F_GETPIPE_SZ: `_GNU_SOURCE`-only in Glibc, so not imported into Swift (SWIFT-NOTES §2).
+let F_SETPIPE_SZ: Int32 = 1031
+let F_GETPIPE_SZ: Int32 = 1032
+
+/// The capacity of the pipe behind `fd`, in bytes (64 KiB when the kernel will not say).
+func pipeCapacity(_ fd: FileDescriptor) -> Int {
+    let size = fcntl(fd.rawValue, F_GETPIPE_SZ)
+    return size > 0 ? Int(size) : 65_536
 }

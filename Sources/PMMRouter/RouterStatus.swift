@@ -2,6 +2,7 @@ public import Foundation
 import Glibc
 import PMMSystem
 import PMMCore
+import PMMRouterCore
 
 /// What the router reports in `<state-dir>/router.json`: what it serves and its counters. Written atomically
 /// (a temporary file renamed over the old one) every second and after every reload.
@@ -67,6 +68,10 @@ public struct RouterStatus: Codable, Sendable {
     public var reloads: UInt64
     public var failedReloads: UInt64
     public var lastReloadError: String?
+    /// Bytes held in queues (routed and not yet read by a consumer, or waiting for one); `--memory-limit` bounds it.
+    public var heldBytes: Int?
+    /// Undelivered bytes in the at-least-once spools; `--spool-limit` bounds it.
+    public var spooledBytes: Int64?
 
     /// Reads a status file, or nil.
     public static func read(from path: String) -> RouterStatus? {
@@ -78,27 +83,33 @@ public struct RouterStatus: Codable, Sendable {
 }
 
 extension Router {
+    func wall(_ monotonic: UInt64) -> Date { Date(timeIntervalSince1970: Double(Int64(monotonic) + wallOffset) / 1e9) }
+
     var status: RouterStatus {
-        RouterStatus(
-            pid: getpid(), revision: layout.revision, root: layout.root, startedAt: startedAt, updatedAt: Date(),
+        var deadLetters: [String: UInt64] = [:]
+        for (reason, count) in core.counters.deadLetters { deadLetters[reason.rawValue] = count }
+        return RouterStatus(
+            pid: getpid(), revision: core.layout.revision, root: core.layout.root, startedAt: startedAt, updatedAt: Date(),
             stopping: false,
-            ingress: ingress.map {
+            ingress: core.ingress.filter { !$0.draining }.map {
                 RouterStatus.Ingress(
-                    name: $0.name, producer: $0.spec.producer, dataType: $0.spec.dataType, open: $0.fd >= 0, frames: $0.frames,
+                    name: $0.name, producer: $0.spec.producer, dataType: $0.spec.dataType, open: ingressFDs[$0.id] != nil, frames: $0.frames,
                     bytes: $0.bytes, resets: $0.resets, misaddressed: $0.misaddressed, replayed: $0.replayed,
-                    spooledBytes: $0.spool?.unread ?? 0, rate: $0.rate, lastError: $0.lastError)
+                    spooledBytes: $0.spool >= 0 ? (core.spools[$0.spool]?.unread ?? 0) : 0, rate: rates[$0.id]?.rate ?? 0,
+                    lastError: $0.lastError)
             },
-            egress: egress.map {
+            egress: core.egress.map {
                 RouterStatus.Egress(
                     name: $0.name, instance: $0.spec.instance, dataType: $0.spec.dataType, healthy: $0.available,
-                    stalled: $0.stalled, since: Date(timeIntervalSince1970: Double($0.since) / 1e9), frames: $0.frames,
+                    stalled: $0.stalled, since: wall($0.since), frames: $0.frames,
                     bytes: $0.bytes, queued: $0.queue.count, inPipe: $0.queue.inPipe, dropped: $0.dropped,
                     deadLettered: $0.deadLettered, failures: $0.failures, stalls: $0.stalls, rerouted: $0.rerouted,
-                    rate: $0.rate, lastError: $0.lastError)
+                    rate: rates[$0.id]?.rate ?? 0, lastError: $0.lastError)
             },
-            waiting: routes.mapValues { $0.parked.count }.filter { $0.value > 0 }, deadLetters: counters.deadLetters,
-            dropped: counters.dropped,
-            reloads: counters.reloads, failedReloads: counters.failedReloads, lastReloadError: counters.lastReloadError)
+            waiting: core.waitingByType, deadLetters: deadLetters,
+            dropped: core.counters.dropped + shellCounters.dropped,
+            reloads: core.counters.reloads, failedReloads: shellCounters.failedReloads, lastReloadError: shellCounters.lastReloadError,
+            heldBytes: core.heldBytes, spooledBytes: core.spoolLive)
     }
 
     func writeStatus(force: Bool, stopping: Bool = false) {
@@ -108,14 +119,12 @@ extension Router {
         let elapsed = Double(now - lastStatus) / 1e9
         lastStatus = now
         if elapsed > 0.2 {
-            for pipe in ingress {
-                pipe.rate = Double(pipe.frames - pipe.framesAtLastStatus) / elapsed
-                pipe.framesAtLastStatus = pipe.frames
+            var next: [PipeID: (frames: UInt64, rate: Double)] = [:]
+            for (id, frames) in core.ingress.map({ ($0.id, $0.frames) }) + core.egress.map({ ($0.id, $0.frames) }) {
+                let last = rates[id]?.frames ?? frames
+                next[id] = (frames, Double(frames &- last) / elapsed)
             }
-            for pipe in egress {
-                pipe.rate = Double(pipe.frames - pipe.framesAtLastStatus) / elapsed
-                pipe.framesAtLastStatus = pipe.frames
-            }
+            rates = next
         }
         var status = self.status
         status.stopping = stopping

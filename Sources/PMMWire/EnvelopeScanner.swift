@@ -25,11 +25,15 @@ public struct RoutingFields: Equatable, Sendable {
     public var schemaVersion: UInt32
     /// Byte range of `shard_key` (field 3) within the envelope; empty when absent.
     public var shardKey: Range<Int>
+    /// Byte range of `source` (field 4) within the envelope; empty when absent. The router checks it against
+    /// the pipe's producer.
+    public var source: Range<Int>
 
-    public init(dataType: Range<Int> = 0..<0, schemaVersion: UInt32 = 0, shardKey: Range<Int> = 0..<0) {
+    public init(dataType: Range<Int> = 0..<0, schemaVersion: UInt32 = 0, shardKey: Range<Int> = 0..<0, source: Range<Int> = 0..<0) {
         self.dataType = dataType
         self.schemaVersion = schemaVersion
         self.shardKey = shardKey
+        self.source = source
     }
 }
 
@@ -37,8 +41,14 @@ public struct RoutingFields: Equatable, Sendable {
 /// fields. Unknown fields are skipped, as protobuf requires; groups (wire types 3 and 4) and truncated
 /// fields are errors.
 public enum EnvelopeScanner {
+    ///
+    /// The routing fields (1 to 4) may appear at most once. Protobuf would let a later value win, but no pmm
+    /// producer repeats them, and two envelopes run together (what a reader sees when it starts in the middle of
+    /// a stream, after garbage or a router that died mid-read) repeat every one: refusing them resynchronises
+    /// the pipe instead of delivering one frame made of several.
     public static func scan(_ body: UnsafeRawBufferPointer) throws(FrameError) -> RoutingFields {
         var fields = RoutingFields()
+        var seen: UInt8 = 0
         var index = 0
         while index < body.count {
             guard case .value(let tag, let tagSize) = Varint.decode(body, at: index) else {
@@ -47,6 +57,11 @@ public enum EnvelopeScanner {
             index += tagSize
             let number = tag >> 3
             guard number > 0 && number <= 536_870_911 else { throw .malformedEnvelope("field number \(number)") }
+            if number <= 4 {
+                let bit = UInt8(1) << UInt8(number)
+                guard seen & bit == 0 else { throw .malformedEnvelope("field \(number) appears twice") }
+                seen |= bit
+            }
             switch tag & 7 {
             case 0:
                 guard case .value(let value, let size) = Varint.decode(body, at: index) else {
@@ -56,12 +71,12 @@ public enum EnvelopeScanner {
                 if number == 2 {
                     guard value <= UInt64(UInt32.max) else { throw .malformedEnvelope("schema_version out of range") }
                     fields.schemaVersion = UInt32(value)
-                } else if number == 1 || number == 3 {
+                } else if number == 1 || number == 3 || number == 4 {
                     throw .malformedEnvelope("field \(number) has the wrong wire type")
                 }
             case 1:
                 guard index + 8 <= body.count else { throw .malformedEnvelope("truncated fixed64 in field \(number)") }
-                if number <= 3 { throw .malformedEnvelope("field \(number) has the wrong wire type") }
+                if number <= 4 { throw .malformedEnvelope("field \(number) has the wrong wire type") }
                 index += 8
             case 2:
                 guard case .value(let length, let size) = Varint.decode(body, at: index),
@@ -76,12 +91,14 @@ public enum EnvelopeScanner {
                     fields.dataType = range
                 } else if number == 3 {
                     fields.shardKey = range
+                } else if number == 4 {
+                    fields.source = range
                 } else if number == 2 {
                     throw .malformedEnvelope("field 2 has the wrong wire type")
                 }
             case 5:
                 guard index + 4 <= body.count else { throw .malformedEnvelope("truncated fixed32 in field \(number)") }
-                if number <= 3 { throw .malformedEnvelope("field \(number) has the wrong wire type") }
+                if number <= 4 { throw .malformedEnvelope("field \(number) has the wrong wire type") }
                 index += 4
             default:
                 throw .malformedEnvelope("wire type \(tag & 7) in field \(number)")

@@ -4,6 +4,7 @@ import Glibc
 import PMMCore
 import PMMReconciler
 import PMMRouter
+import PMMRouterCore
 import PMMSystem
 import PMMWire
 

@@ -1,0 +1,316 @@
+import Glibc
+import Logging
+import PMMCore
+import PMMRouterCore
+import PMMSystem
+import SystemPackage
+
+extension Router {
+    // MARK: Ingress
+
+    /// Reads ingress `slot` up to `budget` times, as long as the core wants it read, and hands every read to
+    /// the core. At-least-once pipes are spliced into their spool first and read back from it.
+    func readIngress(_ slot: Int, budget: Int) {
+        let id = core.ingress[slot].id
+        for _ in 0..<budget {
+            let now = monotonicNanos()
+            guard core.ingressSlot(id) == slot, core.wantsToRead(slot, now: now) else { return }
+            if core.ingress[slot].backlog {
+                flushAll()  // a queue at its buffer may have paused parsing until its pipe takes what it can
+                core.ingressRead(slot, count: 0, now: now)
+                performActions()
+                continue
+            }
+            let held = ingressFDs[id]
+            var n: Int
+            if let ledger = core.spool(of: slot), let file = spoolFiles[ledger.pipe] {
+                if ledger.unread == 0 {
+                    guard let held else {
+                        core.ingressEmpty(slot, now: now)
+                        performActions()
+                        return
+                    }
+                    let moved = file.splice(from: held.fd, at: ledger.size, length: options.readSize)
+                    if moved > 0 {
+                        core.spoolAppended(slot, count: moved)
+                    } else if moved == 0 {
+                        core.ingressEOF(slot, now: now)
+                        performActions()
+                        return
+                    } else {
+                        let error = errno
+                        if error == EINTR { continue }
+                        if error == EAGAIN || error == EWOULDBLOCK {
+                            core.ingressEmpty(slot, now: now)
+                        } else {
+                            logger.error(
+                                "cannot splice into the spool; the producer is held back", metadata: ["pipe": "\(ledger.pipe)", "errno": "\(error)"])
+                        }
+                        performActions()
+                        return
+                    }
+                }
+                let offset = core.spool(of: slot)!.readOffset
+                let available = Int(clamping: core.spool(of: slot)!.readable)
+                n = core.withReadSpace(slot) { raw in
+                    file.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<min(raw.count, available)]), at: offset)
+                }
+            } else {
+                guard let held else { return }
+                n = core.withReadSpace(slot) { raw in read(held.fd.rawValue, raw.baseAddress, raw.count) }
+                if n == 0 {
+                    core.ingressEOF(slot, now: now)
+                    performActions()
+                    return
+                }
+            }
+            if n > 0 {
+                core.ingressRead(slot, count: n, now: now)
+                performActions()
+                continue
+            }
+            let error = errno
+            if error == EINTR { continue }
+            if error == EAGAIN || error == EWOULDBLOCK {
+                core.ingressEmpty(slot, now: now)
+                performActions()
+                return
+            }
+            core.ingressUnavailable(id, missing: false, error: String(cString: strerror(error)))
+            logger.error("read failed", metadata: ["pipe": "\(core.ingress[slot].name)", "errno": "\(error)"])
+            return
+        }
+    }
+
+    func openIngress(_ id: PipeID, name: String, pipeSize: Int?) {
+        switch root.openFIFO(name, forWriting: false) {
+        case .opened(let raw, let file):
+            let fd = FileDescriptor(rawValue: raw)
+            setPipeSize(fd, pipeSize, name: name)
+            // Opened before the old descriptor closes, so the pipe never lacks a reader. An at-least-once
+            // pipe first moves what the old inode holds into its spool.
+            if let old = ingressFDs[id] {
+                if let slot = core.ingressSlot(id), let ledger = core.spool(of: slot), let spool = spoolFiles[ledger.pipe] {
+                    while true {
+                        let moved = spool.splice(from: old.fd, at: core.spool(of: slot)!.size, length: 1 << 20)
+                        guard moved > 0 else { break }
+                        core.spoolAppended(slot, count: moved)
+                    }
+                    // A frame the old inode's writer left cut can never be completed from the new one.
+                    if old.inode != file.inode || old.device != file.device {
+                        core.spoolSourceChanged(slot)
+                        spool.source = file.inode
+                        // At once, not at the next checkpoint: a crash in between must still find the cut.
+                        if let ledger = core.spool(of: slot) { spool.writeMark(ledger, force: true) }
+                    }
+                }
+                try? old.fd.close()
+            }
+            ingressFDs[id] = Held(fd: fd, inode: file.inode, device: file.device, capacity: 0)
+            if let slot = core.ingressSlot(id), let ledger = core.spool(of: slot) { spoolFiles[ledger.pipe]?.source = file.inode }
+            core.ingressOpened(id)
+        case .missing:
+            core.ingressUnavailable(id, missing: true, error: "missing")
+        case .noReader:
+            break  // cannot happen for a read end
+        case .failed(let error):
+            core.ingressUnavailable(id, missing: false, error: error.message)
+            logger.error("cannot open ingress pipe", metadata: ["pipe": "\(name)", "error": "\(error)"])
+        }
+    }
+
+    /// Throws away what an ingress pipe holds after bytes that are not a frame, and keeps it as a dead letter.
+    /// At most 1 MiB is read per reset: a producer that keeps writing garbage cannot hold the loop (the core
+    /// pauses the pipe between resets).
+    func resetIngress(_ id: PipeID, pending: [UInt8], spooled: Range<Int64>?, dataType: String, error: String) {
+        var discarded = Array(pending.prefix(64 << 10))
+        var discardedCount = pending.count
+        if let spooled, let slot = core.ingressSlot(id), let ledger = core.spool(of: slot), let file = spoolFiles[ledger.pipe] {
+            // Spooled after the bad bytes: never read back, kept with them.
+            discardedCount += spooled.count
+            let want = min(spooled.count, (64 << 10) - discarded.count)
+            if want > 0 {
+                var bytes = [UInt8](repeating: 0, count: want)
+                let n = bytes.withUnsafeMutableBytes { file.read(into: $0, at: spooled.lowerBound) }
+                discarded += bytes.prefix(max(0, n))
+            }
+        }
+        if let held = ingressFDs[id] {
+            var scratch = [UInt8](repeating: 0, count: 64 << 10)
+            while discardedCount < 1 << 20 {
+                let n = read(held.fd.rawValue, &scratch, scratch.count)
+                if n <= 0 { break }
+                discardedCount += n
+                if discarded.count < 64 << 10 { discarded += scratch[0..<min(n, (64 << 10) - discarded.count)] }
+            }
+        }
+        let slot = core.ingressSlot(id)
+        if let slot, let ledger = core.spool(of: slot) {
+            // At once: a router that starts again must skip the same bytes.
+            spoolFiles[ledger.pipe]?.writeMark(ledger, force: true)
+        }
+        let name = slot.map { core.ingress[$0].name } ?? "\(id)"
+        let producer = slot.map { core.ingress[$0].spec.producer } ?? ""
+        let resets = slot.map { core.ingress[$0].resets } ?? 0
+        logger.error(
+            "ingress reset: bytes that are not a frame",
+            metadata: [
+                "pipe": "\(name)", "producer": "\(producer)", "error": "\(error)", "discardedBytes": "\(discardedCount)", "resets": "\(resets)",
+            ])
+        keepDeadLetter(DeadLetterRecord(bytes: discarded, dataType: dataType, reason: .discarded, pipe: name, detail: "\(error); \(discardedCount) bytes"))
+    }
+
+    // MARK: Egress
+
+    func flushAll() {
+        for slot in core.egress.indices where core.hasUnwritten(slot) { flush(slot) }
+    }
+
+    /// Writes as much of egress `slot`'s queue as the pipe surely takes, as whole frames, in one write(2).
+    func flush(_ slot: Int) {
+        guard let held = egressFDs[core.egress[slot].id] else { return }
+        while core.hasUnwritten(slot) {
+            let unread = unreadBytes(held.fd)
+            // A pipe holds `capacity / 4096` pages; what it holds may use one page more than its bytes
+            // need (a half-read page at the head, a half-filled one at the tail). Counted that way, the room is
+            // a lower bound, so the kernel takes the whole write.
+            let room = max(0, held.capacity - (unread + 4095) / 4096 * 4096 - 4096)
+            let n = core.withUnwritten(slot, room: room, pipeEmpty: unread == 0) { bytes -> Int in
+                bytes.isEmpty ? 0 : write(held.fd.rawValue, bytes.baseAddress, bytes.count)
+            }
+            if n > 0 {
+                core.wrote(slot, count: n)
+                continue
+            }
+            if n == 0 {
+                core.egressWouldBlock(slot)  // no whole frame fits now; POLLOUT says when the reader made room
+                return
+            }
+            let error = errno
+            if n < 0 && (error == EAGAIN || error == EWOULDBLOCK) {
+                core.egressWouldBlock(slot)
+                return
+            }
+            if n < 0 && error == EINTR { continue }
+            egressFailed(slot, reason: error == EPIPE ? "the reader went away (EPIPE)" : String(cString: strerror(error)))
+            return
+        }
+    }
+
+    /// The consumer of egress `slot` is gone: the core learns what its pipe still held and re-routes.
+    func egressFailed(_ slot: Int, reason: String) {
+        let id = core.egress[slot].id
+        let unread = egressFDs[id].map { unreadBytes($0.fd) } ?? 0
+        core.egressFailed(slot, unread: unread, reason: reason, now: monotonicNanos())
+        performActions()
+    }
+
+    func openEgress(_ id: PipeID, name: String, pipeSize: Int?) {
+        let now = monotonicNanos()
+        switch root.openFIFO(name, forWriting: true) {
+        case .opened(let raw, let file):
+            let fd = FileDescriptor(rawValue: raw)
+            if let old = egressFDs[id] { try? old.fd.close() }
+            setPipeSize(fd, pipeSize, name: name)
+            egressFDs[id] = Held(fd: fd, inode: file.inode, device: file.device, capacity: pipeCapacity(fd))
+            core.egressOpened(id, now: now)
+        case .noReader:
+            core.egressUnavailable(id, .noReader, now: now)
+        case .missing:
+            core.egressUnavailable(id, .missing, now: now)
+        case .failed(let error):
+            core.egressUnavailable(id, .failed(error.message), now: now)
+        }
+    }
+
+    // MARK: Actions
+
+    /// Performs what the core asked for, and whatever that leads to, until nothing is left.
+    func performActions() {
+        while true {
+            let actions = core.takeActions()
+            guard !actions.isEmpty else { return }
+            for action in actions { perform(action) }
+        }
+    }
+
+    func perform(_ action: RouterAction) {
+        switch action {
+        case .openIngress(let id, let name, let pipeSize):
+            openIngress(id, name: name, pipeSize: pipeSize)
+        case .moveIngress(let from, let to):
+            ingressFDs[to] = ingressFDs.removeValue(forKey: from)
+        case .closeIngress(let id):
+            if let held = ingressFDs.removeValue(forKey: id) { try? held.fd.close() }
+        case .resetIngress(let id, let pending, let spooled, let dataType, let error):
+            resetIngress(id, pending: pending, spooled: spooled, dataType: dataType, error: error)
+        case .openEgress(let id, let name, let pipeSize):
+            openEgress(id, name: name, pipeSize: pipeSize)
+        case .closeEgress(let id):
+            if let held = egressFDs.removeValue(forKey: id) { try? held.fd.close() }
+        case .deadLetter(let record):
+            keepDeadLetter(record)
+        case .notice(let notice):
+            log(notice)
+        }
+    }
+
+    /// Keeps a dead letter in the spool (or counts it dropped when there is none), logging 1, 2, 4, 8, … of each
+    /// reason so a flood does not flood the log.
+    func keepDeadLetter(_ record: DeadLetterRecord) {
+        if let deadLetters {
+            let stored = record.bytes.withUnsafeBytes {
+                deadLetters.append(frame: $0, dataType: record.dataType, reason: record.reason, pipe: record.pipe, detail: record.detail)
+            }
+            if !stored {
+                logger.error("cannot write the dead-letter spool", metadata: ["dataType": "\(record.dataType)", "reason": "\(record.reason.rawValue)"])
+            }
+        } else {
+            shellCounters.dropped += 1
+        }
+        let count = core.counters.deadLetters[record.reason] ?? 0
+        if count & (count &- 1) == 0 {
+            logger.warning(
+                "dead letter",
+                metadata: [
+                    "reason": "\(record.reason.rawValue)", "dataType": "\(record.dataType)", "pipe": "\(record.pipe)", "detail": "\(record.detail)",
+                    "count": "\(count)",
+                ])
+        }
+    }
+
+    func log(_ notice: RouterNotice) {
+        switch notice {
+        case .consumerHealthy(let pipe):
+            logger.info("consumer instance healthy", metadata: ["pipe": "\(pipe)"])
+        case .consumerDown(let pipe, let reason):
+            logger.warning("consumer instance down", metadata: ["pipe": "\(pipe)", "reason": "\(reason)"])
+        case .consumerStalled(let pipe, let unread, let backlog):
+            logger.warning(
+                "consumer instance stalled; its backlog goes elsewhere until it catches up",
+                metadata: ["pipe": "\(pipe)", "unreadBytes": "\(unread)", "backlog": "\(backlog)"])
+        case .consumerCaughtUp(let pipe):
+            logger.info("consumer instance caught up; back in service", metadata: ["pipe": "\(pipe)"])
+        case .rerouting(let pipe, let frames):
+            logger.notice("re-routing frames the consumer did not read", metadata: ["pipe": "\(pipe)", "frames": "\(frames)"])
+        case .ingressMissing(let pipe):
+            logger.warning("ingress pipe is missing; run pmm apply", metadata: ["pipe": "\(pipe)"])
+        case .ingressDrained(let pipe):
+            logger.info("drained and closed a removed ingress pipe", metadata: ["pipe": "\(pipe)"])
+        case .replaying(let pipe, let bytes):
+            logger.notice("replaying frames spooled by an earlier router", metadata: ["pipe": "\(pipe)", "bytes": "\(bytes)"])
+        case .drainAbandoned(let pipe, let pending):
+            logger.error(
+                "a removed ingress pipe kept half a frame past the grace period; dead-lettered it", metadata: ["pipe": "\(pipe)", "bytes": "\(pending)"])
+        }
+    }
+
+    func setPipeSize(_ fd: FileDescriptor, _ size: Int?, name: String) {
+        guard let size else { return }
+        if fcntl(fd.rawValue, F_SETPIPE_SZ, Int32(clamping: size)) < 0 {
+            logger.warning(
+                "cannot set the pipe size (F_SETPIPE_SZ); fs.pipe-max-size may be lower",
+                metadata: ["pipe": "\(name)", "size": "\(size)", "errno": "\(errno)"])
+        }
+    }
+}

@@ -64,6 +64,10 @@ final class DeadLetterSpool {
 }
 
 /// Reading and rewriting the dead-letter spool, for `pmm deadletters`.
+///
+/// A spool file is a sequence of records, each a varint length and a `pmm.v1.DeadLetter`. A file can hold bytes
+/// that are not such a record (a write torn by a full disk or a crash, a damaged disk, an edit by hand): those are
+/// reported as ``Corruption``s, by file and byte offset, and skipped; the letters before and after them are read.
 public enum DeadLetterStore {
     /// One stored dead letter and the file it is in.
     public struct Entry: Sendable {
@@ -73,44 +77,151 @@ public enum DeadLetterStore {
         public var envelope: Envelope?
     }
 
-    /// Every dead letter under `directory`, oldest first within each data type.
-    public static func read(directory: String) -> [Entry] {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
-        var entries: [Entry] = []
+    /// A stretch of a spool file that holds no readable dead letter.
+    public struct Corruption: Sendable, Equatable, CustomStringConvertible {
+        /// The spool file.
+        public var file: String
+        /// Where the unreadable bytes start, in bytes from the start of the file.
+        public var offset: Int
+        /// How many bytes were skipped: up to the next readable letter, or to the end of the file.
+        public var length: Int
+        /// What is wrong with the bytes at `offset`.
+        public var problem: String
+
+        public var description: String {
+            "\(file): byte \(offset): \(problem); \(length) byte\(length == 1 ? "" : "s") skipped"
+        }
+    }
+
+    /// What a spool directory holds.
+    public struct Contents: Sendable {
+        /// The readable dead letters, oldest first within each data type.
+        public var entries: [Entry]
+        /// The unreadable stretches, in file and offset order.
+        public var corruptions: [Corruption]
+    }
+
+    /// Every readable dead letter under `directory`, and every unreadable stretch, by file and offset.
+    public static func load(directory: String) -> Contents {
+        var contents = Contents(entries: [], corruptions: [])
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return contents }
         for name in names.sorted() where name.hasSuffix(".log") {
             let path = directory + "/" + name
             guard let data = FileManager.default.contents(atPath: path) else { continue }
-            entries += parse(Array(data)).map { letter in
-                Entry(file: path, letter: letter, envelope: envelope(of: letter))
+            for segment in segments(Array(data)) {
+                switch segment {
+                case .letter(_, let letter?):
+                    contents.entries.append(Entry(file: path, letter: letter, envelope: envelope(of: letter)))
+                case .letter(_, nil):
+                    break
+                case .corrupt(let range, let problem):
+                    contents.corruptions.append(Corruption(file: path, offset: range.lowerBound, length: range.count, problem: problem))
+                }
             }
         }
-        return entries
+        return contents
     }
 
-    static func parse(_ bytes: [UInt8]) -> [Pmm_V1_DeadLetter] {
-        var letters: [Pmm_V1_DeadLetter] = []
-        var offset = 0
-        bytes.withUnsafeBytes { raw in
-            while offset < raw.count {
-                guard case .value(let length, let size) = Varint.decode(raw, at: offset), Int(length) <= raw.count - offset - size else { break }
-                let body = UnsafeRawBufferPointer(rebasing: raw[(offset + size)..<(offset + size + Int(length))])
-                if let letter = try? Pmm_V1_DeadLetter(serializedBytes: Array(body)) { letters.append(letter) }
-                offset += size + Int(length)
+    /// Every readable dead letter under `directory`, oldest first within each data type.
+    public static func read(directory: String) -> [Entry] {
+        load(directory: directory).entries
+    }
+
+    /// A stretch of a spool file: one record, or bytes that are not one.
+    enum Segment {
+        /// A record; its letter when decoded.
+        case letter(Range<Int>, Pmm_V1_DeadLetter?)
+        /// Bytes that hold no readable record, and why.
+        case corrupt(Range<Int>, problem: String)
+
+        var range: Range<Int> {
+            switch self {
+            case .letter(let range, _), .corrupt(let range, _): range
             }
         }
-        return letters
+    }
+
+    /// Splits a spool file into records and unreadable stretches.
+    ///
+    /// After an unreadable record, the next record is looked for byte by byte: a place where a length prefix
+    /// fits in the file and is followed by a `DeadLetter` with a known reason and a time. Lengths are compared
+    /// as `UInt64` against what is left, so no length, however large, can overflow an offset.
+    ///
+    /// - Parameter decode: decode every record (for reading); without it, a record whose length fits is taken
+    ///   on trust (for cutting a file at a record boundary).
+    static func segments(_ bytes: [UInt8], decode: Bool = true) -> [Segment] {
+        bytes.withUnsafeBytes { segments($0, decode: decode) }
+    }
+
+    static func segments(_ raw: UnsafeRawBufferPointer, decode: Bool) -> [Segment] {
+        var segments: [Segment] = []
+        var offset = 0
+        while offset < raw.count {
+            switch record(at: offset, in: raw, decode: decode) {
+            case .success(let (end, letter)):
+                segments.append(.letter(offset..<end, letter))
+                offset = end
+            case .failure(let failure):
+                var next = offset + 1
+                while next < raw.count && !isPlausibleRecord(at: next, in: raw) { next += 1 }
+                segments.append(.corrupt(offset..<next, problem: failure.problem))
+                offset = next
+            }
+        }
+        return segments
+    }
+
+    struct Unreadable: Error {
+        var problem: String
+    }
+
+    /// The record at `offset`: where it ends and, when decoding, its letter.
+    static func record(
+        at offset: Int, in raw: UnsafeRawBufferPointer, decode: Bool
+    ) -> Result<(end: Int, letter: Pmm_V1_DeadLetter?), Unreadable> {
+        switch Varint.decode(raw, at: offset) {
+        case .incomplete:
+            return .failure(Unreadable(problem: "the file ends inside a record's length prefix"))
+        case .malformed:
+            return .failure(Unreadable(problem: "a record's length prefix is not a varint"))
+        case .value(let length, let size):
+            let available = raw.count - offset - size
+            guard length <= UInt64(available) else {
+                return .failure(Unreadable(problem: "a record claims \(length) bytes, but \(available) follow its length prefix"))
+            }
+            let end = offset + size + Int(length)
+            guard decode else { return .success((end, nil)) }
+            let body = Array(UnsafeRawBufferPointer(rebasing: raw[(offset + size)..<end]))
+            guard let letter = try? Pmm_V1_DeadLetter(serializedBytes: body), !letter.reason.isEmpty else {
+                return .failure(Unreadable(problem: "a record of \(length) bytes is not a dead letter"))
+            }
+            return .success((end, letter))
+        }
+    }
+
+    /// Whether a readable record (a known reason and a time) starts at `offset`: where reading resumes after
+    /// unreadable bytes. A `DeadLetter` always starts with its reason (field 1, tag 0x0a), which rules out most
+    /// places without decoding.
+    static func isPlausibleRecord(at offset: Int, in raw: UnsafeRawBufferPointer) -> Bool {
+        guard case .value(let length, let size) = Varint.decode(raw, at: offset), length >= 2,
+            length <= UInt64(raw.count - offset - size), raw[offset + size] == 0x0a,
+            case .success((_, let letter?)) = record(at: offset, in: raw, decode: true)
+        else { return false }
+        return DeadLetterReason(rawValue: letter.reason) != nil && letter.atUnixNanos > 0
     }
 
     static func envelope(of letter: Pmm_V1_DeadLetter) -> Envelope? {
         let frame = [UInt8](letter.frame)
         return frame.withUnsafeBytes { raw -> Envelope? in
-            guard case .value(let length, let size) = Varint.decode(raw, at: 0), Int(length) == raw.count - size else { return nil }
+            // Compared as UInt64: a `discarded` frame holds arbitrary bytes, whose "length" may not fit an Int.
+            guard case .value(let length, let size) = Varint.decode(raw, at: 0), length == UInt64(raw.count - size) else { return nil }
             return try? Envelope(body: UnsafeRawBufferPointer(rebasing: raw[size...]))
         }
     }
 
     /// Rewrites `file` keeping only the letters `keep` accepts, under the lock the router appends with.
-    /// Returns how many were removed.
+    /// Unreadable bytes are kept as they are: pmm does not delete what it could not read.
+    /// Returns how many letters were removed.
     @discardableResult
     public static func rewrite(file: String, keep: (Pmm_V1_DeadLetter) -> Bool) throws -> Int {
         let fd = Glibc.open(file, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
@@ -127,10 +238,16 @@ public enum DeadLetterStore {
             bytes += chunk[0..<n]
             offset += n
         }
-        let letters = parse(bytes)
-        let kept = letters.filter(keep)
         var out: [UInt8] = []
-        for letter in kept { out += try letter.framed() }
+        var removed = 0
+        for segment in segments(bytes) {
+            if case .letter(_, let letter?) = segment, !keep(letter) {
+                removed += 1
+            } else {
+                out += bytes[segment.range]
+            }
+        }
+        guard removed > 0 else { return 0 }
         ftruncate(fd, 0)
         var written = 0
         while written < out.count {
@@ -138,6 +255,6 @@ public enum DeadLetterStore {
             guard n > 0 else { throw FIFOError(.systemCall, path: file, "cannot rewrite: \(String(cString: strerror(errno)))") }
             written += n
         }
-        return letters.count - kept.count
+        return removed
     }
 }

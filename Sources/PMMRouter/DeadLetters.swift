@@ -399,15 +399,32 @@ public enum DeadLetterStore {
     }
 
     /// The temporary file a rewrite of `file` writes before renaming it over `file`: a hidden name that does not
-    /// end in `.log`, so readers skip it; a leftover from a crash is truncated by the next rewrite.
+    /// end in `.log`, so readers skip it; a leftover from a crash is removed by the next rewrite.
     static func temporaryPath(for file: String) -> String {
         let slash = file.lastIndex(of: "/").map { file.index(after: $0) } ?? file.startIndex
         return file[..<slash] + "." + file[slash...] + ".new"
     }
 
     /// Opens (creating) a lock file; -1 on failure.
+    ///
+    /// A lock file root creates (`pmm deadletters replay` run with sudo) is given to the spool directory's owner,
+    /// the user the router runs as, who must be able to open it too.
     static func openLock(_ path: String) -> Int32 {
-        Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        var lock = stat()
+        var directory = stat()
+        if fd >= 0, geteuid() == 0, fstat(fd, &lock) == 0, stat(parent(of: path), &directory) == 0,
+            lock.st_uid != directory.st_uid || lock.st_gid != directory.st_gid
+        {
+            _ = fchown(fd, directory.st_uid, directory.st_gid)
+        }
+        return fd
+    }
+
+    /// The directory part of `path` ("." for a bare name).
+    static func parent(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 
     /// Whether `fd` refers to the file now at `path` (same device and inode).
@@ -436,10 +453,19 @@ public enum DeadLetterStore {
     /// directory. On failure `file` is untouched.
     static func replace(_ file: String, from source: Int32, ranges: [Range<Int>]) throws {
         let temporary = temporaryPath(for: file)
-        let out = Glibc.open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        // Under the lock, a file at the temporary name is a crashed rewrite's leftover, perhaps another user's.
+        unlink(temporary)
+        let out = Glibc.open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard out >= 0 else { throw systemError("cannot create", temporary) }
         var closed = false
         defer { if !closed { close(out) } }
+        // The new file keeps the old one's owner and mode: a router running as a user must still open it after
+        // root rewrote it. (Not permitted, and not needed, when not root: the owner is the caller then.)
+        var original = stat()
+        if fstat(source, &original) == 0 {
+            if geteuid() == 0 { _ = fchown(out, original.st_uid, original.st_gid) }
+            _ = fchmod(out, original.st_mode & 0o7777)
+        }
         var chunk = [UInt8](repeating: 0, count: 1 << 20)
         for range in ranges {
             var offset = range.lowerBound
@@ -478,8 +504,7 @@ public enum DeadLetterStore {
             throw error
         }
         // The rename itself reaches the disk with the directory.
-        let directory = String(file[..<(file.lastIndex(of: "/") ?? file.startIndex)])
-        let dirFD = Glibc.open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let dirFD = Glibc.open(parent(of: file), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dirFD >= 0 {
             _ = fsync(dirFD)
             close(dirFD)

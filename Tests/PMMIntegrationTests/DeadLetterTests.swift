@@ -256,4 +256,25 @@ let corruptRecords: [CorruptRecord] = [
         #expect(spool.shed == 1)
         #expect(Self.sequences(directory) == [1])
     }
+
+    /// A router that runs as a user owns its spool; a replay run by root must leave the rewritten file (and the
+    /// lock file it creates) to that user, or the router could no longer open them.
+    @Test(.enabled(if: isRoot, "chown to another uid"))
+    func rewrite_byRoot_leavesTheFilesToTheSpoolsOwner() throws {
+        let dir = TemporaryDirectory()
+        let directory = dir.path + "/deadletters"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let file = directory + "/metrics.log"
+        #expect(FileManager.default.createFile(atPath: file, contents: Data(try deadLetterRecord(sequence: 1) + deadLetterRecord(sequence: 2))))
+        #expect(chown(directory, 1001, 1001) == 0 && chown(file, 1001, 1001) == 0 && chmod(file, 0o640) == 0)
+        chmod(dir.path, 0o755)  // mkdtemp makes 0700; let uid 1001 reach the spool
+
+        #expect(try DeadLetterStore.rewrite(file: file) { DeadLetterStore.envelope(of: $0)?.sequence == 2 } == 1)
+        for (path, mode) in [(file, 0o640), (directory + "/metrics.lock", 0o600)] {
+            var info = stat()
+            #expect(lstat(path, &info) == 0)
+            #expect((info.st_uid, info.st_gid, info.st_mode & 0o777) == (1001, 1001, mode_t(mode)), "\(path)")
+        }
+        #expect(try openAs(uid: 1001, gid: 1001, path: file, mode: "w") == "ok")
+    }
 }

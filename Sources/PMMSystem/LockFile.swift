@@ -51,4 +51,30 @@ public final class LockFile {
         _ = Sys.writeAll(fd, Array("pid \(getpid()) since \(now): \(owner)\n".utf8))
         return LockFile(path: path, fd: fd, tookOverFrom: previous?.isEmpty == false ? previous : nil)
     }
+
+    /// The processes holding an exclusive `flock(2)` on the file at `path` now, from `/proc/locks`; nil when
+    /// `/proc/locks` or the file cannot be read.
+    ///
+    /// The kernel writes this table, so it cannot be stale: a process that died no longer holds its lock, whatever
+    /// files it left behind. Each line names the lock's kind, mode, holder pid and `major:minor:inode` (major and
+    /// minor in hex); waiters (`->`) hold nothing and are skipped. Pids are as seen from this process's pid namespace.
+    public static func holders(of path: String) -> [Int32]? {
+        guard case .success(let file) = Sys.lstat(path), let table = try? String(contentsOfFile: "/proc/locks", encoding: .utf8)
+        else { return nil }
+        // glibc's dev_t encoding (gnu_dev_major and gnu_dev_minor, which are macros Swift does not import).
+        let device = UInt64(file.st_dev)
+        let major = ((device >> 8) & 0xfff) | ((device >> 32) & ~0xfff)
+        let minor = (device & 0xff) | ((device >> 12) & ~0xff)
+        var pids: [Int32] = []
+        for line in table.split(separator: "\n") {
+            // "1: FLOCK  ADVISORY  WRITE 8795 fe:00:16220228 0 EOF"
+            let fields = line.split(separator: " ")
+            guard fields.count >= 6, fields[1] == "FLOCK", fields[3] == "WRITE", let pid = Int32(fields[4]) else { continue }
+            let id = fields[5].split(separator: ":")
+            if id.count == 3, UInt64(id[0], radix: 16) == major, UInt64(id[1], radix: 16) == minor, UInt64(id[2]) == UInt64(file.st_ino) {
+                pids.append(pid)
+            }
+        }
+        return pids
+    }
 }

@@ -30,11 +30,28 @@ public struct StateDirectory: Sendable {
     /// The dead-letter spool, one file per data type.
     public var deadLetterPath: String { path + "/deadletters" }
 
-    /// The pid of a router that is running for this state directory, or nil.
+    /// The pid of the router running for this state directory, or nil: the pid `router.pid` names, only if that
+    /// process holds `router.lock` now.
+    ///
+    /// `router.pid` alone proves nothing: a router killed with SIGKILL leaves it behind, and the kernel may give
+    /// its pid to any other process. The router holds an exclusive flock on `router.lock` for its whole life
+    /// (`RouterService`), and the kernel drops it when the router dies, so the lock's holder, read from
+    /// `/proc/locks`, is the proof. Where `/proc/locks` cannot be read, no router is assumed.
     public var runningRouterPID: Int32? {
         guard let text = try? String(contentsOfFile: routerPIDPath, encoding: .utf8),
-            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, kill(pid, 0) == 0
+            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0,
+            LockFile.holders(of: routerLockPath)?.contains(pid) == true
         else { return nil }
+        return pid
+    }
+
+    /// Sends `signal` to the router running for this state directory (see ``runningRouterPID``), and to no
+    /// other process.
+    ///
+    /// - Returns: the router's pid, or nil when no router runs (nothing was sent).
+    @discardableResult
+    public func signalRouter(_ signal: Int32) -> Int32? {
+        guard let pid = runningRouterPID, kill(pid, signal) == 0 else { return nil }
         return pid
     }
 

@@ -65,8 +65,14 @@ struct WaitOptions: ParsableArguments {
             return
         }
         if report.routerNeedsReload {
-            kill(pid, SIGHUP)
-            print("Signalled the router (pid \(pid)) to load revision \(target).")
+            // Signalled only once proven to be the router (it holds router.lock), never a pid router.pid names.
+            guard let signalled = state.signalRouter(SIGHUP) else {
+                // It stopped in between; whichever router starts next loads the newest revision.
+                printError("\(wait ? "error" : "note"): the router (pid \(pid)) stopped before it was told to load revision \(target)")
+                if wait { throw ExitCode(1) }
+                return
+            }
+            print("Signalled the router (pid \(signalled)) to load revision \(target).")
         }
         guard wait else { return }
         let deadline = Date().addingTimeInterval(waitTimeout)

@@ -14,7 +14,9 @@ struct DeadLetters: ParsableCommand {
         abstract: "List or re-send the frames the router could not deliver.",
         discussion: """
             The router keeps every undeliverable frame in <state-dir>/deadletters/<data-type>.log with its reason: \
-            no-route, misaddressed, overflow, no-healthy-instance, no-reader-for-version, discarded.
+            no-route, misaddressed, overflow, no-healthy-instance, no-reader-for-version, discarded. Bytes in those \
+            files that are not a readable letter (a torn write, a damaged disk) are reported on standard error by \
+            file and byte offset and left in place; the letters before and after them are listed and replayed.
             """,
         subcommands: [List.self, Replay.self])
 
@@ -34,6 +36,15 @@ struct DeadLetters: ParsableCommand {
         func matches(_ letter: Pmm_V1_DeadLetter) -> Bool {
             (dataType == nil || letter.dataType == dataType) && (reason == nil || letter.reason == reason)
         }
+    }
+
+    /// Reads the spool, warning on standard error of every unreadable stretch (file and byte offset).
+    static func load(_ state: StateOptions, filter: Filter) -> [DeadLetterStore.Entry] {
+        let contents = DeadLetterStore.load(directory: state.directory.deadLetterPath)
+        for corruption in contents.corruptions {
+            printError("warning: \(corruption); the readable letters around it are kept")
+        }
+        return contents.entries.filter { filter.matches($0.letter) }
     }
 
     struct List: ParsableCommand {
@@ -58,7 +69,7 @@ struct DeadLetters: ParsableCommand {
         }
 
         func run() throws {
-            let entries = DeadLetterStore.read(directory: state.directory.deadLetterPath).filter { filter.matches($0.letter) }
+            let entries = DeadLetters.load(state, filter: filter)
             let rows = entries.map { entry in
                 Row(
                     at: ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(entry.letter.atUnixNanos) / 1e9)),
@@ -82,7 +93,8 @@ struct DeadLetters: ParsableCommand {
             discussion: """
                 Each frame is written, unchanged, into the ingress pipe of the service that sent it (the envelope's \
                 source), on the shard its key hashes to, so the router routes it as new. Frames without an envelope \
-                (`discarded` bytes) and frames whose source no longer produces the type stay in the spool.
+                (`discarded` bytes) and frames whose source no longer produces the type stay in the spool, and so \
+                do unreadable bytes.
                 """)
 
         @OptionGroup var state: StateOptions
@@ -92,7 +104,7 @@ struct DeadLetters: ParsableCommand {
         var dryRun = false
 
         func run() throws {
-            let entries = DeadLetterStore.read(directory: state.directory.deadLetterPath).filter { filter.matches($0.letter) }
+            let entries = DeadLetters.load(state, filter: filter)
             guard !entries.isEmpty else { return print("No dead letters to replay.") }
             let spec = try state.appliedSpec()
             var writers: [String: IngressWriter] = [:]

@@ -60,9 +60,10 @@ struct Serve: ParsableCommand {
     }
 }
 
-/// Tells a running router to load the newest revision and runtime rules.
+/// Tells a running router to load the newest revision and runtime rules: only a process proven to be the router
+/// (the holder of router.lock), never whatever pid a stale router.pid names.
 func signalRouter(_ state: StateDirectory) {
-    if let pid = state.runningRouterPID { kill(pid, SIGHUP) }
+    state.signalRouter(SIGHUP)
 }
 
 /// Runs a control-API call, printing a refusal or an unreachable server as an error (exit 1).

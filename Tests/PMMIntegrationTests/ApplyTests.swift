@@ -125,7 +125,12 @@ struct ApplyTests {
         mkdir(dir.root, 0o755)
         chown(dir.root, 1001, 1001)
         dir.writeSpec()
-        #expect(throws: PMMError.self) { _ = try apply(dir) }
+        #expect {
+            _ = try apply(dir)
+        } throws: { error in
+            guard case PMMError.system(let failure) = error else { return false }
+            return failure.code == .unsafeOwner && failure.path == dir.root
+        }
     }
 
     @Test func apply_neverTouchesForeignFiles_evenWithPrune() throws {
@@ -146,7 +151,12 @@ struct ApplyTests {
         mkdir(dir.root, 0o755)
         mkfifo(dir.root + "/api.metrics.s0.in", 0o600)
         dir.writeSpec()
-        #expect(throws: PMMError.self) { _ = try apply(dir) }
+        #expect {
+            _ = try apply(dir)
+        } throws: { error in
+            guard case PMMError.conflicts(_, let conflicts) = error else { return false }
+            return conflicts.map(\.name) == ["api.metrics.s0.in"]
+        }
         #expect(dir.lstat("api.metrics.s0.in")?.mode == 0o600)
         #expect(dir.lstat("api.metrics.s1.in") == nil, "nothing else was created either")
     }
@@ -220,7 +230,12 @@ struct ApplyTests {
             if !held { usleep(20_000) }
         }
         try #require(held, "flock(1) never took the lock")
-        #expect(throws: PMMError.self, "refused while the holder lives") { _ = try apply(dir) }
+        #expect("refused while the holder lives") {
+            _ = try apply(dir)
+        } throws: { error in
+            guard case PMMError.system(let failure) = error else { return false }
+            return failure.code == .locked && failure.path == dir.state.lockPath
+        }
         kill(holder.processIdentifier, SIGKILL)
         holder.waitUntilExit()
         let report = try apply(dir)

@@ -77,17 +77,17 @@ func sampleEnvelope(_ sequence: UInt64, payload: Int = 40) -> Envelope {
     }
 
     @Test(arguments: [
-        [UInt8]([0x03, 0xff, 0xff, 0xff]),  // field 31 wire type 7
-        [0x02, 0x0a, 0x05],  // data_type claims 5 bytes, has 0
-        [0x02, 0x10, 0x80],  // truncated varint
-        [0x02, 0x08, 0x01],  // data_type as a varint
-        [0x01, 0x00],  // field number 0
-        [0x02, 0x1b, 0x00],  // a group (wire type 3)
+        ([UInt8]([0x03, 0xff, 0xff, 0xff]), "bad field tag at byte 0"),  // a tag whose varint never ends
+        ([0x02, 0x0a, 0x05], "truncated length-delimited field 1"),  // data_type claims 5 bytes, has 0
+        ([0x02, 0x10, 0x80], "truncated varint in field 2"),  // schema_version's varint cut short
+        ([0x02, 0x08, 0x01], "field 1 has the wrong wire type"),  // data_type as a varint
+        ([0x01, 0x00], "field number 0"),
+        ([0x02, 0x1b, 0x00], "wire type 3 in field 3"),  // a group
     ])
-    func next_whenBodyIsNotAnEnvelope_throws(_ bytes: [UInt8]) {
+    func next_whenBodyIsNotAnEnvelope_throwsWhy(_ bytes: [UInt8], _ why: String) {
         var buffer = FrameBuffer(maximumFrameSize: 1024)
         buffer.append(bytes)
-        #expect(throws: FrameError.self) { _ = try buffer.next() }
+        #expect(throws: FrameError.malformedEnvelope(why)) { _ = try buffer.next() }
     }
 
     @Test func next_skipsUnknownFields_andAcceptsAnEmptyEnvelope() throws {

@@ -155,7 +155,7 @@ let package = Package(
         .testTarget(
             name: "PMMIntegrationTests",
             dependencies: [
-                "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "PipeMesh", "pmm",
+                "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "PMMRouterCore", "PipeMesh", "pmm",
                 "example-producer", "example-consumer",
             ],
             swiftSettings: upcoming

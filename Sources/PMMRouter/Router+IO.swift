@@ -52,8 +52,18 @@ extension Router {
                 }
                 let offset = core.spool(of: slot)!.readOffset
                 let available = Int(clamping: core.spool(of: slot)!.readable)
+                guard available > 0 else {
+                    // At a cut in the spool (bytes skipped, or a change of source): the core passes it.
+                    core.ingressRead(slot, count: 0, now: now)
+                    performActions()
+                    continue
+                }
                 n = core.withReadSpace(slot) { raw in
                     file.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<min(raw.count, available)]), at: offset)
+                }
+                if n == 0 {
+                    logger.error("the spool is shorter than its ledger; was it truncated?", metadata: ["pipe": "\(ledger.pipe)"])
+                    return
                 }
             } else {
                 guard let held else { return }

@@ -47,6 +47,18 @@ struct RouterFlags: ParsableArguments {
     @Option(help: ArgumentHelp("Seconds a consumer may read nothing while its pipe holds data before it counts as stalled.", valueName: "seconds"))
     var stallTimeout: Double = 5
 
+    @Option(
+        help: ArgumentHelp(
+            "Bytes the router may hold in memory for frames routed and not yet read by their consumer (all pipes together); at the limit producers are held back.",
+            valueName: "bytes"))
+    var memoryLimit: Int = 256 << 20
+
+    @Option(
+        help: ArgumentHelp(
+            "Undelivered bytes the at-least-once spools may hold on disk (all pipes together); at the limit at-least-once producers are held back.",
+            valueName: "bytes"))
+    var spoolLimit: Int64 = 1 << 30
+
     @Option(help: ArgumentHelp("Serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9464.", valueName: "host:port"))
     var metricsListen: String?
 
@@ -58,6 +70,8 @@ struct RouterFlags: ParsableArguments {
         guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout must not be negative") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         guard stallTimeout > 0 else { throw ValidationError("--stall-timeout must be positive") }
+        guard memoryLimit >= 2 * maxFrame else { throw ValidationError("--memory-limit must be at least twice --max-frame") }
+        guard spoolLimit >= Int64(2 * maxFrame) else { throw ValidationError("--spool-limit must be at least twice --max-frame") }
         if let metricsListen, metricsAddress(metricsListen) == nil {
             throw ValidationError("--metrics-listen takes host:port with an IPv4 host, e.g. 127.0.0.1:9464")
         }
@@ -74,6 +88,8 @@ struct RouterFlags: ParsableArguments {
         options.maximumFrameSize = maxFrame
         options.drainTimeout = drainTimeout
         options.stallTimeout = stallTimeout
+        options.memoryLimit = memoryLimit
+        options.spoolLimit = spoolLimit
         options.metricsListen = metricsListen.flatMap(metricsAddress)
         return options
     }

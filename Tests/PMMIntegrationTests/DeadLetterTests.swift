@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 @testable import PMMRouter
+import PMMRouterCore
 import PMMSystem
 import PMMWire
 import Testing

@@ -95,3 +95,67 @@ struct ReloadTests {
         print("FIGURES shrink and grow under traffic: \(count) sent, \(Set(received).count) delivered, \(received.count - Set(received).count) duplicates, 0 lost")
     }
 }
+
+/// CPU seconds (user + system) the process has used, from /proc/<pid>/stat.
+func cpuSeconds(_ pid: Int32) -> Double {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return 0 }
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    // After the command: state is field 3, so utime (14) and stime (15) are at 11 and 12 here.
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+@Suite(.enabled(if: isRoot, "services run as uid 0 so the test can play them all"), .serialized)
+struct RouterIdleCostTests {
+    @Test func removedPipeWhoseWriterLeftHalfAFrame_doesNotSpin_andIsAbandonedAfterTheGrace() throws {
+        let h = try MeshHarness(reloadMesh(shards: 2, replicas: 1))
+        try h.startRouter(["--drain-timeout", "2"])
+        let consumer = try h.startExactConsumer("worker-0")
+        defer { kill(consumer.processIdentifier, SIGKILL) }
+        try h.waitForHealthy(["worker-0"])
+        // Half a frame: a length prefix of 100 and 10 bytes of it, from a writer that keeps the pipe open.
+        let fd = open(h.dir.root + "/api.events.s1.in", O_WRONLY)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        let half: [UInt8] = [100, 0x0a, 0x06] + Array("events".utf8) + [0x22]
+        #expect(write(fd, half, half.count) == half.count)
+        h.dir.write(reloadMesh(shards: 1, replicas: 1).replacingOccurrences(of: "ROOT", with: h.dir.root))
+        let shrink = try pmm("apply", "-f", h.dir.specPath, h.stateArgument, "--prune", "--wait", "--wait-timeout", "10")
+        #expect(shrink.status == 0, "\(shrink.stdout) \(shrink.stderr)")
+        let pid = h.router!.processIdentifier
+        let before = cpuSeconds(pid)
+        usleep(1_500_000)
+        let used = cpuSeconds(pid) - before
+        print("FIGURES removed pipe with half a frame: router CPU \(String(format: "%.2f", used)) s in 1.5 s")
+        #expect(used < 0.4, "the router spins: \(used) s of CPU in 1.5 s")
+        try waitFor("the half frame dead-lettered", timeout: 10) { (h.status?.deadLetters["discarded"] ?? 0) >= 1 }
+        #expect(h.routerLog().contains("kept half a frame past the grace period"))
+    }
+
+    @Test func streamOfGarbage_doesNotSpinTheRouter_andOtherPipesFlow() throws {
+        let h = try MeshHarness(reloadMesh(shards: 2, replicas: 1))
+        try h.startRouter()
+        let consumer = try h.startExactConsumer("worker-0")
+        defer { kill(consumer.processIdentifier, SIGKILL) }
+        try h.waitForHealthy(["worker-0"])
+        let path = h.dir.root + "/api.events.s1.in"
+        let garbage = Thread {
+            let fd = open(path, O_WRONLY)
+            guard fd >= 0 else { return }
+            defer { close(fd) }
+            let bytes = [UInt8](repeating: 0xff, count: 4096)
+            let end = Date().addingTimeInterval(2)
+            while Date() < end { _ = write(fd, bytes, bytes.count) }
+        }
+        let pid = h.router!.processIdentifier
+        let before = cpuSeconds(pid)
+        garbage.start()
+        let writer = ReloadTests().writeSteadily(h, pipe: "api.events.s0.in", count: 2_000, rate: 2_000)
+        usleep(2_000_000)
+        let used = cpuSeconds(pid) - before
+        print("FIGURES 2 s of garbage on one pipe, 1000 frames/s on another: router CPU \(String(format: "%.2f", used)) s")
+        #expect(used < 1.0, "the router spins on garbage: \(used) s of CPU in 2 s")
+        while !writer.isFinished { usleep(50_000) }
+        try waitFor("the good pipe's frames") { Set(h.exactReceived(["worker-0"])).count == 2_000 }
+    }
+}

@@ -2,9 +2,9 @@ import Foundation
 import Glibc
 import Testing
 
-/// `scripts/test`, run from a copy whose setup, fuzz and `swift` are stubs that only record that they ran.
+/// `scripts/test`, run from a copy whose setup, fuzz, soak and `swift` are stubs that only record that they ran.
 @Suite struct ScriptTests {
-    /// A copy of the repository's `scripts/test` next to stub `scripts/setup` and `scripts/fuzz`, and a stub
+    /// A copy of the repository's `scripts/test` next to stub `scripts/setup`, `scripts/fuzz` and `scripts/soak`, and a stub
     /// `swift` first on PATH; each stub appends its name to `ran.log`.
     static func stubbedCopy(_ dir: TemporaryDirectory) throws -> (script: String, path: String, log: String) {
         let scripts = dir.path + "/repo/scripts"
@@ -14,7 +14,7 @@ import Testing
         try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: dir.path + "/out", withIntermediateDirectories: true)
         try FileManager.default.copyItem(atPath: packageRoot + "/scripts/test", toPath: scripts + "/test")
-        for (path, name) in [(scripts + "/setup", "setup"), (scripts + "/fuzz", "fuzz"), (bin + "/swift", "swift")] {
+        for (path, name) in [(scripts + "/setup", "setup"), (scripts + "/fuzz", "fuzz"), (scripts + "/soak", "soak"), (bin + "/swift", "swift")] {
             dir.write("#!/usr/bin/env bash\necho \(name) >> \(log)\n", to: String(path.dropFirst(dir.path.count + 1)))
             chmod(path, 0o755)
         }
@@ -44,6 +44,6 @@ import Testing
         let (script, path, log) = try Self.stubbedCopy(dir)
         let outcome = try run(script, [], environment: ["CI": "true", "PATH": path])
         #expect(outcome.status == 0, "\(outcome.stdout) \(outcome.stderr)")
-        #expect(try String(contentsOfFile: log, encoding: .utf8) == "setup\nswift\nfuzz\nswift\n")
+        #expect(try String(contentsOfFile: log, encoding: .utf8) == "setup\nswift\nfuzz\nsoak\nswift\n")
     }
 }

@@ -137,7 +137,8 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             path: "Examples/ConsumerExample", swiftSettings: upcoming),
-        .testTarget(name: "PMMCoreTests", dependencies: ["PMMCore"], swiftSettings: upcoming),
+        // Fixtures/ is read by path (routing-golden.json, written by scripts/routing-golden).
+        .testTarget(name: "PMMCoreTests", dependencies: ["PMMCore"], exclude: ["Fixtures"], swiftSettings: upcoming),
         // The router core, driven by seeded random schedules in a simulated world (SIMULATION.md).
         .testTarget(
             name: "PMMRouterCoreTests",

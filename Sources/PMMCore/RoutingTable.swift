@@ -10,6 +10,13 @@ public struct RoutingTable: Hashable, Sendable {
         /// Targets with a positive weight, in service-name order.
         public var targets: [Target]
 
+        public init(dataType: String, policy: RoutingPolicy, shards: Int, targets: [Target]) {
+            self.dataType = dataType
+            self.policy = policy
+            self.shards = shards
+            self.targets = targets
+        }
+
         /// Under policy `shard`: the (target, instance) indices that receive a key hashing to `hash`, or nil
         /// when no target has a healthy instance. Allocates nothing.
         ///

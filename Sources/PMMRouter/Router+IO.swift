@@ -23,14 +23,15 @@ extension Router {
             }
             let held = ingressFDs[id]
             var n: Int
-            if let ledger = core.spool(of: slot), let file = spoolFiles[ledger.pipe] {
-                if ledger.unread == 0 {
+            // Scalars from the ledger, never a copy held across a core call (it would copy its bookkeeping).
+            if let file = core.spoolPipe(of: slot).flatMap({ spoolFiles[$0] }) {
+                if core.spool(of: slot)!.unread == 0 {
                     guard let held else {
                         core.ingressEmpty(slot, now: now)
                         performActions()
                         return
                     }
-                    let moved = file.splice(from: held.fd, at: ledger.size, length: options.readSize)
+                    let moved = file.splice(from: held.fd, at: core.spool(of: slot)!.size, length: options.readSize)
                     if moved > 0 {
                         core.spoolAppended(slot, count: moved)
                     } else if moved == 0 {
@@ -44,7 +45,7 @@ extension Router {
                             core.ingressEmpty(slot, now: now)
                         } else {
                             logger.error(
-                                "cannot splice into the spool; the producer is held back", metadata: ["pipe": "\(ledger.pipe)", "errno": "\(error)"])
+                                "cannot splice into the spool; the producer is held back", metadata: ["pipe": "\(file.pipe)", "errno": "\(error)"])
                         }
                         performActions()
                         return
@@ -62,7 +63,7 @@ extension Router {
                     file.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<min(raw.count, available)]), at: offset)
                 }
                 if n == 0 {
-                    logger.error("the spool is shorter than its ledger; was it truncated?", metadata: ["pipe": "\(ledger.pipe)"])
+                    logger.error("the spool is shorter than its ledger; was it truncated?", metadata: ["pipe": "\(file.pipe)"])
                     return
                 }
             } else {

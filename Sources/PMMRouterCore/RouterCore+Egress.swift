@@ -185,7 +185,14 @@ extension RouterCore {
 
     // MARK: Spools
 
-    /// The spool ledger of ingress `slot`, if it has one.
+    /// The name of ingress `slot`'s spool (its pipe's), if it has one.
+    public func spoolPipe(of slot: Int) -> String? {
+        let index = ingress[slot].spool
+        return index >= 0 ? spools[index]?.pipe : nil
+    }
+
+    /// The spool ledger of ingress `slot`, if it has one. A copy: read what you need from it, do not keep it
+    /// across a call that changes the core.
     public func spool(of slot: Int) -> SpoolLedger? {
         let index = ingress[slot].spool
         return index >= 0 ? spools[index] : nil

@@ -167,10 +167,13 @@ extension RouterCore {
                 guard !frame.fields.dataType.isEmpty else { throw FrameError.malformedEnvelope("no data_type") }
                 var tag: SpoolTag?
                 let spool = ingress[slot].spool
-                if spool >= 0, let ledger = spools[spool] {
-                    let end = ledger.readOffset - Int64(buffer.end - frame.range.upperBound)
+                if spool >= 0, spools[spool] != nil {
+                    // Scalars only: a copy of the ledger alive across the mutation below would copy its
+                    // bookkeeping on every frame.
+                    let end = spools[spool]!.readOffset - Int64(buffer.end - frame.range.upperBound)
+                    let replayUntil = spools[spool]!.replayUntil
                     tag = withSpool(spool) { $0.track(end: end, spool: Int32(spool)) }
-                    if end <= ledger.replayUntil {
+                    if end <= replayUntil {
                         ingress[slot].replayed += 1
                         counters.replayed += 1
                     }

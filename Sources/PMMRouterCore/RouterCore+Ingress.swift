@@ -205,28 +205,16 @@ extension RouterCore {
     mutating func accept(_ bytes: UnsafeRawBufferPointer, frame: Frame, slot: Int, tag: SpoolTag?, now: UInt64) {
         let fields = frame.fields
         let body = frame.bodyStart - frame.range.lowerBound
-        do {
-            let name = UnsafeRawBufferPointer(rebasing: bytes[(body + fields.dataType.lowerBound)..<(body + fields.dataType.upperBound)])
-            if !name.elementsEqual(ingress[slot].dataTypeBytes) {
-                ingress[slot].misaddressed += 1
-                let spec = ingress[slot].spec
-                deadLetter(
-                    bytes, dataType: spec.dataType, reason: .misaddressed, pipe: spec.name,
-                    detail: "data_type '\(String(decoding: name, as: UTF8.self))' on a '\(spec.dataType)' pipe", tag: tag)
-                return
-            }
+        let name = UnsafeRawBufferPointer(rebasing: bytes[(body + fields.dataType.lowerBound)..<(body + fields.dataType.upperBound)])
+        if !name.elementsEqual(ingress[slot].dataTypeBytes) {
+            misaddressed(bytes, slot: slot, tag: tag) { "data_type '\(String(decoding: name, as: UTF8.self))' on a '\($0.dataType)' pipe" }
+            return
         }
-        if !fields.source.isEmpty {
-            let source = UnsafeRawBufferPointer(rebasing: bytes[(body + fields.source.lowerBound)..<(body + fields.source.upperBound)])
-            if !source.elementsEqual(ingress[slot].producerBytes) {
-                // Only the pipe's producer can write it (its mode says so): a frame naming another source lies.
-                ingress[slot].misaddressed += 1
-                let spec = ingress[slot].spec
-                deadLetter(
-                    bytes, dataType: spec.dataType, reason: .misaddressed, pipe: spec.name,
-                    detail: "source '\(String(decoding: source, as: UTF8.self))' on a pipe of producer '\(spec.producer)'", tag: tag)
-                return
-            }
+        let source = UnsafeRawBufferPointer(rebasing: bytes[(body + fields.source.lowerBound)..<(body + fields.source.upperBound)])
+        if !source.isEmpty && !source.elementsEqual(ingress[slot].producerBytes) {
+            // Only the pipe's producer can write it (its mode says so): a frame naming another source lies.
+            misaddressed(bytes, slot: slot, tag: tag) { "source '\(String(decoding: source, as: UTF8.self))' on a pipe of producer '\($0.producer)'" }
+            return
         }
         ingress[slot].frames += 1
         let route = ingress[slot].route
@@ -238,6 +226,13 @@ extension RouterCore {
         let key = UnsafeRawBufferPointer(rebasing: bytes[(body + fields.shardKey.lowerBound)..<(body + fields.shardKey.upperBound)])
         let version = fields.schemaVersion == 0 ? Int32(clamping: ingress[slot].spec.version ?? 0) : Int32(clamping: fields.schemaVersion)
         deliver(bytes, key: key, meta: FrameMeta(route: Int32(route), version: version, tag: tag), now: now)
+    }
+
+    /// A frame that does not belong on ingress `slot`: a `misaddressed` dead letter, counted on the pipe.
+    mutating func misaddressed(_ bytes: UnsafeRawBufferPointer, slot: Int, tag: SpoolTag?, detail: (RouterLayout.Ingress) -> String) {
+        ingress[slot].misaddressed += 1
+        let spec = ingress[slot].spec
+        deadLetter(bytes, dataType: spec.dataType, reason: .misaddressed, pipe: spec.name, detail: detail(spec), tag: tag)
     }
 
     /// Bytes that are not a frame: the buffer is dropped (kept as a dead letter, with what the pipe holds),

@@ -41,7 +41,10 @@ struct RouterFlags: ParsableArguments {
     @Option(help: ArgumentHelp("The largest frame accepted, in bytes; a larger one resets its ingress pipe.", valueName: "bytes"))
     var maxFrame: Int = 1 << 20
 
-    @Option(help: ArgumentHelp("Seconds SIGTERM waits for queued frames to reach consumers.", valueName: "seconds"))
+    @Option(
+        help: ArgumentHelp(
+            "Seconds SIGTERM waits for queued frames to reach consumers; also how long a removed pipe may keep half a frame before it is dead-lettered.",
+            valueName: "seconds"))
     var drainTimeout: Double = 5
 
     @Option(help: ArgumentHelp("Seconds a consumer may read nothing while its pipe holds data before it counts as stalled.", valueName: "seconds"))

@@ -16,7 +16,11 @@ public final class SignalPipe: @unchecked Sendable {
     let writeFD: Int32
     var sources: [any DispatchSourceSignal] = []
 
-    public init() {
+    /// - Parameter handlingSignals: install the signal handlers here. A daemon on swift-service-lifecycle passes
+    ///   false: its `ServiceGroup` owns SIGTERM and SIGINT (graceful shutdown) and a `UnixSignalsSequence` owns
+    ///   SIGHUP, and they `send` into this pipe (one handler per signal). The signals are still set to
+    ///   `SIG_IGN` at once, so one that arrives before those handlers are registered does not kill the process.
+    public init(handlingSignals: Bool = true) {
         var fds: [Int32] = [-1, -1]
         precondition(pipe(&fds) == 0, "pipe failed")
         readFD = fds[0]
@@ -26,6 +30,10 @@ public final class SignalPipe: @unchecked Sendable {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         }
         signal(SIGPIPE, SIG_IGN)
+        guard handlingSignals else {
+            for number in [SIGHUP, SIGTERM, SIGINT] { signal(number, SIG_IGN) }
+            return
+        }
         for (number, byte) in [(SIGHUP, UInt8(ascii: "H")), (SIGTERM, UInt8(ascii: "T")), (SIGINT, UInt8(ascii: "T"))] {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())

@@ -8,7 +8,7 @@ import PMMReconciler
 import PMMSystem
 import PipeMesh
 
-struct Serve: ParsableCommand {
+struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the control plane: the API on <state-dir>/pmm.sock, and self-healing of drift.",
         discussion: """
@@ -34,7 +34,7 @@ struct Serve: ParsableCommand {
         guard interval >= 0.1 else { throw ValidationError("--interval must be at least 0.1 seconds") }
     }
 
-    func run() throws {
+    func run() async throws {
         let logger = makeLogger(label: "pmm.serve", level: logLevel)
         let loaded = try readSpec(spec, failure: 1)
         let directory = state.directory
@@ -51,9 +51,11 @@ struct Serve: ParsableCommand {
                 server = try ControlServer(
                     reconciler: reconciler, specPath: loaded.file.absolutePath, rootOverride: spec.rootOverride, options: options, logger: logger)
             } catch { throw PMMError.system(error) }
-            let signals = SignalPipe()
             if report.routerNeedsReload { signalRouter(directory) }
-            server.run(signals: signals) { signalRouter(directory) }
+            let handed = Handed(value: server)
+            _ = try await runDaemon(name: "pmm serve", logger: logger) { signals in
+                handed.value.run(signals: signals) { signalRouter(directory) }
+            }
         } catch let error as PMMError {
             throw report(error, exitCode: 1, color: useColor)
         }

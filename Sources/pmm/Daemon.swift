@@ -1,0 +1,64 @@
+import Foundation
+import Logging
+import PMMSystem
+import ServiceLifecycle
+import Synchronization
+import UnixSignals
+
+/// A blocking poll loop (the router's, the control server's) run as a swift-service-lifecycle `Service`.
+///
+/// The loop keeps a thread of its own: it blocks in poll(2) and must not hold one of the cooperative pool's few
+/// threads. The service turns graceful shutdown (SIGTERM, SIGINT, through the `ServiceGroup`) into `.stop` and
+/// SIGHUP (a `UnixSignalsSequence`) into `.reload` on the loop's `SignalPipe`, which the loop polls with its
+/// pipes; the loop itself stays the single-threaded hot path it was.
+final class PollLoopService<Outcome: Sendable>: Service {
+    let name: String
+    let signals: SignalPipe
+    let loop: @Sendable (SignalPipe) -> Outcome
+    let outcome = Mutex<Outcome?>(nil)
+
+    init(name: String, signals: SignalPipe, loop: @escaping @Sendable (SignalPipe) -> Outcome) {
+        self.name = name
+        self.signals = signals
+        self.loop = loop
+    }
+
+    func run() async throws {
+        let signals = self.signals
+        let loop = self.loop
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                group.addTask {
+                    for await _ in await UnixSignalsSequence(trapping: .sighup) { signals.send(.reload) }
+                }
+                let result: Outcome = await withCheckedContinuation { continuation in
+                    let thread = Thread { continuation.resume(returning: loop(signals)) }
+                    thread.name = self.name
+                    thread.start()
+                }
+                self.outcome.withLock { $0 = result }
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            signals.send(.stop)
+        }
+    }
+}
+
+/// Runs `loop` as the one service of a `ServiceGroup` that shuts down gracefully on SIGTERM and SIGINT, and
+/// returns what the loop returned.
+func runDaemon<Outcome: Sendable>(name: String, logger: Logger, loop: @escaping @Sendable (SignalPipe) -> Outcome) async throws -> Outcome? {
+    let service = PollLoopService(name: name, signals: SignalPipe(handlingSignals: false), loop: loop)
+    let group = ServiceGroup(
+        configuration: ServiceGroupConfiguration(
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await group.run()
+    return service.outcome.withLock { $0 }
+}
+
+/// Hands a value that only one thread uses at a time across an isolation boundary (the router and the control
+/// server: created here, then used only by their loop's thread).
+struct Handed<Value>: @unchecked Sendable {
+    let value: Value
+}

@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import Logging
 import PMMSystem
@@ -47,13 +48,23 @@ final class PollLoopService<Outcome: Sendable>: Service {
 
 /// Runs `loop` as the one service of a `ServiceGroup` that shuts down gracefully on SIGTERM and SIGINT, and
 /// returns what the loop returned.
-func runDaemon<Outcome: Sendable>(name: String, logger: Logger, loop: @escaping @Sendable (SignalPipe) -> Outcome) async throws -> Outcome? {
+///
+/// The commands stay synchronous (every other command keeps running on the main thread, with the signal mask
+/// `main` set up): the group runs in a task while the main thread waits for it.
+func runDaemon<Outcome: Sendable>(name: String, logger: Logger, loop: @escaping @Sendable (SignalPipe) -> Outcome) throws -> Outcome? {
     let service = PollLoopService(name: name, signals: SignalPipe(handlingSignals: false), loop: loop)
     let group = ServiceGroup(
         configuration: ServiceGroupConfiguration(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-    try await group.run()
+    let failure = Mutex<(any Error)?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    Task {
+        do { try await group.run() } catch { failure.withLock { $0 = error } }
+        done.signal()
+    }
+    done.wait()
+    if let error = failure.withLock({ $0 }) { throw error }
     return service.outcome.withLock { $0 }
 }
 

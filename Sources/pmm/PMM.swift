@@ -3,15 +3,15 @@ import PMMSystem
 
 @main
 enum Main {
-    static func main() async {
+    static func main() {
         // Signals blocked by whoever started us (a test runner, a supervisor) would make SIGHUP and SIGTERM
         // silently pending forever.
         ProcessSignals.unblockAll()
-        await PMM.main()
+        PMM.main()
     }
 }
 
-struct PMM: AsyncParsableCommand {
+struct PMM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmm",
         abstract: "The Pipe Mesh Manager: named pipes between the services of one host, declared in mesh.yaml.",

@@ -8,7 +8,7 @@ import PMMRegistry
 import PMMRouter
 import PMMSystem
 
-struct RouterCommand: AsyncParsableCommand {
+struct RouterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "router",
         abstract: "Run the data plane: route frames from ingress pipes to consumer instances, by the applied revision.",
@@ -23,12 +23,12 @@ struct RouterCommand: AsyncParsableCommand {
     @OptionGroup var state: StateOptions
     @OptionGroup var router: RouterFlags
 
-    func run() async throws {
+    func run() throws {
         let stateDirectory = state.directory
         let logger = makeLogger(label: "pmm.router", level: router.logLevel)
         do {
             let service = try RouterService(state: stateDirectory, flags: router, logger: logger)
-            let exit = try await service.runAsDaemon(logger: logger)
+            let exit = try service.runAsDaemon(logger: logger)
             if case .stopped(let undelivered) = exit, undelivered > 0 { throw ExitCode(3) }
         } catch let error as PMMError {
             throw report(error, exitCode: 1, color: useColor)
@@ -140,9 +140,9 @@ final class RouterService {
 
     /// Runs the router's poll loop as a `Service` in a `ServiceGroup` (graceful shutdown on SIGTERM and SIGINT,
     /// SIGHUP reloads) until it stops.
-    func runAsDaemon(logger: Logger) async throws -> RouterExit {
+    func runAsDaemon(logger: Logger) throws -> RouterExit {
         let handed = Handed(value: self)
-        let exit = try await runDaemon(name: "pmm router", logger: logger) { signals in handed.value.run(signals: signals) }
+        let exit = try runDaemon(name: "pmm router", logger: logger) { signals in handed.value.run(signals: signals) }
         return exit ?? .stopped(undelivered: 0)
     }
 

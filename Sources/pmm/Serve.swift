@@ -8,7 +8,7 @@ import PMMReconciler
 import PMMSystem
 import PipeMesh
 
-struct Serve: AsyncParsableCommand {
+struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the control plane: the API on <state-dir>/pmm.sock, and self-healing of drift.",
         discussion: """
@@ -34,7 +34,7 @@ struct Serve: AsyncParsableCommand {
         guard interval >= 0.1 else { throw ValidationError("--interval must be at least 0.1 seconds") }
     }
 
-    func run() async throws {
+    func run() throws {
         let logger = makeLogger(label: "pmm.serve", level: logLevel)
         let loaded = try readSpec(spec, failure: 1)
         let directory = state.directory
@@ -53,7 +53,7 @@ struct Serve: AsyncParsableCommand {
             } catch { throw PMMError.system(error) }
             if report.routerNeedsReload { signalRouter(directory) }
             let handed = Handed(value: server)
-            _ = try await runDaemon(name: "pmm serve", logger: logger) { signals in
+            _ = try runDaemon(name: "pmm serve", logger: logger) { signals in
                 handed.value.run(signals: signals) { signalRouter(directory) }
             }
         } catch let error as PMMError {

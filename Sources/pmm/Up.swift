@@ -3,7 +3,7 @@ import Foundation
 import PMMReconciler
 import PMMRouter
 
-struct Up: AsyncParsableCommand {
+struct Up: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Apply the spec, then run the router in the foreground (small deployments, trials).",
         discussion: "The same as `pmm apply -f FILE` followed by `pmm router` (one ServiceGroup); SIGHUP and SIGTERM behave as for `pmm router`.")
@@ -15,7 +15,7 @@ struct Up: AsyncParsableCommand {
     @Flag(help: "Remove pipes pmm created that the spec no longer names.")
     var prune = false
 
-    func run() async throws {
+    func run() throws {
         let loaded = try readSpec(spec, failure: 1)
         let logger = makeLogger(label: "pmm.up", level: router.logLevel)
         do {
@@ -23,7 +23,7 @@ struct Up: AsyncParsableCommand {
             printDiagnostics(loaded, color: useColor)
             print(ApplyOutput.text(report, renderer: Renderer(color: useColor)))
             let service = try RouterService(state: state.directory, flags: router, logger: logger)
-            if case .stopped(let undelivered) = try await service.runAsDaemon(logger: logger), undelivered > 0 { throw ExitCode(3) }
+            if case .stopped(let undelivered) = try service.runAsDaemon(logger: logger), undelivered > 0 { throw ExitCode(3) }
         } catch let error as PMMError {
             throw report(error, exitCode: 1, color: useColor)
         }

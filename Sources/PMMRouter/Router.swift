@@ -192,11 +192,11 @@ public final class Router {
             var timeout: Int32 = 100
             if let wake = core.nextWake(after: now) { timeout = min(timeout, Int32(clamping: (wake - now) / 1_000_000 + 1)) }
             for slot in core.ingress.indices where core.wantsToRead(slot, now: now) {
-                let pipe = core.ingress[slot]
+                let id = core.ingress[slot].id
                 if core.hasBufferedWork(slot) { timeout = 0 }
-                guard let held = ingressFDs[pipe.id] else { continue }
+                guard let held = ingressFDs[id] else { continue }
                 fds.append(pollfd(fd: held.fd.rawValue, events: Int16(POLLIN), revents: 0))
-                owners.append(.ingress(pipe.id))
+                owners.append(.ingress(id))
             }
             for slot in core.egress.indices {
                 guard let held = egressFDs[core.egress[slot].id] else { continue }

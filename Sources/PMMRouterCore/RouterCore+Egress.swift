@@ -154,12 +154,9 @@ extension RouterCore {
             if stopping && egress[slot].queue.isEmpty { continue }
             requestProbe(slot, now: now)
         }
-        var removed = false
-        for pipe in ingress where pipe.closed { removed = true; break }
-        if removed {
+        if ingress.contains(where: \.closed) {
             ingress.removeAll { $0.closed }
-            ingressSlots = [:]
-            for (slot, pipe) in ingress.enumerated() { ingressSlots[pipe.id] = slot }
+            reindexIngress()
             for slot in ingress.indices where ingress[slot].awaitingSpool {
                 // The oldest pipe of a name goes first: its bytes were written before the newer one's.
                 let pipe = ingress[slot]

@@ -132,8 +132,7 @@ extension RouterCore {
             draining[d].route = newRouteSlots[draining[d].spec.dataType] ?? -1
         }
         ingress = nextIngress + draining
-        ingressSlots = [:]
-        for (slot, pipe) in ingress.enumerated() { ingressSlots[pipe.id] = slot }
+        reindexIngress()
         let liveKeys = Set(nextIngress.filter { $0.spec.qos.maxRate > 0 }.map { $0.spec.producer + "|" + $0.spec.dataType })
         if liveKeys.count < buckets.count {
             // Buckets no pipe uses any more are forgotten (indices are rebuilt).
@@ -174,6 +173,12 @@ extension RouterCore {
         ingress.append(pipe)
         ingressSlots[pipe.id] = ingress.count - 1
         return true
+    }
+
+    /// Rebuilds the identifier -> slot map after `ingress` changed shape.
+    mutating func reindexIngress() {
+        ingressSlots = [:]
+        for (slot, pipe) in ingress.enumerated() { ingressSlots[pipe.id] = slot }
     }
 
     /// The token bucket of a producer's pipes of one type, created or re-tuned to the spec's rate.

@@ -97,13 +97,7 @@ let corruptRecords: [CorruptRecord] = [
     /// and removes them from the spool; the unreadable bytes stay, and are still reported.
     @Test(.enabled(if: isRoot, "apply gives the pipes to their uids"))
     func replay_whenARecordIsCorrupt_sendsTheReadableLetters_andKeepsTheUnreadableBytes() throws {
-        let dir = TemporaryDirectory()
-        dir.writeSpec(apiUID: 0, collectorUID: 0, shards: 1)
-        let state = "--state-dir=\(dir.path)/state"
-        let apply = try pmm("apply", "-f", dir.specPath, state)
-        try #require(apply.status == 0, "\(apply.stderr)")
-        let spool = dir.path + "/state/deadletters"
-        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+        let (dir, state, spool) = try appliedMeshWithDeadLetterDirectory()
         let file = spool + "/metrics.log"
         let head = try deadLetterRecord(sequence: 1)
         let corrupt = varint(1 << 63) + Array("junk".utf8)
@@ -193,13 +187,7 @@ let corruptRecords: [CorruptRecord] = [
     /// every letter in place, and the next replay goes through.
     @Test(.enabled(if: isRoot, "apply gives the pipes to their uids"))
     func replay_whenKilledWhileRewriting_losesNoLetter() throws {
-        let dir = TemporaryDirectory()
-        dir.writeSpec(apiUID: 0, collectorUID: 0, shards: 1)
-        let state = "--state-dir=\(dir.path)/state"
-        let apply = try pmm("apply", "-f", dir.specPath, state)
-        try #require(apply.status == 0, "\(apply.stderr)")
-        let spool = dir.path + "/state/deadletters"
-        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+        let (dir, state, spool) = try appliedMeshWithDeadLetterDirectory()
         // One letter replay can send, then 12 of 40 KiB that it cannot (raw bytes): ~480 KiB stay.
         var bytes = try deadLetterRecord(sequence: 1)
         for index in 0..<12 {
@@ -278,4 +266,16 @@ let corruptRecords: [CorruptRecord] = [
         }
         #expect(try openAs(uid: 1001, gid: 1001, path: file, mode: "w") == "ok")
     }
+}
+
+/// A one-shard mesh applied in a fresh directory, and its (empty) dead-letter directory: what a replay needs.
+func appliedMeshWithDeadLetterDirectory() throws -> (dir: TemporaryDirectory, state: String, spool: String) {
+    let dir = TemporaryDirectory()
+    dir.writeSpec(apiUID: 0, collectorUID: 0, shards: 1)
+    let state = "--state-dir=\(dir.path)/state"
+    let apply = try pmm("apply", "-f", dir.specPath, state)
+    try #require(apply.status == 0, "\(apply.stderr)")
+    let spool = dir.path + "/state/deadletters"
+    try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+    return (dir, state, spool)
 }

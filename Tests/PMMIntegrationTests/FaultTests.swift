@@ -57,8 +57,11 @@ while True:
     out.write("%d\n" % sequence); out.flush()
 """#
 
-/// A mesh with at-least-once `events` from `api` to `worker` (2 replicas).
-func faultMesh(delivery: String = "at-least-once", buffer: Int = 10_000, overflow: String = "block", maxRate: Int = 0, burst: Int = 0, replicas: Int = 2, policy: String = "round-robin") -> String {
+/// A mesh with at-least-once `events` from `api` (2 shards) to `worker` (2 replicas).
+func faultMesh(
+    delivery: String = "at-least-once", buffer: Int = 10_000, overflow: String = "block", maxRate: Int = 0, burst: Int = 0, replicas: Int = 2,
+    policy: String = "round-robin", shards: Int = 2
+) -> String {
     """
     apiVersion: pmm/v1
     kind: Mesh
@@ -66,7 +69,7 @@ func faultMesh(delivery: String = "at-least-once", buffer: Int = 10_000, overflo
     root: ROOT
     dataTypes:
       events:
-        shards: 2
+        shards: \(shards)
         qos: {delivery: \(delivery), buffer: \(buffer), overflow: \(overflow), maxRate: \(maxRate)\(burst > 0 ? ", burst: \(burst)" : "")}
       other:
         qos: {delivery: at-most-once}

@@ -4,32 +4,8 @@ import PMMRouter
 import PMMWire
 import Testing
 
-/// `events` at-least-once from `api` (SHARDS shards) to `worker` (REPLICAS replicas), round-robin.
-func reloadMesh(shards: Int, replicas: Int) -> String {
-    """
-    apiVersion: pmm/v1
-    kind: Mesh
-    name: reload
-    root: ROOT
-    dataTypes:
-      events:
-        shards: \(shards)
-        qos: {delivery: at-least-once}
-    services:
-      api:
-        uid: 0
-        produces: [{dataType: events}]
-      worker:
-        uid: 0
-        replicas: \(replicas)
-        consumes: [{dataType: events}]
-    routes:
-      events:
-        policy: round-robin
-        targets: [{service: worker}]
-
-    """
-}
+/// `events` at-least-once from `api` to `worker`, round-robin, with `shards` shards and `replicas` replicas.
+func reloadMesh(shards: Int, replicas: Int) -> String { faultMesh(replicas: replicas, shards: shards) }
 
 /// Reloads under traffic, with the real router process: the trap issue 11 starts from.
 @Suite(.enabled(if: isRoot, "services run as uid 0 so the test can play them all"), .serialized)

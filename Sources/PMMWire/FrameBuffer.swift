@@ -81,6 +81,12 @@ public struct FrameBuffer: Sendable {
         end = count
     }
 
+    /// Forgets the first `count` buffered bytes (at most `pending`).
+    public mutating func discard(_ count: Int) {
+        start += min(max(0, count), pending)
+        if start == end { reset() }
+    }
+
     /// Forgets every buffered byte (a reset after garbage).
     public mutating func reset() {
         start = 0

@@ -4,12 +4,21 @@ import PMMSystem
 /// Writes frames into a producer's ingress pipes, one per shard: the one place that knows how a producer
 /// writes (used by `Producer` and by `pmm send`).
 ///
-/// - One write(2) per frame: up to PIPE_BUF (4096 bytes) atomic when replicas share a pipe; a larger frame
-///   under an `flock` on the pipe, so frames never interleave.
+/// **The rule that keeps frames whole**: every frame, whatever its size, is written under an exclusive
+/// `flock` on the pipe, held until the last byte is in. The kernel makes a write of up to PIPE_BUF (4,096
+/// bytes) atomic only against other writes: a larger frame that meets a full pipe is written in pieces, and a
+/// small frame of another writer that took no lock would land between two pieces. So small writers lock too.
+/// Every writer of pmm's pipes (this type, hence `Producer` and `pmm send`) follows the rule; a hand-written
+/// producer sharing a pipe with others must follow it as well (DESIGN.md, "On the pipes"). The cost is two
+/// `flock` calls per frame (`pmm bench --writer frame` measures it).
+///
 /// - Blocking writes: a full pipe blocks the caller (back-pressure).
 /// - On EPIPE (the router went away, or apply replaced the pipe) it opens the pipe at its path again, which
 ///   waits for a reader, and only then closes the old descriptor: while a writer holds it the pipe keeps the
-///   frames the old router had not taken.
+///   frames the old router had not taken. A frame cut short by EPIPE is finished, not written again: when the
+///   path still names the same pipe, the rest of the frame follows the part already in it (under the lock it
+///   never released), so the next router reads one whole frame; when apply replaced the pipe, the part went
+///   with the old pipe and the whole frame goes into the new one.
 ///
 /// Not thread-safe; the caller serializes.
 public final class IngressFrameWriter {
@@ -26,6 +35,7 @@ public final class IngressFrameWriter {
         self.waitForFirstReader = waitForFirstReader
         self.onWait = onWait
         self.fds = Array(repeating: -1, count: paths.count)
+        // EPIPE instead of death when the router goes away (see PipeMesh's documentation on SIGPIPE).
         signal(SIGPIPE, SIG_IGN)
     }
 
@@ -33,26 +43,46 @@ public final class IngressFrameWriter {
 
     /// Writes one whole frame into `shard`'s pipe.
     public func write(_ frame: [UInt8], shard: Int) throws(PipeMeshError) {
+        if fds[shard] < 0 { fds[shard] = try open(paths[shard], wait: waitForFirstReader) }
+        var fd = fds[shard]
+        DescriptorLock.lock(fd)
+        defer { DescriptorLock.unlock(fd) }
+        var offset = 0
         while true {
-            if fds[shard] < 0 { fds[shard] = try open(paths[shard], wait: waitForFirstReader) }
-            let fd = fds[shard]
-            let locked = frame.count > Int(PIPE_BUF)
-            if locked { DescriptorLock.lock(fd) }
-            let failure = writeAll(fd, frame)
-            if locked { DescriptorLock.unlock(fd) }
+            let failure = writeAll(fd, frame, from: &offset)
             if failure == 0 { return }
             guard failure == EPIPE else { throw .pipe(path: paths[shard], reason: String(cString: strerror(failure))) }
+            // No reader. Opening the path again waits for one and tells whether it is still this pipe.
             let replacement = try open(paths[shard], wait: true)
+            if Self.samePipe(fd, replacement) {
+                // The part already written waits in this pipe for the new reader: go on from `offset` on the
+                // descriptor that holds the lock.
+                close(replacement)
+                continue
+            }
+            // Apply replaced the pipe: what was written went with the old one; the whole frame goes into the new.
+            DescriptorLock.unlock(fd)
             close(fd)
-            fds[shard] = replacement
+            fd = replacement
+            fds[shard] = fd
+            DescriptorLock.lock(fd)
+            offset = 0
         }
     }
 
-    /// Writes all of `frame`; returns 0 or the errno.
-    private func writeAll(_ fd: Int32, _ frame: [UInt8]) -> Int32 {
-        var offset = 0
+    /// Whether two descriptors are the same pipe (not a pipe apply put at the path meanwhile).
+    static func samePipe(_ a: Int32, _ b: Int32) -> Bool {
+        var sa = stat()
+        var sb = stat()
+        guard fstat(a, &sa) == 0, fstat(b, &sb) == 0 else { return false }
+        return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
+    }
+
+    /// Writes `frame` from `offset` on, advancing it; returns 0 or the errno.
+    private func writeAll(_ fd: Int32, _ frame: [UInt8], from offset: inout Int) -> Int32 {
         while offset < frame.count {
-            let n = frame.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            let start = offset
+            let n = frame.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + start, $0.count - start) }
             if n < 0 {
                 if errno == EINTR { continue }
                 return errno

@@ -126,10 +126,18 @@ public struct Registration: Sendable {
         return Producer(dataType: dataType, version: versions[dataType] ?? 0, source: service, paths: paths)
     }
 
-    /// The messages routed to this instance, decoded as `Message`; each checked against the declared version.
-    public func consumer<Message: SwiftProtobuf.Message>(for dataType: String, of: Message.Type = Message.self) throws(PipeMeshError) -> Consumer<Message> {
+    /// The messages routed to this instance, decoded as `Message` (every version the router sends it; see
+    /// `Consumer`).
+    ///
+    /// - Parameters:
+    ///   - bufferSize: messages read ahead of the app, at most; past that the pipe fills and the router routes
+    ///     elsewhere.
+    ///   - onSkip: called (on the reader thread) for each frame that could not be handed over.
+    public func consumer<Message: SwiftProtobuf.Message>(
+        for dataType: String, of: Message.Type = Message.self, bufferSize: Int = 256, onSkip: (@Sendable (SkippedFrame) -> Void)? = nil
+    ) throws(PipeMeshError) -> Consumer<Message> {
         guard let path = egress[dataType] else { throw .notRegistered(dataType: dataType) }
-        return Consumer(dataType: dataType, version: versions[dataType] ?? 0, path: path)
+        return Consumer(dataType: dataType, version: versions[dataType] ?? 0, path: path, bufferSize: bufferSize, onSkip: onSkip)
     }
 
     /// Sends a heartbeat every `interval` seconds on a background thread until the returned handle is

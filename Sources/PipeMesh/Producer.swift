@@ -1,57 +1,164 @@
+import Dispatch
 import Foundation
 import Glibc
 import PMMCore
 import PMMSystem
 import PMMWire
 public import SwiftProtobuf
+import Synchronization
 
 /// Sends typed messages into a service's ingress pipes: each wrapped in an envelope stamped with data type,
-/// schema version, source, sequence and time, framed, and written with one write(2) to the shard its key
-/// hashes to.
+/// schema version, source, sequence and time, framed, and written to the shard its key hashes to.
 ///
-/// Safe between replicas: a frame up to PIPE_BUF (4096 bytes) is written atomically; a larger one under an
-/// `flock` on the pipe, so frames never interleave. When the router goes away (EPIPE) or apply replaces the
-/// pipe, the producer waits for a reader and writes the frame again, keeping the old descriptor open until
-/// then so the pipe keeps what it held. A full pipe blocks `send`: that is the back-pressure.
-public final class Producer<Message: SwiftProtobuf.Message>: @unchecked Sendable {
+/// - Frames never interleave with other writers' (replicas sharing the pipe, `pmm send`): see
+///   `IngressFrameWriter` for the locking rule.
+/// - A full pipe is the back-pressure: `send(_:shardKey:headers:) async` suspends its task (the blocking write
+///   runs on the producer's own writer thread, never on a thread of Swift's cooperative pool); the synchronous
+///   `send` blocks its caller.
+/// - When the router goes away (EPIPE) or apply replaces the pipe, the producer waits for a reader and finishes
+///   the frame; nothing is lost or duplicated on the producer's side.
+/// - Sequence numbers follow the order in which sends are made; frames are written in that order.
+///
+/// Safe to share between tasks and threads. `close()` (or releasing the producer) stops the writer thread
+/// once the frames already handed to it are written.
+public final class Producer<Message: SwiftProtobuf.Message>: Sendable {
     public let dataType: String
     public let version: UInt32
     public let source: String
-    private let writer: IngressFrameWriter
-    private let lock = NSLock()
-    private var sequence: UInt64 = 0
+    let shards: Int
+    private let writer: WriterThread
 
     init(dataType: String, version: UInt32, source: String, paths: [String]) {
         self.dataType = dataType
         self.version = version
         self.source = source
-        self.writer = IngressFrameWriter(paths: paths)
+        self.shards = paths.count
+        self.writer = WriterThread(paths: paths)
     }
 
-    /// Sends `message` with `shardKey`; returns the sequence number it got.
+    deinit { writer.close() }
+
+    /// Sends `message` with `shardKey`; returns once the frame is in the pipe, with the sequence number it got.
+    /// A full pipe suspends the task (not a thread of the pool). Cancelling the task does not take back a frame
+    /// already handed to the writer.
     @discardableResult
     public func send(_ message: Message, shardKey: String, headers: [String: String] = [:]) async throws -> UInt64 {
-        try send(message, shardKey: Array(shardKey.utf8), headers: headers)
+        try await send(message, shardKey: Array(shardKey.utf8), headers: headers)
     }
 
-    /// The blocking form of `send`.
+    /// Sends `message` with `shardKey` (bytes); see `send(_:shardKey:headers:) async`.
     @discardableResult
-    public func send(_ message: Message, shardKey: [UInt8], headers: [String: String] = [:]) throws -> UInt64 {
+    public func send(_ message: Message, shardKey: [UInt8], headers: [String: String] = [:]) async throws -> UInt64 {
         let payload: Data = try message.serializedBytes()
-        return try lock.withLock { () throws -> UInt64 in
-            sequence += 1
-            var envelope = Envelope()
-            envelope.dataType = dataType
-            envelope.schemaVersion = version
-            envelope.shardKey = Data(shardKey)
-            envelope.source = source
-            envelope.sequence = sequence
-            envelope.sentAtUnixNanos = realtimeNanos()
-            envelope.payload = payload
-            envelope.headers = headers
-            let frame = try envelope.framed()
-            try writer.write(frame, shard: ShardHash.shard(forKey: shardKey, shards: writer.paths.count))
-            return sequence
+        try Task.checkCancellation()
+        return try await withCheckedThrowingContinuation { continuation in
+            writer.enqueue(job(payload: payload, shardKey: shardKey, headers: headers)) { continuation.resume(with: $0) }
+        }
+    }
+
+    /// The blocking form of `send`: returns once the frame is in the pipe.
+    @discardableResult
+    public func sendBlocking(_ message: Message, shardKey: [UInt8], headers: [String: String] = [:]) throws -> UInt64 {
+        let payload: Data = try message.serializedBytes()
+        let done = DispatchSemaphore(value: 0)
+        let outcome = Mutex<Result<UInt64, any Error>?>(nil)
+        writer.enqueue(job(payload: payload, shardKey: shardKey, headers: headers)) { result in
+            outcome.withLock { $0 = result }
+            done.signal()
+        }
+        done.wait()
+        return try outcome.withLock { $0! }.get()
+    }
+
+    /// Stops the writer thread after the frames already handed to it; later sends fail.
+    public func close() { writer.close() }
+
+    private func job(payload: Data, shardKey: [UInt8], headers: [String: String]) -> WriterThread.Job {
+        var envelope = Envelope()
+        envelope.dataType = dataType
+        envelope.schemaVersion = version
+        envelope.shardKey = Data(shardKey)
+        envelope.source = source
+        envelope.payload = payload
+        envelope.headers = headers
+        return WriterThread.Job(envelope: envelope, shard: ShardHash.shard(forKey: shardKey, shards: shards))
+    }
+}
+
+/// The thread that owns a producer's pipes: takes jobs in order, stamps each with the next sequence number
+/// and the time, and writes it (blocking while the pipe is full).
+final class WriterThread: Sendable {
+    struct Job: Sendable {
+        var envelope: Envelope
+        var shard: Int
+    }
+
+    typealias Completion = @Sendable (Result<UInt64, any Error>) -> Void
+
+    private struct State: ~Copyable {
+        var queue: [(Job, Completion)] = []
+        var head = 0
+        var closed = false
+        var running = false
+    }
+
+    private let paths: [String]
+    private let state = Mutex(State())
+    private let work = DispatchSemaphore(value: 0)
+
+    init(paths: [String]) { self.paths = paths }
+
+    func enqueue(_ job: Job, completion: @escaping Completion) {
+        let start = state.withLock { state -> Bool? in
+            guard !state.closed else { return nil }
+            state.queue.append((job, completion))
+            defer { state.running = true }
+            return !state.running
+        }
+        guard let start else { return completion(.failure(PipeMeshError.closed)) }
+        if start {
+            let thread = Thread { [self] in run() }
+            thread.name = "pmm-producer"
+            thread.start()
+        }
+        work.signal()
+    }
+
+    func close() {
+        state.withLock { $0.closed = true }
+        work.signal()
+    }
+
+    private func run() {
+        let writer = IngressFrameWriter(paths: paths)
+        var sequence: UInt64 = 0
+        while true {
+            work.wait()
+            while let (job, completion) = next() {
+                sequence += 1
+                var envelope = job.envelope
+                envelope.sequence = sequence
+                envelope.sentAtUnixNanos = realtimeNanos()
+                do {
+                    try writer.write(try envelope.framed(), shard: job.shard)
+                    completion(.success(sequence))
+                } catch {
+                    completion(.failure(error))
+                }
+            }
+            if state.withLock({ $0.closed && $0.head == $0.queue.count }) { return }
+        }
+    }
+
+    private func next() -> (Job, Completion)? {
+        state.withLock { state in
+            guard state.head < state.queue.count else {
+                state.queue.removeAll(keepingCapacity: true)
+                state.head = 0
+                return nil
+            }
+            defer { state.head += 1 }
+            return state.queue[state.head]
         }
     }
 }

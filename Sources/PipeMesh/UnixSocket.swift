@@ -11,8 +11,8 @@ public enum PipeMeshError: Error, CustomStringConvertible, Sendable, Equatable {
     case protocolError(String)
     /// A pipe could not be opened or written.
     case pipe(path: String, reason: String)
-    /// A message of a version the consumer cannot read.
-    case versionMismatch(dataType: String, expected: UInt32, found: UInt32)
+    /// The producer was closed.
+    case closed
     /// The data type is not one the registration produces or consumes.
     case notRegistered(dataType: String)
 
@@ -23,8 +23,7 @@ public enum PipeMeshError: Error, CustomStringConvertible, Sendable, Equatable {
         case .refused(let reason): "refused: \(reason)"
         case .protocolError(let reason): "control protocol: \(reason)"
         case .pipe(let path, let reason): "\(path): \(reason)"
-        case .versionMismatch(let dataType, let expected, let found):
-            "a '\(dataType)' message of schema version \(found) arrived; this consumer reads version \(expected)"
+        case .closed: "the producer is closed"
         case .notRegistered(let dataType): "this registration neither produces nor consumes '\(dataType)'"
         }
     }

@@ -15,8 +15,8 @@ struct Send: ParsableCommand {
             Each payload becomes one envelope (data type, version, shard key, source, sequence, time) written \
             with one write(2) to the ingress pipe of the shard the key hashes to. Payloads come from --payload \
             (repeated --count times) or, without it, one per line of standard input. The service defaults to \
-            the one whose uid is yours. Frames above PIPE_BUF (4096 bytes) are written under an flock on the \
-            pipe so they never interleave with other writers.
+            the one whose uid is yours. Every frame is written under an flock on the pipe, held until its last \
+            byte, so frames never interleave with other writers (replicas, other pmm send) whatever their sizes.
             """)
 
     @OptionGroup var state: StateOptions

@@ -163,6 +163,23 @@ func versionedMesh(root: String = "/run/pmm/v", mode: String) -> String {
         #expect(validate.stderr.contains("note: at v2.proto:\(expected.line)"))
     }
 
+    @Test func schemaCheck_namesTheFileAndLineOfAnImportedMessage() throws {
+        let dir = TemporaryDirectory()
+        dir.write("syntax = \"proto3\";\npackage p.v1;\nmessage Point {\n  int32 x = 1;\n}\n", to: "point1.proto")
+        dir.write("syntax = \"proto3\";\npackage p.v2;\nmessage Point {\n  int32 y = 2;\n  string x = 1;\n}\n", to: "point2.proto")
+        dir.write("syntax = \"proto3\";\npackage s.v1;\nimport \"point1.proto\";\nmessage Sample {\n  p.v1.Point at = 1;\n}\n", to: "v1.proto")
+        dir.write("syntax = \"proto3\";\npackage s.v2;\nimport \"point2.proto\";\nmessage Sample {\n  p.v2.Point at = 1;\n}\n", to: "v2.proto")
+        dir.write(versionedMesh(mode: "backward").replacingOccurrences(of: "MSG1", with: "s.v1.Sample").replacingOccurrences(of: "MSG2", with: "s.v2.Sample"))
+        let outcome = try pmm("schema", "check", "-f", "mesh.yaml", "-o", "json", in: dir.path)
+        let rows = try #require(try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [[String: Any]], "\(outcome.stderr)")
+        let violations = try #require(rows.first?["violations"] as? [[String: Any]])
+        #expect(violations.count == 1, "\(violations)")
+        #expect(violations.first?["summary"] as? String == "field 1 'x' changed type from int32 to string, which is not wire compatible")
+        #expect(violations.first?["message"] as? String == "p.v2.Point")
+        #expect(violations.first?["file"] as? String == "point2.proto")
+        #expect(violations.first?["line"] as? Int == 5)
+    }
+
     @Test func schemaCheck_printsTheMatrix() throws {
         let dir = TemporaryDirectory()
         dir.write(schemaCorpus[1].v1, to: "v1.proto")

@@ -24,10 +24,12 @@ public struct MessageSchema: Hashable, Sendable {
     public var isMapEntry: Bool
     /// 1-based line of the declaration, when protoc gave source info.
     public var line: Int?
+    /// The `.proto` file that declares it when that is an imported one; nil: the model's own file.
+    public var file: String?
 
     public init(
         name: String, fields: [FieldSchema] = [], reserved: [ClosedRange<Int>] = [], reservedNames: [String] = [], isMapEntry: Bool = false,
-        line: Int? = nil
+        line: Int? = nil, file: String? = nil
     ) {
         self.name = name
         self.fields = Dictionary(fields.map { ($0.number, $0) }, uniquingKeysWith: { a, _ in a })
@@ -35,6 +37,7 @@ public struct MessageSchema: Hashable, Sendable {
         self.reservedNames = reservedNames
         self.isMapEntry = isMapEntry
         self.line = line
+        self.file = file
     }
 
     public func reserves(_ number: Int) -> Bool { reserved.contains { $0.contains(number) } }
@@ -52,6 +55,7 @@ public struct FieldSchema: Hashable, Sendable {
 
         /// Types that read each other's bytes correctly (buf's FIELD_WIRE_COMPATIBLE_TYPE): varints; zigzag
         /// varints; 32-bit; 64-bit; length-delimited text and bytes; nested messages (compared field by field).
+        /// Between string, bytes and messages the verdict has a direction; `SchemaCompatibility` gives it.
         public var wireGroup: String {
             switch self {
             case .int32, .uint32, .int64, .uint64, .bool, .enum: "varint"
@@ -99,12 +103,41 @@ public struct EnumSchema: Hashable, Sendable {
     public var values: [Int: String]
     public var reserved: [ClosedRange<Int>]
     public var line: Int?
+    /// The `.proto` file that declares it when that is an imported one; nil: the model's own file.
+    public var file: String?
 
-    public init(name: String, values: [Int: String], reserved: [ClosedRange<Int>] = [], line: Int? = nil) {
+    public init(name: String, values: [Int: String], reserved: [ClosedRange<Int>] = [], line: Int? = nil, file: String? = nil) {
         self.name = name
         self.values = values
         self.reserved = reserved
         self.line = line
+        self.file = file
+    }
+}
+
+extension SchemaModel {
+    /// protoc's synthetic entry message (`LabelsEntry`: key 1, value 2) when `field` is a `map<K, V>`.
+    public func mapEntry(of field: FieldSchema) -> MessageSchema? {
+        guard field.label == .repeated, field.kind == .message, let type = field.typeName, let entry = messages[type], entry.isMapEntry else { return nil }
+        return entry
+    }
+
+    /// `field`'s type as declared: `map<string, int64>` for a map, else `int64`, `repeated string`, `shop.Sample`.
+    public func typeDescription(of field: FieldSchema) -> String {
+        guard let entry = mapEntry(of: field) else { return field.typeDescription }
+        let key = entry.fields[1].map { $0.typeName ?? $0.kind.rawValue } ?? "?"
+        let value = entry.fields[2].map { $0.typeName ?? $0.kind.rawValue } ?? "?"
+        return "map<\(key), \(value)>"
+    }
+
+    /// `field 3 'note'`, or `map field 2 'labels'`.
+    public func subject(of field: FieldSchema) -> String {
+        (mapEntry(of: field) == nil ? "field" : "map field") + " \(field.number) '\(field.name)'"
+    }
+
+    /// The file that declares message or enum `name`, as the spec names it.
+    public func file(declaring name: String) -> String {
+        messages[name]?.file ?? enums[name]?.file ?? file
     }
 }
 

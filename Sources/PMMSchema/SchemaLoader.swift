@@ -62,35 +62,38 @@ public enum SchemaLoader {
         do { set = try Google_Protobuf_FileDescriptorSet(serializedBytes: [UInt8](data)) } catch {
             throw .protocFailed(file: file, message: "unreadable descriptor set: \(error)")
         }
-        let model = model(of: set, mainFile: target, named: file)
+        let model = model(of: set, mainFile: target, named: file, include: file.hasPrefix("/") ? include : nil)
         guard model.messages[message] != nil else {
             throw .messageMissing(file: file, message: message, declared: Array(model.messages.filter { !$0.value.isMapEntry }.keys))
         }
         return model
     }
 
-    /// Converts a descriptor set; lines come from `mainFile`'s source info.
-    static func model(of set: Google_Protobuf_FileDescriptorSet, mainFile: String, named: String) -> SchemaModel {
+    /// Converts a descriptor set; lines come from each file's source info. `mainFile` (as protoc names it) is
+    /// `named` as the spec names it; an imported file keeps protoc's name, relative to the include directory
+    /// (the spec's directory, so the spec's naming too), or prefixed with `include` when that is absolute.
+    static func model(of set: Google_Protobuf_FileDescriptorSet, mainFile: String, named: String, include: String? = nil) -> SchemaModel {
         var model = SchemaModel(file: named)
         for file in set.file {
             var lines: [[Int32]: Int] = [:]
-            if file.name == mainFile {
-                for location in file.sourceCodeInfo.location where !location.span.isEmpty {
-                    lines[location.path] = Int(location.span[0]) + 1
-                }
+            for location in file.sourceCodeInfo.location where !location.span.isEmpty {
+                lines[location.path] = Int(location.span[0]) + 1
             }
+            let declaredIn = file.name == mainFile ? nil : include.map { "\($0)/\(file.name)" } ?? file.name
             let prefix = file.package.isEmpty ? "" : file.package + "."
             for (index, message) in file.messageType.enumerated() {
-                add(message, prefix: prefix, path: [4, Int32(index)], lines: lines, to: &model)
+                add(message, prefix: prefix, path: [4, Int32(index)], lines: lines, file: declaredIn, to: &model)
             }
             for (index, enumeration) in file.enumType.enumerated() {
-                add(enumeration, prefix: prefix, line: lines[[5, Int32(index)]], to: &model)
+                add(enumeration, prefix: prefix, line: lines[[5, Int32(index)]], file: declaredIn, to: &model)
             }
         }
         return model
     }
 
-    static func add(_ message: Google_Protobuf_DescriptorProto, prefix: String, path: [Int32], lines: [[Int32]: Int], to model: inout SchemaModel) {
+    static func add(
+        _ message: Google_Protobuf_DescriptorProto, prefix: String, path: [Int32], lines: [[Int32]: Int], file: String?, to model: inout SchemaModel
+    ) {
         let name = prefix + message.name
         let fields = message.field.enumerated().map { index, field -> FieldSchema in
             let oneof = field.hasOneofIndex && !field.proto3Optional && Int(field.oneofIndex) < message.oneofDecl.count
@@ -104,20 +107,20 @@ public enum SchemaLoader {
         let reserved = message.reservedRange.map { Int($0.start)...Int($0.end - 1) }
         model.messages[name] = MessageSchema(
             name: name, fields: fields, reserved: reserved, reservedNames: message.reservedName, isMapEntry: message.options.mapEntry,
-            line: lines[path])
+            line: lines[path], file: file)
         for (index, nested) in message.nestedType.enumerated() {
-            add(nested, prefix: name + ".", path: path + [3, Int32(index)], lines: lines, to: &model)
+            add(nested, prefix: name + ".", path: path + [3, Int32(index)], lines: lines, file: file, to: &model)
         }
         for (index, enumeration) in message.enumType.enumerated() {
-            add(enumeration, prefix: name + ".", line: lines[path + [4, Int32(index)]], to: &model)
+            add(enumeration, prefix: name + ".", line: lines[path + [4, Int32(index)]], file: file, to: &model)
         }
     }
 
-    static func add(_ enumeration: Google_Protobuf_EnumDescriptorProto, prefix: String, line: Int?, to model: inout SchemaModel) {
+    static func add(_ enumeration: Google_Protobuf_EnumDescriptorProto, prefix: String, line: Int?, file: String?, to model: inout SchemaModel) {
         let name = prefix + enumeration.name
         model.enums[name] = EnumSchema(
             name: name, values: Dictionary(enumeration.value.map { (Int($0.number), $0.name) }, uniquingKeysWith: { a, _ in a }),
-            reserved: enumeration.reservedRange.map { Int($0.start)...Int($0.end) }, line: line)
+            reserved: enumeration.reservedRange.map { Int($0.start)...Int($0.end) }, line: line, file: file)
     }
 
     static func kind(_ type: Google_Protobuf_FieldDescriptorProto.TypeEnum) -> FieldSchema.Kind {

@@ -18,6 +18,14 @@ struct SchemaCommand: ParsableCommand {
                 `forward`: a reader of the old version reads new data; `full`: both; `none`: versions are only read \
                 by their own readers. The router sends a frame of version v only to targets whose declared version \
                 can read v by this matrix.
+
+                Each change is judged by direction: string → bytes and message → bytes are backward compatible only \
+                (an old reader validates UTF-8, or parses the message); bytes → string and bytes → message forward \
+                only; singular → repeated backward only (a singular reader keeps one value), repeated → singular \
+                forward only; fields an old writer could set together, now in one oneof, forward only (a reader \
+                keeps the oneof's last member), and fields of one oneof split apart backward only; a single field \
+                moved into a new oneof is compatible. Each violation says which direction breaks and why, with the \
+                .proto file and line of the field; a map field is named by its field, not its entry message.
                 """)
 
         @OptionGroup var spec: SpecOptions

@@ -26,7 +26,6 @@ let compatCases: [CompatCase] = [
     CompatCase(name: "field added", old: [.init(number: 1, name: "a", kind: .int64)], new: [.init(number: 1, name: "a", kind: .int64), .init(number: 2, name: "b", kind: .string)]),
     CompatCase(name: "field renamed", old: [.init(number: 1, name: "a", kind: .int64)], new: [.init(number: 1, name: "renamed", kind: .int64)]),
     CompatCase(name: "int32 to int64", old: [.init(number: 1, name: "a", kind: .int32)], new: [.init(number: 1, name: "a", kind: .int64)]),
-    CompatCase(name: "string to bytes", old: [.init(number: 1, name: "a", kind: .string)], new: [.init(number: 1, name: "a", kind: .bytes)]),
     CompatCase(name: "fixed32 to sfixed32", old: [.init(number: 1, name: "a", kind: .fixed32)], new: [.init(number: 1, name: "a", kind: .sfixed32)]),
     CompatCase(name: "deleted, number reserved", old: [.init(number: 1, name: "a", kind: .int64), .init(number: 2, name: "b", kind: .string)], new: [.init(number: 1, name: "a", kind: .int64)], reserved: [2...2]),
     CompatCase(
@@ -41,12 +40,6 @@ let compatCases: [CompatCase] = [
     CompatCase(
         name: "double to float", old: [.init(number: 1, name: "a", kind: .double)], new: [.init(number: 1, name: "a", kind: .float)],
         summary: "changed type from double to float"),
-    CompatCase(
-        name: "singular to repeated", old: [.init(number: 1, name: "a", kind: .string)], new: [.init(number: 1, name: "a", kind: .string, label: .repeated)],
-        summary: "changed from string to repeated string"),
-    CompatCase(
-        name: "moved into a oneof", old: [.init(number: 1, name: "a", kind: .string)], new: [.init(number: 1, name: "a", kind: .string, oneof: "choice")],
-        summary: "moved from no oneof to oneof 'choice'"),
     CompatCase(
         name: "required added", old: [.init(number: 1, name: "a", kind: .string)],
         new: [.init(number: 1, name: "a", kind: .string), .init(number: 2, name: "b", kind: .int32, label: .required)],

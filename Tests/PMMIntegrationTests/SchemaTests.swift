@@ -12,6 +12,8 @@ struct SchemaPair: CustomTestStringConvertible, Sendable {
     var mode = "backward"
     /// nil: compatible; else a fragment of the violation and its line in v2.proto.
     var violation: (summary: String, line: Int)?
+    /// The field the violation is filed under, when the test names it.
+    var field: String?
     var testDescription: String { name }
 }
 
@@ -32,20 +34,68 @@ let schemaCorpus: [SchemaPair] = [
     SchemaPair(
         name: "deleted without reserving", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string name = 1;\n  int64 at = 2;\n}\n",
         v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  string name = 1;\n}\n",
-        violation: ("field 2 'at' was deleted without reserving its number", 3)),
+        violation: ("field 2 'at' was deleted without reserving its number (v1.proto:5)", 3)),
     SchemaPair(
         name: "nested message field changed",
-        v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Point {\n  int32 x = 1;\n}\nmessage Sample {\n  Point at = 1;\n}\n",
-        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Point {\n  repeated int32 x = 1;\n}\nmessage Sample {\n  Point at = 1;\n}\n",
-        violation: ("field 1 'x' changed from int32 to repeated int32", 4)),
+        v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Point {\n  repeated int32 x = 1;\n}\nmessage Sample {\n  Point at = 1;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Point {\n  int32 x = 1;\n}\nmessage Sample {\n  Point at = 1;\n}\n",
+        violation: ("field 1 'x' changed from repeated int32 to int32: a v2 reader of one int32 keeps at most the last of v1's values", 4)),
     SchemaPair(
         name: "enum value deleted", v1: "syntax = \"proto3\";\npackage s.v1;\nenum State {\n  UNKNOWN = 0;\n  ON = 1;\n}\nmessage Sample {\n  State s = 1;\n}\n",
         v2: "syntax = \"proto3\";\npackage s.v2;\nenum State {\n  UNKNOWN = 0;\n}\nmessage Sample {\n  State s = 1;\n}\n",
         violation: ("enum value 1 'ON' of s.v2.State was deleted", 3)),
     SchemaPair(
-        name: "oneof change", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string a = 1;\n}\n",
-        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  oneof pick {\n    string a = 1;\n  }\n}\n",
-        violation: ("moved from no oneof to oneof 'pick'", 5)),
+        name: "a single field moved into a new oneof", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string a = 1;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  oneof pick {\n    string a = 1;\n  }\n}\n", mode: "full"),
+    SchemaPair(
+        name: "two fields moved into one oneof", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string a = 1;\n  int64 b = 2;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  oneof pick {\n    string a = 1;\n    int64 b = 2;\n  }\n}\n",
+        violation: ("field 2 'b' is now in oneof 'pick' with field 1 'a': v1 data may set both, and a v2 reader keeps only the last; forward compatible only", 6),
+        field: "b"),
+    SchemaPair(
+        name: "two fields moved into one oneof, forward", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string a = 1;\n  int64 b = 2;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  oneof pick {\n    string a = 1;\n    int64 b = 2;\n  }\n}\n", mode: "forward"),
+    SchemaPair(
+        name: "string to bytes, backward", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string name = 1;\n  string note = 2;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  string name = 1;\n  bytes note = 2;\n}\n"),
+    SchemaPair(
+        name: "string to bytes, forward", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string name = 1;\n  string note = 2;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  string name = 1;\n  bytes note = 2;\n}\n", mode: "forward",
+        violation: ("field 2 'note' changed type from string to bytes: a v1 reader validates UTF-8, so v2's bytes may not decode; backward compatible only", 5),
+        field: "note"),
+    SchemaPair(
+        name: "bytes to string, backward", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string name = 1;\n  bytes note = 2;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  string name = 1;\n  string note = 2;\n}\n",
+        violation: ("field 2 'note' changed type from bytes to string: a v2 reader validates UTF-8, so v1's bytes may not decode; forward compatible only", 5)),
+    SchemaPair(
+        name: "message to bytes, backward", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Point {\n  int32 x = 1;\n}\nmessage Sample {\n  Point at = 1;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  bytes at = 1;\n}\n"),
+    SchemaPair(
+        name: "message to bytes, forward", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Point {\n  int32 x = 1;\n}\nmessage Sample {\n  Point at = 1;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  bytes at = 1;\n}\n", mode: "forward",
+        violation: ("field 1 'at' changed type from s.v1.Point to bytes: a v1 reader parses v2's bytes as s.v1.Point, and they may not be one; backward compatible only", 4)),
+    SchemaPair(
+        name: "singular to repeated string, backward", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string name = 1;\n  string tag = 2;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  string name = 1;\n  repeated string tag = 2;\n}\n"),
+    SchemaPair(
+        name: "singular to repeated string, forward", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string name = 1;\n  string tag = 2;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  string name = 1;\n  repeated string tag = 2;\n}\n", mode: "forward",
+        violation: ("field 2 'tag' changed from string to repeated string: a v1 reader of one string keeps only the last of v2's values; backward compatible only", 5)),
+    SchemaPair(
+        name: "map values string to bytes, forward",
+        v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string name = 1;\n  map<string, string> labels = 2;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  string name = 1;\n  map<string, bytes> labels = 2;\n}\n", mode: "forward",
+        violation: ("the values of map field 2 'labels' changed type from string to bytes: a v1 reader validates UTF-8", 5), field: "labels"),
+    SchemaPair(
+        name: "map values int64 to string",
+        v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string name = 1;\n  map<string, int64> labels = 2;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  string name = 1;\n  map<string, string> labels = 2;\n}\n",
+        violation: ("the values of map field 2 'labels' changed type from int64 to string, which is not wire compatible", 5), field: "labels"),
+    SchemaPair(
+        name: "map deleted",
+        v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  string name = 1;\n  map<string, int64> labels = 2;\n}\n",
+        v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  string name = 1;\n}\n",
+        violation: ("map field 2 'labels' was deleted without reserving its number (v1.proto:5)", 3), field: "labels"),
     SchemaPair(
         name: "type changed, but compatibility none", v1: "syntax = \"proto3\";\npackage s.v1;\nmessage Sample {\n  int64 at = 1;\n}\n",
         v2: "syntax = \"proto3\";\npackage s.v2;\nmessage Sample {\n  string at = 1;\n}\n", mode: "none"),
@@ -102,11 +152,32 @@ func versionedMesh(root: String = "/run/pmm/v", mode: String) -> String {
         #expect(found != nil, "\(violations)")
         #expect(found?["line"] as? Int == expected.line)
         #expect(found?["file"] as? String == "v2.proto")
+        if let field = pair.field { #expect(found?["field"] as? String == field) }
+        for violation in violations {
+            #expect(!"\(violation)".contains("Entry"), "a map is named by its field, not its entry message: \(violation)")
+        }
         // validate fails too, at the newer version's schema line, naming the file and line.
         let validate = try pmm("validate", "-f", "mesh.yaml", in: dir.path)
         #expect(validate.status == 1)
-        #expect(validate.stderr.contains("mesh.yaml:11:30: error: dataTypes.m.versions[1].schema: 'm' v1 → v2 is not backward compatible"), "\(validate.stderr)")
+        #expect(validate.stderr.contains("mesh.yaml:11:30: error: dataTypes.m.versions[1].schema: 'm' v1 → v2 is not \(pair.mode) compatible"), "\(validate.stderr)")
         #expect(validate.stderr.contains("note: at v2.proto:\(expected.line)"))
+    }
+
+    @Test func schemaCheck_namesTheFileAndLineOfAnImportedMessage() throws {
+        let dir = TemporaryDirectory()
+        dir.write("syntax = \"proto3\";\npackage p.v1;\nmessage Point {\n  int32 x = 1;\n}\n", to: "point1.proto")
+        dir.write("syntax = \"proto3\";\npackage p.v2;\nmessage Point {\n  int32 y = 2;\n  string x = 1;\n}\n", to: "point2.proto")
+        dir.write("syntax = \"proto3\";\npackage s.v1;\nimport \"point1.proto\";\nmessage Sample {\n  p.v1.Point at = 1;\n}\n", to: "v1.proto")
+        dir.write("syntax = \"proto3\";\npackage s.v2;\nimport \"point2.proto\";\nmessage Sample {\n  p.v2.Point at = 1;\n}\n", to: "v2.proto")
+        dir.write(versionedMesh(mode: "backward").replacingOccurrences(of: "MSG1", with: "s.v1.Sample").replacingOccurrences(of: "MSG2", with: "s.v2.Sample"))
+        let outcome = try pmm("schema", "check", "-f", "mesh.yaml", "-o", "json", in: dir.path)
+        let rows = try #require(try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [[String: Any]], "\(outcome.stderr)")
+        let violations = try #require(rows.first?["violations"] as? [[String: Any]])
+        #expect(violations.count == 1, "\(violations)")
+        #expect(violations.first?["summary"] as? String == "field 1 'x' changed type from int32 to string, which is not wire compatible")
+        #expect(violations.first?["message"] as? String == "p.v2.Point")
+        #expect(violations.first?["file"] as? String == "point2.proto")
+        #expect(violations.first?["line"] as? Int == 5)
     }
 
     @Test func schemaCheck_printsTheMatrix() throws {

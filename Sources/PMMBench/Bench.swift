@@ -17,10 +17,22 @@ public struct BenchConfig: Sendable {
     public var rate: Double = 0
     public var policy: RoutingPolicy = .shard
     public var delivery: Delivery = .atMostOnce
-    /// Bytes a producer writes per write(2) when unpaced.
+    /// Bytes a producer writes per write(2) when unpaced (with `writes == .batch`).
     public var batchBytes = 64 << 10
+    /// How producers write.
+    public var writes: WriteMode = .batch
 
     public init() {}
+}
+
+/// How a bench producer writes its frames.
+public enum WriteMode: String, Sendable, CaseIterable {
+    /// Many frames per write(2), up to `batchBytes` (a tuned producer; the default).
+    case batch
+    /// One write(2) per frame, no lock.
+    case frame
+    /// One write(2) per frame under the pipe's flock, as PipeMesh's `Producer` and `pmm send` write.
+    case lockedFrame = "locked-frame"
 }
 
 /// What one run measured.

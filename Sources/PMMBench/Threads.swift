@@ -115,7 +115,8 @@ final class ProducerThread: @unchecked Sendable {
             }
             batch.removeAll(keepingCapacity: true)
             var inBatch = 0
-            while sequence <= config.count && batch.count < config.batchBytes && inBatch < perTick {
+            let batchBytes = config.writes == .batch ? config.batchBytes : 1
+            while sequence <= config.count && batch.count < batchBytes && inBatch < perTick {
                 body.removeAll(keepingCapacity: true)
                 body += [0x0a, 0x05, 0x62, 0x65, 0x6e, 0x63, 0x68]  // data_type "bench"
                 let key = sequence % 1024
@@ -133,6 +134,9 @@ final class ProducerThread: @unchecked Sendable {
                 sequence += 1
                 inBatch += 1
             }
+            let locked = config.writes == .lockedFrame
+            if locked { DescriptorLock.lock(fd) }
+            defer { if locked { DescriptorLock.unlock(fd) } }
             var offset = 0
             while offset < batch.count {
                 let n = batch.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }

@@ -20,6 +20,11 @@ import PMMSystem
 ///   never released), so the next router reads one whole frame; when apply replaced the pipe, the part went
 ///   with the old pipe and the whole frame goes into the new one.
 ///
+/// **SIGPIPE**: a write to a pipe whose reader went away raises SIGPIPE, which kills a process by default. The
+/// caller must ignore it (`pmm send` does) or block it in the writing thread (`Producer`'s writer thread does,
+/// so a service using the library keeps its own SIGPIPE disposition); the write then fails with EPIPE, which
+/// this type handles.
+///
 /// Not thread-safe; the caller serializes.
 public final class IngressFrameWriter {
     /// The ingress pipe of each shard, in shard order.
@@ -35,8 +40,6 @@ public final class IngressFrameWriter {
         self.waitForFirstReader = waitForFirstReader
         self.onWait = onWait
         self.fds = Array(repeating: -1, count: paths.count)
-        // EPIPE instead of death when the router goes away (see PipeMesh's documentation on SIGPIPE).
-        signal(SIGPIPE, SIG_IGN)
     }
 
     deinit { for fd in fds where fd >= 0 { close(fd) } }

@@ -19,6 +19,8 @@ import Synchronization
 ///   the frame; nothing is lost or duplicated on the producer's side.
 /// - Sequence numbers follow the order in which sends are made; frames are written in that order.
 ///
+/// The process's SIGPIPE disposition is left alone: the writer thread blocks SIGPIPE for itself.
+///
 /// Safe to share between tasks and threads. `close()` (or releasing the producer) stops the writer thread
 /// once the frames already handed to it are written.
 public final class Producer<Message: SwiftProtobuf.Message>: Sendable {
@@ -130,6 +132,13 @@ final class WriterThread: Sendable {
     }
 
     private func run() {
+        // A write to a pipe whose router went away fails with EPIPE instead of killing the process: SIGPIPE is
+        // blocked in this thread only (a signal a write raises goes to the writing thread), so the app's own
+        // disposition of SIGPIPE is left as it was.
+        var pipeSignal = sigset_t()
+        sigemptyset(&pipeSignal)
+        sigaddset(&pipeSignal, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &pipeSignal, nil)
         let writer = IngressFrameWriter(paths: paths)
         var sequence: UInt64 = 0
         while true {

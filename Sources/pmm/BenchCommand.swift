@@ -39,6 +39,12 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Delivery: at-most-once or at-least-once (spooled to disk).")
     var delivery: String = "at-most-once"
 
+    @Option(
+        help: ArgumentHelp(
+            "How producers write: batch (many frames per write(2)), frame (one write(2) per frame), locked-frame (one per frame under the pipe's flock, as PipeMesh's Producer and pmm send do).",
+            valueName: "mode"))
+    var writes: String = "batch"
+
     @Option(help: "Repeat the pair of runs this many times and report medians.")
     var runs = 1
 
@@ -51,6 +57,9 @@ struct BenchCommand: ParsableCommand {
         guard count >= 1, runs >= 1, rate >= 0 else { throw ValidationError("--count and --runs must be positive, --rate not negative") }
         guard RoutingPolicy(rawValue: policy) != nil else { throw ValidationError("unknown --policy \(policy)") }
         guard Delivery(rawValue: delivery) != nil else { throw ValidationError("unknown --delivery \(delivery)") }
+        guard WriteMode(rawValue: writes) != nil else {
+            throw ValidationError("unknown --writes \(writes) (\(WriteMode.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
     }
 
     struct Report: Encodable {
@@ -69,6 +78,7 @@ struct BenchCommand: ParsableCommand {
         config.rate = rate
         config.policy = RoutingPolicy(rawValue: policy)!
         config.delivery = Delivery(rawValue: delivery)!
+        config.writes = WriteMode(rawValue: writes)!
         var template = Array((NSTemporaryDirectory() as NSString).appendingPathComponent("pmm-bench-XXXXXX").utf8CString)
         guard let made = mkdtemp(&template) else { throw ExitCode(1) }
         let workspace = String(cString: made)
@@ -77,7 +87,7 @@ struct BenchCommand: ParsableCommand {
         let interactive = isatty(STDERR_FILENO) == 1
         let bench = Bench(config: config, pmm: binary, workspace: workspace) { if interactive { printError($0) } }
         let workload =
-            "\(producers) producer(s) -> \(consumers) consumer(s), \(size) B payloads, \(count) per producer, \(rate > 0 ? "paced at \(Int(rate))/s per producer" : "unpaced"), policy \(policy), \(delivery)"
+            "\(producers) producer(s) -> \(consumers) consumer(s), \(size) B payloads, \(count) per producer, \(rate > 0 ? "paced at \(Int(rate))/s per producer" : "unpaced"), policy \(policy), \(delivery), \(writes) writes"
         if output == .text { print("pmm bench: \(workload)") }
         var all: [[BenchResult]] = []
         for run in 1...runs {

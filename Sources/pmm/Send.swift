@@ -59,6 +59,7 @@ struct Send: ParsableCommand {
     }
 
     func run() throws {
+        signal(SIGPIPE, SIG_IGN)  // a router that goes away is EPIPE, which the writer handles
         let (spec, producer, dataType, version) = try resolve()
         let writer = try IngressWriter(spec: spec, producer: producer, dataType: dataType)
         var envelope = Envelope()

@@ -215,6 +215,32 @@ struct ConsumerReadingTests {
         if case .undecodable = reasons.last {} else { Issue.record("second skip: \(reasons)") }
     }
 
+    @Test func cancellingTheTask_endsTheIteration_andClosesThePipe() async throws {
+        let dir = TemporaryDirectory("pmm-consumer")
+        let path = dir.path + "/egress"
+        #expect(mkfifo(path, 0o600) == 0)
+        let consumer = Consumer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 0, path: path)
+        let reading = Task {
+            var count = 0
+            for try await _ in consumer { count += 1 }
+            return count
+        }
+        var writer: Int32 = -1
+        try await waitForAsync("the consumer's open", timeout: 20) {
+            writer = open(path, O_WRONLY | O_NONBLOCK)
+            return writer >= 0
+        }
+        close(writer)
+        reading.cancel()
+        #expect(try await value(of: reading, within: 10) == 0)
+        // No reader any more: the router would see the instance gone and route elsewhere.
+        try await waitForAsync("the pipe closed", timeout: 5) {
+            let fd = open(path, O_WRONLY | O_NONBLOCK)
+            if fd >= 0 { close(fd) }
+            return fd < 0 && errno == ENXIO
+        }
+    }
+
     @Test func aFullBuffer_stopsReading_thePipeHoldsTheRest() async throws {
         let dir = TemporaryDirectory("pmm-consumer")
         let path = dir.path + "/egress"

@@ -75,7 +75,7 @@ final class ControlHarness {
     func spawnAs(_ uid: Int, _ binary: String, _ arguments: [String], output: String) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        process.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", binaries + "/" + binary] + arguments
+        process.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", binary.hasPrefix("/") ? binary : binaries + "/" + binary] + arguments
         _ = FileManager.default.createFile(atPath: output, contents: nil)
         process.standardOutput = FileHandle(forWritingAtPath: output)
         process.standardError = FileHandle(forWritingAtPath: output)
@@ -250,6 +250,31 @@ struct ControlTests {
         try waitFor("400 typed messages") { lines().count == 400 }
         #expect(lines().allSatisfy { $0.contains("cpu=") && $0.contains("host-") })
         #expect(Set(lines().map { $0.split(separator: ":")[0] }).count == 3, "every instance got some")
+    }
+
+    @Test func exampleProducer_keepsItsDefaultSIGPIPE_andSurvivesTheRouterDying() throws {
+        let c = try ControlHarness()
+        try c.mesh.startRouter()
+        let state = c.mesh.dir.path + "/state"
+        // example-producer never touches SIGPIPE: only its writer thread blocks it. It starts with the default
+        // disposition (env resets the SIG_IGN this test process would pass on).
+        let producer = try c.spawnAs(
+            1001, "/usr/bin/env",
+            ["--default-signal=PIPE", c.binaries + "/example-producer", "--state-dir", state, "--service", "api", "--count", "1500", "--rate", "500"],
+            output: c.mesh.dir.path + "/producer.log")
+        defer { if producer.isRunning { kill(producer.processIdentifier, SIGKILL) } }
+        usleep(1_000_000)
+        let status = (try? String(contentsOfFile: "/proc/\(producer.processIdentifier)/status", encoding: .utf8)) ?? ""
+        let ignored = status.split(separator: "\n").first { $0.hasPrefix("SigIgn:") }.flatMap { UInt64($0.split(separator: "\t").last ?? "", radix: 16) }
+        #expect(ignored.map { $0 & (1 << (UInt64(SIGPIPE) - 1)) == 0 } == true, "the producer ignores SIGPIPE: \(String(describing: ignored))")
+        c.mesh.signalRouter(SIGKILL)
+        c.mesh.router?.waitUntilExit()
+        usleep(500_000)
+        try c.mesh.startRouter()
+        producer.waitUntilExit()
+        let output = (try? String(contentsOfFile: c.mesh.dir.path + "/producer.log", encoding: .utf8)) ?? ""
+        #expect(producer.terminationReason == .exit && producer.terminationStatus == 0, "the producer died: \(producer.terminationReason) \(producer.terminationStatus) \(output)")
+        #expect(output.contains("sent 1500"), "\(output)")
     }
 
     @Test func commands_whenTheServerIsNotRunning_sayHowToStartIt() throws {

@@ -74,13 +74,24 @@ public struct RegistryError: Error, CustomStringConvertible, Sendable {
 
 /// The SQLite registry in the state directory: pmm's inventory of the pipes it made, the revisions it applied,
 /// and an event log. Every write is one transaction. Safe to share between threads (GRDB serializes access).
+///
+/// The event log is bounded: each insert deletes, in the same transaction, the rows older than the newest
+/// `maximumEvents`.
 public final class Registry: Sendable {
     let database: DatabaseQueue
     public let path: String
+    /// The event log keeps at most this many rows (the newest).
+    public let maximumEvents: Int
+
+    /// The default bound of the event log.
+    public static let defaultMaximumEvents = 10_000
 
     /// Opens (creating and migrating) the registry at `path`.
-    public init(path: String) throws(RegistryError) {
+    ///
+    /// - Parameter maximumEvents: the event log keeps the newest this many events (at least 1).
+    public init(path: String, maximumEvents: Int = Registry.defaultMaximumEvents) throws(RegistryError) {
         self.path = path
+        self.maximumEvents = max(1, maximumEvents)
         do {
             var configuration = Configuration()
             configuration.busyMode = .timeout(10)
@@ -99,8 +110,9 @@ public final class Registry: Sendable {
     }
 
     /// A registry in memory (real SQLite, nothing on disk), for tests and dry runs.
-    public init(inMemory name: String? = nil) throws(RegistryError) {
+    public init(inMemory name: String? = nil, maximumEvents: Int = Registry.defaultMaximumEvents) throws(RegistryError) {
         self.path = ":memory:"
+        self.maximumEvents = max(1, maximumEvents)
         do {
             database = try DatabaseQueue(named: name)
             try Self.migrator.migrate(database)
@@ -244,9 +256,7 @@ public final class Registry: Sendable {
                 ])
             var stored = revision
             stored.number = Int(db.lastInsertedRowID)
-            try db.execute(
-                sql: "INSERT INTO event (at, kind, message) VALUES (?, 'revision', ?)",
-                arguments: [revision.appliedAt, "revision \(stored.number) (\(revision.source)): \(revision.summary)"])
+            try insertEvent(db, at: revision.appliedAt, kind: "revision", message: "revision \(stored.number) (\(revision.source)): \(revision.summary)")
             return stored
         }
     }
@@ -327,9 +337,8 @@ public final class Registry: Sendable {
             try db.execute(
                 sql: "INSERT OR REPLACE INTO routingRule (dataType, service, weight, setBy, at) VALUES (?, ?, ?, ?, ?)",
                 arguments: [rule.dataType, rule.service, rule.weight, Int64(rule.setBy), rule.at])
-            try db.execute(
-                sql: "INSERT INTO event (at, kind, message) VALUES (?, 'routing-rule', ?)",
-                arguments: [rule.at, "uid \(rule.setBy) set \(rule.dataType) -> \(rule.service) weight \(rule.weight)"])
+            try insertEvent(
+                db, at: rule.at, kind: "routing-rule", message: "uid \(rule.setBy) set \(rule.dataType) -> \(rule.service) weight \(rule.weight)")
         }
     }
 
@@ -354,11 +363,22 @@ public final class Registry: Sendable {
 
     // MARK: Events
 
-    /// Appends an event to the log.
+    /// Appends an event to the log (dropping the oldest beyond `maximumEvents`).
     public func event(kind: String, message: String, at: String) throws(RegistryError) {
-        try write { db in
-            try db.execute(sql: "INSERT INTO event (at, kind, message) VALUES (?, ?, ?)", arguments: [at, kind, message])
-        }
+        try write { db in try insertEvent(db, at: at, kind: kind, message: message) }
+    }
+
+    /// Inserts an event and, in the caller's transaction, deletes those older than the newest `maximumEvents`.
+    /// Event ids only grow (AUTOINCREMENT), so the newest N are the ids above `last - N`: one range delete on
+    /// the primary key, however long the log.
+    func insertEvent(_ db: Database, at: String, kind: String, message: String) throws {
+        try db.execute(sql: "INSERT INTO event (at, kind, message) VALUES (?, ?, ?)", arguments: [at, kind, message])
+        try db.execute(sql: "DELETE FROM event WHERE id <= ?", arguments: [db.lastInsertedRowID - Int64(maximumEvents)])
+    }
+
+    /// How many events the log holds.
+    public func eventCount() throws(RegistryError) -> Int {
+        try read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM event") ?? 0 }
     }
 
     /// The newest events, newest last.

@@ -47,6 +47,11 @@ public final class Reconciler {
     public let state: StateDirectory
     public let registry: Registry
     let now: @Sendable () -> Date
+    /// The newest revision and its parsed spec, until a newer revision is recorded: the revision's text is parsed
+    /// once per revision, not once per control request.
+    var parsedRevision: (revision: Revision, loaded: LoadedSpec)?
+    /// How many times a revision's spec text was parsed for `currentRevision` (tests and diagnostics).
+    public private(set) var revisionParses = 0
 
     /// Opens the registry in `state` (creating the directory when `create`).
     public init(state: StateDirectory, create: Bool = true, now: @escaping @Sendable () -> Date = Date.init) throws(PMMError) {
@@ -145,10 +150,7 @@ public final class Reconciler {
     /// - Parameter runtime: apply the runtime routing rules and the rates registered instances asked for
     ///   (what the router routes by); false gives the revision's spec as applied.
     public func currentRevision(runtime: Bool = true) throws(PMMError) -> (revision: Revision, spec: MeshSpec)? {
-        let latest: Revision?
-        do { latest = try registry.latestRevision() } catch { throw .registry(error) }
-        guard let latest else { return nil }
-        let loaded = LoadedSpec.load(SpecFile(revision: latest), rootOverride: latest.root, checkSchemaFiles: false)
+        guard let (latest, loaded) = try latestParsedRevision() else { return nil }
         guard var spec = loaded.spec, !loaded.diagnostics.hasErrors else { throw .invalidSpec(loaded) }
         if runtime {
             do {
@@ -161,6 +163,24 @@ public final class Reconciler {
             } catch { throw .registry(error) }
         }
         return (latest, spec)
+    }
+
+    /// The newest revision with its spec parsed: from `parsedRevision` while no newer revision is recorded
+    /// (one small query per call), parsed again only when the number or the spec's digest changes.
+    func latestParsedRevision() throws(PMMError) -> (revision: Revision, loaded: LoadedSpec)? {
+        do {
+            guard let key = try registry.latestRevisionKey() else { return nil }
+            if let parsedRevision, parsedRevision.revision.number == key.number, parsedRevision.revision.specSHA256 == key.specSHA256 {
+                return parsedRevision
+            }
+            guard let latest = try registry.revision(key.number) else { return nil }
+            let loaded = LoadedSpec.load(SpecFile(revision: latest), rootOverride: latest.root, checkSchemaFiles: false)
+            revisionParses += 1
+            parsedRevision = (latest, loaded)
+            return (latest, loaded)
+        } catch {
+            throw .registry(error)
+        }
     }
 
     /// The checked compatibility matrix recorded with `revision` (nil when no schema check ran then).

@@ -273,6 +273,15 @@ public final class Registry: Sendable {
         }
     }
 
+    /// The newest revision's number and spec digest, without its text (a cheap check for a new revision).
+    public func latestRevisionKey() throws(RegistryError) -> (number: Int, specSHA256: String)? {
+        try read { db in
+            try Row.fetchOne(db, sql: "SELECT number, specSHA256 FROM revision ORDER BY number DESC LIMIT 1").map {
+                (number: $0["number"], specSHA256: $0["specSHA256"])
+            }
+        }
+    }
+
     /// The newest revision, or nil before the first apply.
     public func latestRevision() throws(RegistryError) -> Revision? {
         try read { db in

@@ -64,6 +64,35 @@ public struct InstanceRecord: Sendable, Hashable {
     }
 }
 
+/// What an apply was about to link into place, recorded before the link so that a crash between the link and
+/// the inventory row leaves a trace: the next apply (or self-heal) adopts the FIFO when it is this very inode,
+/// and drops the intent otherwise.
+public struct PipeIntent: Sendable, Hashable {
+    /// What the link does.
+    public enum Action: String, Sendable {
+        /// `linkat` of a new FIFO to a free name.
+        case create
+        /// `renameat` of a new FIFO over the old one.
+        case replace
+    }
+
+    public var action: Action
+    /// The pipe root the name is in.
+    public var root: String
+    /// The inventory row the apply would have written: the new FIFO's owner, mode, device and inode (known
+    /// before the link: the temporary FIFO is the same inode).
+    public var record: InventoryRecord
+    /// When the intent was recorded, ISO 8601 in UTC.
+    public var at: String
+
+    public init(action: Action, root: String, record: InventoryRecord, at: String) {
+        self.action = action
+        self.root = root
+        self.record = record
+        self.at = at
+    }
+}
+
 /// A failure of the registry, with the database path.
 public struct RegistryError: Error, CustomStringConvertible, Sendable {
     public var path: String
@@ -190,6 +219,25 @@ public final class Registry: Sendable {
         migrator.registerMigration("v3: the schema compatibility matrix of each revision") { db in
             try db.execute(sql: "ALTER TABLE revision ADD COLUMN schemaMatrix TEXT")
         }
+        migrator.registerMigration("v4: intents of an apply, written before a FIFO is linked into place") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE intent (
+                        name TEXT PRIMARY KEY,
+                        action TEXT NOT NULL,
+                        root TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        dataType TEXT NOT NULL,
+                        uid INTEGER NOT NULL,
+                        gid INTEGER NOT NULL,
+                        mode INTEGER NOT NULL,
+                        pipeSize INTEGER,
+                        device INTEGER NOT NULL,
+                        inode INTEGER NOT NULL,
+                        at TEXT NOT NULL
+                    );
+                    """)
+        }
         return migrator
     }
 
@@ -208,20 +256,25 @@ public final class Registry: Sendable {
         try read { db in
             var records: [String: InventoryRecord] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT * FROM inventory") {
-                let record = InventoryRecord(
-                    name: row["name"], kind: PipeKind(rawValue: row["kind"]) ?? .ingress, dataType: row["dataType"],
-                    uid: UInt32(row["uid"] as Int64), gid: UInt32(row["gid"] as Int64),
-                    mode: UInt32(row["mode"] as Int64), pipeSize: row["pipeSize"],
-                    device: UInt64(bitPattern: row["device"]), inode: UInt64(bitPattern: row["inode"]))
+                let record = Self.inventoryRecord(row)
                 records[record.name] = record
             }
             return records
         }
     }
 
-    /// Records a pipe pmm made or changed.
+    static func inventoryRecord(_ row: Row) -> InventoryRecord {
+        InventoryRecord(
+            name: row["name"], kind: PipeKind(rawValue: row["kind"]) ?? .ingress, dataType: row["dataType"],
+            uid: UInt32(row["uid"] as Int64), gid: UInt32(row["gid"] as Int64),
+            mode: UInt32(row["mode"] as Int64), pipeSize: row["pipeSize"],
+            device: UInt64(bitPattern: row["device"]), inode: UInt64(bitPattern: row["inode"]))
+    }
+
+    /// Records a pipe pmm made or changed, and ends the intent of that name (in the same transaction).
     public func record(_ record: InventoryRecord) throws(RegistryError) {
         try write { db in
+            try db.execute(sql: "DELETE FROM intent WHERE name = ?", arguments: [record.name])
             try db.execute(
                 sql: """
                     INSERT OR REPLACE INTO inventory (name, kind, dataType, uid, gid, mode, pipeSize, device, inode)
@@ -238,6 +291,42 @@ public final class Registry: Sendable {
     /// Forgets a pipe (after removing it, or when it is gone).
     public func forget(_ name: String) throws(RegistryError) {
         try write { db in try db.execute(sql: "DELETE FROM inventory WHERE name = ?", arguments: [name]) }
+    }
+
+    // MARK: Intents
+
+    /// Records what an apply is about to link into place (replacing an older intent of the same name).
+    /// `record(_:)` of that name ends it; `forgetIntent(_:)` drops it.
+    public func recordIntent(_ intent: PipeIntent) throws(RegistryError) {
+        try write { db in
+            let record = intent.record
+            try db.execute(
+                sql: """
+                    INSERT OR REPLACE INTO intent (name, action, root, kind, dataType, uid, gid, mode, pipeSize, device, inode, at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    record.name, intent.action.rawValue, intent.root, record.kind.rawValue, record.dataType, Int64(record.uid),
+                    Int64(record.gid), Int64(record.mode), record.pipeSize, Int64(bitPattern: record.device),
+                    Int64(bitPattern: record.inode), intent.at,
+                ])
+        }
+    }
+
+    /// Intents no apply finished (an apply that stopped between recording one and recording the pipe), by name.
+    public func intents() throws(RegistryError) -> [PipeIntent] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM intent ORDER BY name").map { row in
+                PipeIntent(
+                    action: PipeIntent.Action(rawValue: row["action"]) ?? .create, root: row["root"], record: Self.inventoryRecord(row),
+                    at: row["at"])
+            }
+        }
+    }
+
+    /// Drops the intent of `name` (the link it announced did not happen).
+    public func forgetIntent(_ name: String) throws(RegistryError) {
+        try write { db in try db.execute(sql: "DELETE FROM intent WHERE name = ?", arguments: [name]) }
     }
 
     // MARK: Revisions

@@ -45,7 +45,8 @@ final class ControlHarness {
     var serve: Process?
     var binaries: String { mesh.dir.path + "/bin" }
 
-    init(_ yaml: String = controlMesh(), interval: Double = 0.5) throws {
+    /// - Parameter arguments: more arguments for `pmm serve`.
+    init(_ yaml: String = controlMesh(), interval: Double = 0.5, arguments: [String] = []) throws {
         let schema = try String(contentsOfFile: packageRoot + "/schemas/shop/metrics_v2.proto", encoding: .utf8)
         mesh = try MeshHarness(yaml, files: ["metrics_v2.proto": schema])
         chmod(mesh.dir.path, 0o755)
@@ -56,7 +57,7 @@ final class ControlHarness {
             try FileManager.default.copyItem(atPath: source, toPath: binaries + "/" + name)
             chmod(binaries + "/" + name, 0o755)
         }
-        serve = try mesh.spawn(["serve", "-f", mesh.dir.specPath, mesh.stateArgument, "--interval", String(interval)], output: mesh.dir.path + "/serve.log")
+        serve = try mesh.spawn(["serve", "-f", mesh.dir.specPath, mesh.stateArgument, "--interval", String(interval)] + arguments, output: mesh.dir.path + "/serve.log")
         try waitFor("the control socket") { FileManager.default.fileExists(atPath: self.mesh.dir.path + "/state/pmm.sock") }
     }
 

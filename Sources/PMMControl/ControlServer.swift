@@ -26,6 +26,9 @@ public struct ControlOptions: Sendable {
     public var idleTimeout: Double = 30
     /// At most this many connections at once; more are closed at accept.
     public var maximumClients = 1024
+    /// At most this many connections per uid (root exempt); more are closed at accept, so that one user cannot
+    /// hold every slot of `maximumClients`.
+    public var maximumClientsPerUID = 64
     /// The largest request accepted, in bytes.
     public var maximumRequest = 64 << 10
     /// Answers a connection may leave unread, in bytes; beyond this it is closed (a client that sends and never
@@ -59,6 +62,8 @@ public final class ControlServer {
     let rootOverride: String?
     let listener: Int32
     var clients: [Int32: Client] = [:]
+    /// Open connections per uid, for `maximumClientsPerUID`.
+    var connectionsByUID: [UInt32: Int] = [:]
     var lastHeal: UInt64 = 0
     /// A descriptor kept in reserve so a connection can be refused when the process runs out of them.
     var spare: Int32 = open("/dev/null", O_RDONLY | O_CLOEXEC)
@@ -77,6 +82,8 @@ public final class ControlServer {
         public var rateLimited = 0
         /// Connections closed for leaving more than `maximumUnreadReplies` unread.
         public var unreadLimit = 0
+        /// Connections closed at accept because their uid held `maximumClientsPerUID` already.
+        public var perUIDLimit = 0
         /// Router signals and reloads saved by coalescing several in one pass of the loop.
         public var coalesced = 0
     }
@@ -257,6 +264,15 @@ public final class ControlServer {
                 continue
             }
             let peer = PeerCredentials(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid)
+            if peer.uid != 0, connectionsByUID[peer.uid, default: 0] >= options.maximumClientsPerUID {
+                close(fd)
+                counters.perUIDLimit += 1
+                clientEvent(
+                    "dropped", peer, "uid \(peer.uid) holds \(options.maximumClientsPerUID) connections already (the limit per uid); connection closed",
+                    now: monotonicNanos())
+                continue
+            }
+            connectionsByUID[peer.uid, default: 0] += 1
             clients[fd] = Client(fd: fd, peer: peer, maximumRequest: options.maximumRequest, now: monotonicNanos())
         }
     }
@@ -356,6 +372,8 @@ public final class ControlServer {
         client.outbound = []
         close(client.fd)
         if clients[client.fd] === client { clients[client.fd] = nil }
+        let remaining = connectionsByUID[client.peer.uid, default: 1] - 1
+        connectionsByUID[client.peer.uid] = remaining > 0 ? remaining : nil
     }
 
     func event(_ kind: String, _ message: String) {

@@ -24,7 +24,8 @@ struct Serve: ParsableCommand {
             The socket is open to every local user (0666), so no client can take the server down: each uid but \
             root may send --rate-limit requests/s (bursts of --rate-burst), and is answered "rate limited, retry \
             in …" beyond that while other uids are served; a connection that leaves more than \
-            --reply-buffer-limit bytes of answers unread is closed; events that clients cause (refusals, rate \
+            --reply-buffer-limit bytes of answers unread is closed; a uid other than root may hold \
+            --max-connections-per-uid connections at once; events that clients cause (refusals, rate \
             limits, malformed requests, closed connections) are logged one by one at most once per 10 s per kind \
             and uid, the rest summed up in one event; the registry keeps the newest 10,000 events.
             """)
@@ -50,6 +51,12 @@ struct Serve: ParsableCommand {
             valueName: "bytes"))
     var replyBufferLimit: Int = ControlOptions().maximumUnreadReplies
 
+    @Option(
+        help: ArgumentHelp(
+            "Connections one uid may hold at once (root is exempt); more are closed at accept, so one user cannot take every one of the 1024.",
+            valueName: "count"))
+    var maxConnectionsPerUid: Int = ControlOptions().maximumClientsPerUID
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -57,6 +64,7 @@ struct Serve: ParsableCommand {
         guard interval >= 0.1 else { throw ValidationError("--interval must be at least 0.1 seconds") }
         guard rateLimit >= 0, rateLimit.isFinite else { throw ValidationError("--rate-limit must be 0 (no limit) or more requests/s") }
         guard rateBurst >= 1, rateBurst.isFinite else { throw ValidationError("--rate-burst must be at least 1 request") }
+        guard maxConnectionsPerUid >= 1 else { throw ValidationError("--max-connections-per-uid must be at least 1") }
         guard replyBufferLimit >= 4096 else {
             throw ValidationError("--reply-buffer-limit must be at least 4096 bytes (one answer must fit)")
         }
@@ -77,6 +85,7 @@ struct Serve: ParsableCommand {
             options.rateLimit = rateLimit
             options.rateBurst = rateBurst
             options.maximumUnreadReplies = replyBufferLimit
+            options.maximumClientsPerUID = maxConnectionsPerUid
             let server: ControlServer
             do {
                 server = try ControlServer(

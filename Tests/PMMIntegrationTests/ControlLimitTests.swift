@@ -13,6 +13,7 @@ import Testing
 ///   JSON {answers, ok, errors: {reason: count}, samples, seconds}.
 /// - `shut-rd-routes N SERVICE`: shuts its read side, then sends N SetRoutingRule requests for SERVICE with
 ///   weights 1…N in one write, and waits half a second.
+/// - `hog N SECONDS`: opens N connections, prints how many the server closed, and holds the rest SECONDS.
 /// - `hold SECONDS`: connects, waits, sends one GetPipeName for api and prints `answered` or why not.
 let controlClient = """
     import errno, json, socket, sys, threading, time
@@ -126,6 +127,22 @@ let controlClient = """
         s.sendall(b"".join(frame(vi(1, i) + ld(5, ld(1, b"metrics") + ld(2, service.encode()) + vi(3, i))) for i in range(1, n + 1)))
         time.sleep(0.5)
         print("sent")
+    elif mode == "hog":
+        n, hold = int(sys.argv[3]), float(sys.argv[4])
+        held = []
+        for _ in range(n):
+            s = connect()
+            s.setblocking(False)
+            held.append(s)
+        time.sleep(0.5)
+        closed = 0
+        for s in held:
+            try:
+                if s.recv(1, socket.MSG_PEEK) == b"": closed += 1
+            except BlockingIOError:
+                pass
+        print(closed, flush=True)
+        time.sleep(hold)
     elif mode == "hold":
         s = connect()
         time.sleep(float(sys.argv[3]))
@@ -314,6 +331,23 @@ struct ControlLimitTests {
         try waitFor("the same sockets as before, no more, no fewer") { c.serveSockets == socketsBefore }
         let after = try pmm("pipe-name", c.mesh.stateArgument, "--data-type", "metrics", "--service", "api")
         #expect(after.status == 0, "\(after.stderr)")
+    }
+
+    /// uid 1001 opens 100 connections: past `--max-connections-per-uid` (64) they are closed at accept, and
+    /// uid 1500 still connects and is served while uid 1001 holds its 64.
+    @Test func uidHoggingConnections_isCappedAt64_anotherUidStillConnects() throws {
+        let c = try ControlHarness()
+        var admin: Outcome?
+        let hog = try c.client(as: 1001, ["hog", "100", "2"]) {
+            usleep(500_000)
+            admin = try? c.runAs(1500, "pmm", ["route", "set", c.mesh.stateArgument, "--data-type", "metrics", "--service", "canary", "--weight", "20"])
+        }
+        #expect(hog.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "36", "100 - 64 closed by the server: \(hog.stdout) \(hog.stderr)")
+        #expect(admin?.status == 0, "another uid is served: \(admin?.stderr ?? "")")
+        try waitFor("the event") { c.serveLog.contains("uid 1001 holds 64 connections already") }
+        let after = try c.runAs(1001, "pmm", ["pipe-name", c.mesh.stateArgument, "--data-type", "metrics"])
+        #expect(after.status == 0, "once it lets go, uid 1001 connects again: \(after.stderr)")
+        print("FIGURES connection cap: uid 1001 opened 100, the server closed \(hog.stdout.trimmingCharacters(in: .whitespacesAndNewlines)); uid 1500 served meanwhile")
     }
 
     /// 300 routing rules in one write make one router reload, not 300; ten SIGHUPs that arrive while serve is

@@ -47,9 +47,9 @@ public final class Reconciler {
     public let state: StateDirectory
     public let registry: Registry
     let now: @Sendable () -> Date
-    /// The newest revision and its parsed spec, until a newer revision is recorded: the revision's text is parsed
-    /// once per revision, not once per control request.
-    var parsedRevision: (revision: Revision, loaded: LoadedSpec)?
+    /// The newest revision and its parsed spec, until a newer revision is recorded (or another process changes
+    /// the registry): the revision's text is parsed once per change, not once per control request.
+    var parsedRevision: (revision: Revision, loaded: LoadedSpec, dataVersion: Int)?
     /// How many times a revision's spec text was parsed for `currentRevision` (tests and diagnostics).
     public private(set) var revisionParses = 0
     /// Tests only (`PMM_TEST_CRASH_BEFORE_LINK` / `PMM_TEST_CRASH_AFTER_LINK`): the pipe name before or after
@@ -183,18 +183,20 @@ public final class Reconciler {
         return (latest, spec)
     }
 
-    /// The newest revision with its spec parsed: from `parsedRevision` while no newer revision is recorded
-    /// (one small query per call), parsed again only when the number or the spec's digest changes.
+    /// The newest revision with its spec parsed: from `parsedRevision` while no newer revision is recorded and
+    /// no other process committed to the registry (one small query per call); parsed again otherwise.
     func latestParsedRevision() throws(PMMError) -> (revision: Revision, loaded: LoadedSpec)? {
         do {
             guard let key = try registry.latestRevisionKey() else { return nil }
-            if let parsedRevision, parsedRevision.revision.number == key.number, parsedRevision.revision.specSHA256 == key.specSHA256 {
-                return parsedRevision
+            if let parsedRevision, parsedRevision.revision.number == key.number, parsedRevision.revision.specSHA256 == key.specSHA256,
+                parsedRevision.dataVersion == key.dataVersion
+            {
+                return (parsedRevision.revision, parsedRevision.loaded)
             }
             guard let latest = try registry.revision(key.number) else { return nil }
             let loaded = LoadedSpec.load(SpecFile(revision: latest), rootOverride: latest.root, checkSchemaFiles: false)
             revisionParses += 1
-            parsedRevision = (latest, loaded)
+            parsedRevision = (latest, loaded, key.dataVersion)
             return (latest, loaded)
         } catch {
             throw .registry(error)

@@ -362,11 +362,17 @@ public final class Registry: Sendable {
         }
     }
 
-    /// The newest revision's number and spec digest, without its text (a cheap check for a new revision).
-    public func latestRevisionKey() throws(RegistryError) -> (number: Int, specSHA256: String)? {
+    /// The newest revision's number and spec digest, without its text, and SQLite's `data_version` (a cheap
+    /// check for a new or changed revision).
+    ///
+    /// `dataVersion` changes whenever another connection (another process: `pmm apply`, or someone editing the
+    /// file behind pmm's back) committed since the last call on this one; this registry's own writes leave it
+    /// alone. A cache keyed by all three is parsed again after any outside change, and never otherwise.
+    public func latestRevisionKey() throws(RegistryError) -> (number: Int, specSHA256: String, dataVersion: Int)? {
         try read { db in
-            try Row.fetchOne(db, sql: "SELECT number, specSHA256 FROM revision ORDER BY number DESC LIMIT 1").map {
-                (number: $0["number"], specSHA256: $0["specSHA256"])
+            let dataVersion = try Int.fetchOne(db, sql: "PRAGMA data_version") ?? 0
+            return try Row.fetchOne(db, sql: "SELECT number, specSHA256 FROM revision ORDER BY number DESC LIMIT 1").map {
+                (number: $0["number"], specSHA256: $0["specSHA256"], dataVersion: dataVersion)
             }
         }
     }

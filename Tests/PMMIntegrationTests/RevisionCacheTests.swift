@@ -2,6 +2,7 @@ import Foundation
 import PMMCore
 import PMMReconciler
 import PMMRegistry
+import PMMSystem
 import Testing
 
 /// What the control server reads per request: the spec of the current revision, parsed once per revision.
@@ -25,6 +26,22 @@ struct RevisionCacheTests {
         for _ in 0..<100 {
             #expect(try reconciler.currentRevision()?.spec.service(named: "collector")?.replicas == 3)
         }
+        #expect(reconciler.revisionParses == 2)
+    }
+
+    /// Revisions are never edited, but if the file is changed behind pmm's back, the change is seen (the
+    /// router's reload then fails on a corrupt revision instead of serving a stale parse).
+    @Test func currentRevision_whenAnotherProcessEditsTheRevision_parsesItAgain() throws {
+        let dir = TemporaryDirectory()
+        dir.writeSpec()
+        let reconciler = try Reconciler(state: dir.state)
+        _ = try reconciler.apply(try dir.load(), prune: false, dryRun: false)
+        _ = try reconciler.currentRevision()
+        let edit = try run(
+            "/usr/bin/python3",
+            ["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"update revision set specText='kind: ['\"); c.commit()", dir.state.registryPath])
+        #expect(edit.status == 0, "\(edit.stderr)")
+        #expect(throws: PMMError.self) { try reconciler.currentRevision() }
         #expect(reconciler.revisionParses == 2)
     }
 

@@ -59,6 +59,8 @@ final class ControlHarness {
         }
         serve = try mesh.spawn(["serve", "-f", mesh.dir.specPath, mesh.stateArgument, "--interval", String(interval)] + arguments, output: mesh.dir.path + "/serve.log")
         try waitFor("the control socket") { FileManager.default.fileExists(atPath: self.mesh.dir.path + "/state/pmm.sock") }
+        // Its loop runs (and SIGHUP is trapped) once it says so; a SIGHUP before that would be lost.
+        try waitFor("the loop serving") { self.serveLog.contains("serving the control API") }
     }
 
     deinit {
@@ -206,7 +208,7 @@ struct ControlTests {
         chmod(c.mesh.dir.root + "/api.metrics.s0.in", 0o666)
         try waitFor("the pipe back", timeout: 5) { FileManager.default.fileExists(atPath: path) }
         try waitFor("the mode repaired", timeout: 5) { c.mesh.dir.lstat("api.metrics.s0.in")?.mode == 0o240 }
-        #expect(c.serveLog.contains("self-heal repaired drift"))
+        try waitFor("the log line, written after the repair") { c.serveLog.contains("self-heal repaired drift") }
     }
 
     @Test func sighup_withAChangedSpec_reconciles_andAnInvalidOneIsRefused() throws {

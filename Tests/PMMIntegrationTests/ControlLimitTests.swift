@@ -239,7 +239,7 @@ struct ControlLimitTests {
     @Test func clientThatSendsAndNeverReads_isDisconnected_othersAreAnswered() throws {
         let c = try ControlHarness()
         let rssBefore = c.serveRSS
-        let flood = try c.client(["flood-no-read", "20"])
+        let flood = try c.client(["flood-no-read", "60"])
         let words = flood.stdout.split(separator: " ")
         #expect(words.first == "closed", "the server closes the connection: \(flood.stdout) \(flood.stderr)")
         let rssAfter = c.serveRSS
@@ -365,11 +365,14 @@ struct ControlLimitTests {
 
         // Ten SIGHUPs while serve works through 3,000 rules from 6 connections.
         let sighupLines = { c.serveLog.components(separatedBy: "SIGHUP: the spec has not changed").count - 1 }
+        let rulesBefore = Int(try c.sql("select count(*) from event where kind = 'routing-rule'")) ?? 0
         let busy = try (0..<6).map { _ in try c.startClient(["pipelined", "500", "route:canary"]) }
-        usleep(100_000)
+        try waitFor("serve busy with the rules") {
+            (Int((try? c.sql("select count(*) from event where kind = 'routing-rule'")) ?? "") ?? 0) > rulesBefore + 20
+        }
         for _ in 0..<10 {
             kill(c.serve!.processIdentifier, SIGHUP)
-            usleep(20_000)
+            usleep(5_000)
         }
         for process in busy { process.waitUntilExit() }
         try waitFor("a reload") { sighupLines() >= 1 }

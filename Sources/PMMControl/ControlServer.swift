@@ -26,8 +26,23 @@ public struct ControlOptions: Sendable {
     public var idleTimeout: Double = 30
     /// At most this many connections at once; more are closed at accept.
     public var maximumClients = 1024
+    /// At most this many connections per uid (root exempt); more are closed at accept, so that one user cannot
+    /// hold every slot of `maximumClients`.
+    public var maximumClientsPerUID = 64
     /// The largest request accepted, in bytes.
     public var maximumRequest = 64 << 10
+    /// Answers a connection may leave unread, in bytes; beyond this it is closed (a client that sends and never
+    /// reads would otherwise grow the server without bound).
+    public var maximumUnreadReplies = 1 << 20
+    /// Requests per second per uid (a token bucket shared by that uid's connections); 0: no limit. Root is
+    /// exempt: it may stop the server anyway, and the operator's own commands must never be refused.
+    public var rateLimit: Double = 200
+    /// Requests a uid may send at once before `rateLimit` applies (the bucket's size).
+    public var rateBurst: Double = 400
+    /// Per kind and uid, events caused by clients (refusals, rate limits, malformed requests, dropped
+    /// connections) are logged one by one at most once per this many seconds; the rest are counted and summed
+    /// up in one event when the window ends.
+    public var eventWindow: Double = 10
 
     public init() {}
 }
@@ -47,16 +62,30 @@ public final class ControlServer {
     let rootOverride: String?
     let listener: Int32
     var clients: [Int32: Client] = [:]
+    /// Open connections per uid, for `maximumClientsPerUID`.
+    var connectionsByUID: [UInt32: Int] = [:]
     var lastHeal: UInt64 = 0
     /// A descriptor kept in reserve so a connection can be refused when the process runs out of them.
     var spare: Int32 = open("/dev/null", O_RDONLY | O_CLOEXEC)
     public private(set) var counters = Counters()
+    var limiter: RateLimiter
+    var throttle: EventThrottle
+    /// Something the router must load happened in this pass of the loop; it is told once, at the end of the pass.
+    var routerSignalPending = false
 
     public struct Counters: Sendable {
         public var requests = 0
         public var refusals = 0
         public var malformed = 0
         public var repairs = 0
+        /// Requests answered "rate limited" (also counted in `refusals`).
+        public var rateLimited = 0
+        /// Connections closed for leaving more than `maximumUnreadReplies` unread.
+        public var unreadLimit = 0
+        /// Connections closed at accept because their uid held `maximumClientsPerUID` already.
+        public var perUIDLimit = 0
+        /// Router signals and reloads saved by coalescing several in one pass of the loop.
+        public var coalesced = 0
     }
 
     final class Client {
@@ -65,6 +94,9 @@ public final class ControlServer {
         var inbound: MessageBuffer
         var outbound: [UInt8] = []
         var lastActivity: UInt64
+        /// Closed by `drop`: its descriptor is not this client's any more (it may already be another's), so it
+        /// is never read, written or closed again.
+        var dropped = false
 
         init(fd: Int32, peer: PeerCredentials, maximumRequest: Int, now: UInt64) {
             self.fd = fd
@@ -84,6 +116,8 @@ public final class ControlServer {
         self.rootOverride = rootOverride
         self.options = options
         self.logger = logger
+        limiter = RateLimiter(rate: options.rateLimit, burst: options.rateBurst)
+        throttle = EventThrottle(seconds: options.eventWindow)
         listener = try Self.listen(at: reconciler.state.socketPath)
     }
 
@@ -150,11 +184,16 @@ public final class ControlServer {
     /// Serves until SIGTERM/SIGINT; SIGHUP re-reads the spec file and applies it.
     ///
     /// - Parameter onChange: called after anything the router must load (a new revision, a routing rule, a
-    ///   repair), e.g. to send it SIGHUP.
+    ///   repair), e.g. to send it SIGHUP; at most once per pass of the loop, however many changes the pass made.
+    ///   Likewise several SIGHUPs that arrive within one pass cause one reload.
     public func run(signals: SignalPipe, onChange: () -> Void) {
         logger.info("serving the control API", metadata: ["socket": "\(state.socketPath)"])
-        heal(onChange: onChange)
+        heal(onChange: noteChange)
         while true {
+            if routerSignalPending {
+                routerSignalPending = false
+                onChange()
+            }
             var fds = [pollfd(fd: signals.readFD, events: Int16(POLLIN), revents: 0), pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
             let order = Array(clients.keys)
             for fd in order {
@@ -163,11 +202,17 @@ public final class ControlServer {
             }
             _ = poll(&fds, nfds_t(fds.count), 200)
             if fds[0].revents != 0 {
+                var reloaded = false
                 for signal in signals.drain() {
                     switch signal {
-                    case .reload: reload(onChange: onChange)
+                    case .reload where reloaded:
+                        counters.coalesced += 1
+                    case .reload:
+                        reload(onChange: noteChange)
+                        reloaded = true
                     case .stop:
                         logger.info("stopping the control API")
+                        if routerSignalPending { onChange() }
                         return
                     }
                 }
@@ -178,14 +223,24 @@ public final class ControlServer {
                 guard let client = clients[fd] else { continue }
                 let revents = fds[slot + 2].revents
                 if revents & Int16(POLLOUT) != 0 { flush(client) }
-                if revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { read(client, now: now, onChange: onChange) }
+                if !client.dropped, revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { read(client, now: now) }
             }
             for client in clients.values where now - client.lastActivity > UInt64(options.idleTimeout * 1e9) {
                 logger.debug("closing an idle connection", metadata: ["pid": "\(client.peer.pid)"])
                 drop(client)
             }
-            if now - lastHeal >= UInt64(options.interval * 1e9) { heal(onChange: onChange) }
+            for summary in throttle.expired(now: now) { event(summary.kind, summary.message) }
+            if now - lastHeal >= UInt64(options.interval * 1e9) {
+                limiter.prune(now: now)
+                heal(onChange: noteChange)
+            }
         }
+    }
+
+    /// Marks that the router must load something; `run` tells it once, at the end of the pass.
+    func noteChange() {
+        if routerSignalPending { counters.coalesced += 1 }
+        routerSignalPending = true
     }
 
     func acceptClients() {
@@ -209,6 +264,15 @@ public final class ControlServer {
                 continue
             }
             let peer = PeerCredentials(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid)
+            if peer.uid != 0, connectionsByUID[peer.uid, default: 0] >= options.maximumClientsPerUID {
+                close(fd)
+                counters.perUIDLimit += 1
+                clientEvent(
+                    "dropped", peer, "uid \(peer.uid) holds \(options.maximumClientsPerUID) connections already (the limit per uid); connection closed",
+                    now: monotonicNanos())
+                continue
+            }
+            connectionsByUID[peer.uid, default: 0] += 1
             clients[fd] = Client(fd: fd, peer: peer, maximumRequest: options.maximumRequest, now: monotonicNanos())
         }
     }
@@ -223,7 +287,10 @@ public final class ControlServer {
         logger.warning("out of file descriptors; refused a connection", metadata: ["clients": "\(clients.count)"])
     }
 
-    func read(_ client: Client, now: UInt64, onChange: () -> Void) {
+    /// Reads what `client` sent and answers every whole request in it, in order. Stops as soon as the client
+    /// is dropped (a failed send, too many unread answers): the rest of what it sent is not acted on.
+    func read(_ client: Client, now: UInt64) {
+        guard !client.dropped else { return }
         var chunk = [UInt8](repeating: 0, count: 16 << 10)
         let n = recv(client.fd, &chunk, chunk.count, 0)
         if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) { return drop(client) }
@@ -231,29 +298,61 @@ public final class ControlServer {
         client.lastActivity = now
         client.inbound.append(chunk[0..<n])
         do {
-            while let body = try client.inbound.next() {
+            while !client.dropped, let body = try client.inbound.next() {
                 guard let request = try? Pmm_V1_Request(serializedBytes: body) else {
                     counters.malformed += 1
-                    event("malformed", "pid \(client.peer.pid) uid \(client.peer.uid): a request that is not a pmm.v1.Request; connection closed")
+                    clientEvent("malformed", client.peer, "a request that is not a pmm.v1.Request; connection closed", now: now)
                     return drop(client)
                 }
                 counters.requests += 1
-                let response = handle(request, from: client.peer, onChange: onChange)
-                if !response.ok {
+                let response: Pmm_V1_Response
+                if client.peer.uid != 0, let wait = limiter.take(uid: client.peer.uid, now: now) {
                     counters.refusals += 1
-                    event("refused", "pid \(client.peer.pid) uid \(client.peer.uid): \(response.error)")
+                    counters.rateLimited += 1
+                    response = rateLimited(request, peer: client.peer, retryIn: wait)
+                    clientEvent("rate-limited", client.peer, response.error, now: now)
+                } else {
+                    response = handle(request, from: client.peer, onChange: noteChange)
+                    if !response.ok {
+                        counters.refusals += 1
+                        clientEvent("refused", client.peer, response.error, now: now)
+                    }
                 }
                 client.outbound += (try? response.framed()) ?? []
+                if client.outbound.count > options.maximumUnreadReplies {
+                    counters.unreadLimit += 1
+                    clientEvent(
+                        "dropped", client.peer,
+                        "\(client.outbound.count) bytes of answers unread (limit \(options.maximumUnreadReplies)); connection closed", now: now)
+                    return drop(client)
+                }
                 flush(client)
             }
         } catch {
             counters.malformed += 1
-            event("malformed", "pid \(client.peer.pid) uid \(client.peer.uid): \(error); connection closed")
+            clientEvent("malformed", client.peer, "\(error); connection closed", now: now)
             drop(client)
         }
     }
 
+    /// The answer to a request over its uid's rate: a refusal that says when to try again.
+    func rateLimited(_ request: Pmm_V1_Request, peer: PeerCredentials, retryIn seconds: Double) -> Pmm_V1_Response {
+        var response = Pmm_V1_Response()
+        response.id = request.id
+        response.ok = false
+        let retry = seconds < 0.001 ? "0.001" : String(format: "%.3f", seconds)
+        response.error =
+            "rate limited: uid \(peer.uid) sent more than \(Self.number(options.rateLimit)) requests/s "
+            + "(burst \(Self.number(options.rateBurst))); retry in \(retry) s"
+        return response
+    }
+
+    static func number(_ value: Double) -> String {
+        value == value.rounded() && abs(value) < 1e15 ? String(Int(value)) : String(value)
+    }
+
     func flush(_ client: Client) {
+        guard !client.dropped else { return }
         while !client.outbound.isEmpty {
             let n = client.outbound.withUnsafeBytes { send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             if n > 0 {
@@ -265,14 +364,30 @@ public final class ControlServer {
         }
     }
 
+    /// Closes a client's connection, once: a dropped client is never closed again (its descriptor number may
+    /// belong to another connection or file by then).
     func drop(_ client: Client) {
+        guard !client.dropped else { return }
+        client.dropped = true
+        client.outbound = []
         close(client.fd)
-        clients[client.fd] = nil
+        if clients[client.fd] === client { clients[client.fd] = nil }
+        let remaining = connectionsByUID[client.peer.uid, default: 1] - 1
+        connectionsByUID[client.peer.uid] = remaining > 0 ? remaining : nil
     }
 
     func event(_ kind: String, _ message: String) {
         logger.notice("\(kind): \(message)")
         try? reconciler.registry.event(kind: kind, message: message, at: timestamp)
+    }
+
+    /// An event a client caused, through the throttle: one per kind and uid per `eventWindow` in full, the
+    /// others summed up when the window ends.
+    func clientEvent(_ kind: String, _ peer: PeerCredentials, _ message: String, now: UInt64) {
+        let text = "pid \(peer.pid) uid \(peer.uid): \(message)"
+        let admitted = throttle.admit(kind: kind, uid: peer.uid, message: text, now: now)
+        if let closed = admitted.closed { event(closed.kind, closed.message) }
+        if admitted.write { event(kind, text) }
     }
 
     var timestamp: String { ISO8601DateFormatter().string(from: Date()) }

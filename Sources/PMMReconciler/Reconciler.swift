@@ -47,11 +47,26 @@ public final class Reconciler {
     public let state: StateDirectory
     public let registry: Registry
     let now: @Sendable () -> Date
+    /// The newest revision and its parsed spec, until a newer revision is recorded (or another process changes
+    /// the registry): the revision's text is parsed once per change, not once per control request.
+    var parsedRevision: (revision: Revision, loaded: LoadedSpec, dataVersion: Int)?
+    /// How many times a revision's spec text was parsed for `currentRevision` (tests and diagnostics).
+    public private(set) var revisionParses = 0
+    /// Tests only (`PMM_TEST_CRASH_BEFORE_LINK` / `PMM_TEST_CRASH_AFTER_LINK`): the pipe name before or after
+    /// whose link into place this process `_exit`s, as a crash would stop it.
+    let crashBeforeLink: String?
+    let crashAfterLink: String?
+
+    /// The exit status of a crash asked for by `PMM_TEST_CRASH_BEFORE_LINK` or `PMM_TEST_CRASH_AFTER_LINK`.
+    public static let testCrashStatus: Int32 = 86
 
     /// Opens the registry in `state` (creating the directory when `create`).
     public init(state: StateDirectory, create: Bool = true, now: @escaping @Sendable () -> Date = Date.init) throws(PMMError) {
         self.state = state
         self.now = now
+        let environment = ProcessInfo.processInfo.environment
+        crashBeforeLink = environment["PMM_TEST_CRASH_BEFORE_LINK"].flatMap { $0.isEmpty ? nil : $0 }
+        crashAfterLink = environment["PMM_TEST_CRASH_AFTER_LINK"].flatMap { $0.isEmpty ? nil : $0 }
         do throws(FIFOError) {
             if create { try state.prepare() }
         } catch { throw .system(error) }
@@ -68,13 +83,20 @@ public final class Reconciler {
     }
 
     /// The root's entries and pmm's inventory. Refuses an unsafe root (a symlink, writable by others).
+    ///
+    /// A FIFO that an interrupted apply linked into place before recording it (its intent names this very inode)
+    /// counts as pmm's: the next apply adopts it (`finishIntents`), and `diff` says what that apply will do.
     public func observe(root path: String) throws(PMMError) -> ObservedState {
         do {
-            let inventory = try registry.inventory()
+            var inventory = try registry.inventory()
             guard let root = try PipeRoot.open(path) else {
                 return ObservedState(rootExists: false, files: [:], inventory: inventory)
             }
-            return ObservedState(rootExists: true, files: try root.scan(), inventory: inventory)
+            let files = try root.scan()
+            for intent in try registry.intents() where intent.root == path {
+                if let file = files[intent.record.name], intent.record.matches(file) { inventory[intent.record.name] = intent.record }
+            }
+            return ObservedState(rootExists: true, files: files, inventory: inventory)
         } catch let error as FIFOError {
             throw .system(error)
         } catch let error as RegistryError {
@@ -116,6 +138,7 @@ public final class Reconciler {
             lock = dryRun ? nil : try LockFile.acquire(at: state.lockPath, owner: "pmm \(source) -f \(loaded.file.displayPath)", now: timestamp)
         } catch { throw .system(error) }
         defer { withExtendedLifetime(lock) {} }
+        if !dryRun { try finishIntents() }
 
         let diff = try self.diff(spec, prune: prune)
         let plan = diff.plan
@@ -145,10 +168,7 @@ public final class Reconciler {
     /// - Parameter runtime: apply the runtime routing rules and the rates registered instances asked for
     ///   (what the router routes by); false gives the revision's spec as applied.
     public func currentRevision(runtime: Bool = true) throws(PMMError) -> (revision: Revision, spec: MeshSpec)? {
-        let latest: Revision?
-        do { latest = try registry.latestRevision() } catch { throw .registry(error) }
-        guard let latest else { return nil }
-        let loaded = LoadedSpec.load(SpecFile(revision: latest), rootOverride: latest.root, checkSchemaFiles: false)
+        guard let (latest, loaded) = try latestParsedRevision() else { return nil }
         guard var spec = loaded.spec, !loaded.diagnostics.hasErrors else { throw .invalidSpec(loaded) }
         if runtime {
             do {
@@ -161,6 +181,26 @@ public final class Reconciler {
             } catch { throw .registry(error) }
         }
         return (latest, spec)
+    }
+
+    /// The newest revision with its spec parsed: from `parsedRevision` while no newer revision is recorded and
+    /// no other process committed to the registry (one small query per call); parsed again otherwise.
+    func latestParsedRevision() throws(PMMError) -> (revision: Revision, loaded: LoadedSpec)? {
+        do {
+            guard let key = try registry.latestRevisionKey() else { return nil }
+            if let parsedRevision, parsedRevision.revision.number == key.number, parsedRevision.revision.specSHA256 == key.specSHA256,
+                parsedRevision.dataVersion == key.dataVersion
+            {
+                return (parsedRevision.revision, parsedRevision.loaded)
+            }
+            guard let latest = try registry.revision(key.number) else { return nil }
+            let loaded = LoadedSpec.load(SpecFile(revision: latest), rootOverride: latest.root, checkSchemaFiles: false)
+            revisionParses += 1
+            parsedRevision = (latest, loaded, key.dataVersion)
+            return (latest, loaded)
+        } catch {
+            throw .registry(error)
+        }
     }
 
     /// The checked compatibility matrix recorded with `revision` (nil when no schema check ran then).
@@ -228,6 +268,7 @@ public final class Reconciler {
             throw .system(error)
         }
         defer { withExtendedLifetime(lock) {} }
+        try finishIntents()
         let observed = try observe(root: spec.root)
         let plan = Planner.plan(desired: desiredPipes(spec), observed: observed, prune: false)
         guard plan.conflicts.isEmpty else { throw .conflicts(root: spec.root, plan.conflicts) }
@@ -242,12 +283,14 @@ public final class Reconciler {
         switch change.action {
         case .create:
             guard let pipe = change.desired else { return }
-            let file = try root.createFIFO(pipe.name, uid: pipe.uid, gid: pipe.gid, mode: pipe.mode)
-            try registry.record(InventoryRecord(pipe, file))
+            let prepared = try root.prepareFIFO(pipe.name, uid: pipe.uid, gid: pipe.gid, mode: pipe.mode)
+            try linkIntoPlace(prepared, for: pipe, action: .create, in: root) { () throws(FIFOError) in try root.link(prepared) }
         case .replace:
             guard let pipe = change.desired, let observed = change.observed else { return }
-            let file = try root.replaceFIFO(pipe.name, expected: observed, uid: pipe.uid, gid: pipe.gid, mode: pipe.mode)
-            try registry.record(InventoryRecord(pipe, file))
+            let prepared = try root.prepareFIFO(pipe.name, uid: pipe.uid, gid: pipe.gid, mode: pipe.mode)
+            try linkIntoPlace(prepared, for: pipe, action: .replace, in: root) { () throws(FIFOError) in
+                try root.rename(prepared, over: observed)
+            }
         case .update:
             guard let pipe = change.desired, let observed = change.observed else { return }
             let file = observed.mode == pipe.mode ? observed : try root.setMode(pipe.name, expected: observed, mode: pipe.mode)
@@ -260,6 +303,74 @@ public final class Reconciler {
         case .noop:
             return
         }
+    }
+
+    // MARK: Intents
+
+    /// Links a prepared FIFO into place with an intent recorded first, then records it in the inventory (which
+    /// ends the intent). A crash between the link and the inventory row leaves the intent, and the next apply
+    /// or self-heal finishes it (`finishIntents`) instead of refusing the pipe as foreign forever after.
+    func linkIntoPlace(
+        _ prepared: PipeRoot.PreparedFIFO, for pipe: DesiredPipe, action: PipeIntent.Action, in root: PipeRoot,
+        link: () throws(FIFOError) -> ObservedFile
+    ) throws {
+        do {
+            try registry.recordIntent(PipeIntent(action: action, root: root.path, record: InventoryRecord(pipe, prepared.file), at: timestamp))
+        } catch {
+            root.discard(prepared)
+            throw error
+        }
+        crashIfAsked(crashBeforeLink, pipe.name)
+        let file: ObservedFile
+        do {
+            file = try link()
+        } catch {
+            try? registry.forgetIntent(pipe.name)
+            throw error
+        }
+        crashIfAsked(crashAfterLink, pipe.name)
+        try registry.record(InventoryRecord(pipe, file))
+    }
+
+    /// Tests only: stops the process at once (no cleanup, no unwinding), as a crash or SIGKILL would.
+    func crashIfAsked(_ point: String?, _ name: String) {
+        guard let point, point == name || point == "*" else { return }
+        _exit(Self.testCrashStatus)
+    }
+
+    /// Finishes or undoes what an interrupted apply announced: for each intent left in the registry, a FIFO
+    /// at its name that is the intent's very inode (device and inode) was linked by pmm, and is adopted into
+    /// the inventory; anything else there (nothing, the old pipe, or what someone put there since) means the
+    /// link did not happen, and the intent is dropped (its temporary FIFO goes with the other leftovers). Each
+    /// outcome is an event. Runs under the apply lock, before observing.
+    ///
+    /// - Returns: what was done, one line per intent.
+    @discardableResult
+    public func finishIntents() throws(PMMError) -> [String] {
+        var done: [String] = []
+        do {
+            for intent in try registry.intents() {
+                let name = intent.record.name
+                let file = try PipeRoot.open(intent.root)?.stat(name)
+                let line: String
+                if let file, intent.record.matches(file) {
+                    try registry.record(intent.record)
+                    line = "adopted \(name) (inode \(file.inode)): an apply linked it into place (\(intent.action.rawValue)) and stopped before recording it"
+                } else {
+                    try registry.forgetIntent(name)
+                    line = "dropped the intent to \(intent.action.rawValue) \(name): the apply stopped before linking it into place"
+                }
+                try? registry.event(kind: "apply-recovered", message: line, at: timestamp)
+                done.append(line)
+            }
+        } catch let error as FIFOError {
+            throw .system(error)
+        } catch let error as RegistryError {
+            throw .registry(error)
+        } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
+        return done
     }
 
     /// `2 created, 1 replaced, 1 removed; routes changed`.

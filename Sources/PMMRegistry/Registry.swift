@@ -64,6 +64,35 @@ public struct InstanceRecord: Sendable, Hashable {
     }
 }
 
+/// What an apply was about to link into place, recorded before the link so that a crash between the link and
+/// the inventory row leaves a trace: the next apply (or self-heal) adopts the FIFO when it is this very inode,
+/// and drops the intent otherwise.
+public struct PipeIntent: Sendable, Hashable {
+    /// What the link does.
+    public enum Action: String, Sendable {
+        /// `linkat` of a new FIFO to a free name.
+        case create
+        /// `renameat` of a new FIFO over the old one.
+        case replace
+    }
+
+    public var action: Action
+    /// The pipe root the name is in.
+    public var root: String
+    /// The inventory row the apply would have written: the new FIFO's owner, mode, device and inode (known
+    /// before the link: the temporary FIFO is the same inode).
+    public var record: InventoryRecord
+    /// When the intent was recorded, ISO 8601 in UTC.
+    public var at: String
+
+    public init(action: Action, root: String, record: InventoryRecord, at: String) {
+        self.action = action
+        self.root = root
+        self.record = record
+        self.at = at
+    }
+}
+
 /// A failure of the registry, with the database path.
 public struct RegistryError: Error, CustomStringConvertible, Sendable {
     public var path: String
@@ -74,13 +103,24 @@ public struct RegistryError: Error, CustomStringConvertible, Sendable {
 
 /// The SQLite registry in the state directory: pmm's inventory of the pipes it made, the revisions it applied,
 /// and an event log. Every write is one transaction. Safe to share between threads (GRDB serializes access).
+///
+/// The event log is bounded: each insert deletes, in the same transaction, the rows older than the newest
+/// `maximumEvents`.
 public final class Registry: Sendable {
     let database: DatabaseQueue
     public let path: String
+    /// The event log keeps at most this many rows (the newest).
+    public let maximumEvents: Int
+
+    /// The default bound of the event log.
+    public static let defaultMaximumEvents = 10_000
 
     /// Opens (creating and migrating) the registry at `path`.
-    public init(path: String) throws(RegistryError) {
+    ///
+    /// - Parameter maximumEvents: the event log keeps the newest this many events (at least 1).
+    public init(path: String, maximumEvents: Int = Registry.defaultMaximumEvents) throws(RegistryError) {
         self.path = path
+        self.maximumEvents = max(1, maximumEvents)
         do {
             var configuration = Configuration()
             configuration.busyMode = .timeout(10)
@@ -99,8 +139,9 @@ public final class Registry: Sendable {
     }
 
     /// A registry in memory (real SQLite, nothing on disk), for tests and dry runs.
-    public init(inMemory name: String? = nil) throws(RegistryError) {
+    public init(inMemory name: String? = nil, maximumEvents: Int = Registry.defaultMaximumEvents) throws(RegistryError) {
         self.path = ":memory:"
+        self.maximumEvents = max(1, maximumEvents)
         do {
             database = try DatabaseQueue(named: name)
             try Self.migrator.migrate(database)
@@ -178,6 +219,25 @@ public final class Registry: Sendable {
         migrator.registerMigration("v3: the schema compatibility matrix of each revision") { db in
             try db.execute(sql: "ALTER TABLE revision ADD COLUMN schemaMatrix TEXT")
         }
+        migrator.registerMigration("v4: intents of an apply, written before a FIFO is linked into place") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE intent (
+                        name TEXT PRIMARY KEY,
+                        action TEXT NOT NULL,
+                        root TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        dataType TEXT NOT NULL,
+                        uid INTEGER NOT NULL,
+                        gid INTEGER NOT NULL,
+                        mode INTEGER NOT NULL,
+                        pipeSize INTEGER,
+                        device INTEGER NOT NULL,
+                        inode INTEGER NOT NULL,
+                        at TEXT NOT NULL
+                    );
+                    """)
+        }
         return migrator
     }
 
@@ -196,20 +256,25 @@ public final class Registry: Sendable {
         try read { db in
             var records: [String: InventoryRecord] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT * FROM inventory") {
-                let record = InventoryRecord(
-                    name: row["name"], kind: PipeKind(rawValue: row["kind"]) ?? .ingress, dataType: row["dataType"],
-                    uid: UInt32(row["uid"] as Int64), gid: UInt32(row["gid"] as Int64),
-                    mode: UInt32(row["mode"] as Int64), pipeSize: row["pipeSize"],
-                    device: UInt64(bitPattern: row["device"]), inode: UInt64(bitPattern: row["inode"]))
+                let record = Self.inventoryRecord(row)
                 records[record.name] = record
             }
             return records
         }
     }
 
-    /// Records a pipe pmm made or changed.
+    static func inventoryRecord(_ row: Row) -> InventoryRecord {
+        InventoryRecord(
+            name: row["name"], kind: PipeKind(rawValue: row["kind"]) ?? .ingress, dataType: row["dataType"],
+            uid: UInt32(row["uid"] as Int64), gid: UInt32(row["gid"] as Int64),
+            mode: UInt32(row["mode"] as Int64), pipeSize: row["pipeSize"],
+            device: UInt64(bitPattern: row["device"]), inode: UInt64(bitPattern: row["inode"]))
+    }
+
+    /// Records a pipe pmm made or changed, and ends the intent of that name (in the same transaction).
     public func record(_ record: InventoryRecord) throws(RegistryError) {
         try write { db in
+            try db.execute(sql: "DELETE FROM intent WHERE name = ?", arguments: [record.name])
             try db.execute(
                 sql: """
                     INSERT OR REPLACE INTO inventory (name, kind, dataType, uid, gid, mode, pipeSize, device, inode)
@@ -228,6 +293,42 @@ public final class Registry: Sendable {
         try write { db in try db.execute(sql: "DELETE FROM inventory WHERE name = ?", arguments: [name]) }
     }
 
+    // MARK: Intents
+
+    /// Records what an apply is about to link into place (replacing an older intent of the same name).
+    /// `record(_:)` of that name ends it; `forgetIntent(_:)` drops it.
+    public func recordIntent(_ intent: PipeIntent) throws(RegistryError) {
+        try write { db in
+            let record = intent.record
+            try db.execute(
+                sql: """
+                    INSERT OR REPLACE INTO intent (name, action, root, kind, dataType, uid, gid, mode, pipeSize, device, inode, at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    record.name, intent.action.rawValue, intent.root, record.kind.rawValue, record.dataType, Int64(record.uid),
+                    Int64(record.gid), Int64(record.mode), record.pipeSize, Int64(bitPattern: record.device),
+                    Int64(bitPattern: record.inode), intent.at,
+                ])
+        }
+    }
+
+    /// Intents no apply finished (an apply that stopped between recording one and recording the pipe), by name.
+    public func intents() throws(RegistryError) -> [PipeIntent] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM intent ORDER BY name").map { row in
+                PipeIntent(
+                    action: PipeIntent.Action(rawValue: row["action"]) ?? .create, root: row["root"], record: Self.inventoryRecord(row),
+                    at: row["at"])
+            }
+        }
+    }
+
+    /// Drops the intent of `name` (the link it announced did not happen).
+    public func forgetIntent(_ name: String) throws(RegistryError) {
+        try write { db in try db.execute(sql: "DELETE FROM intent WHERE name = ?", arguments: [name]) }
+    }
+
     // MARK: Revisions
 
     /// Records a revision and returns it with its number.
@@ -244,9 +345,7 @@ public final class Registry: Sendable {
                 ])
             var stored = revision
             stored.number = Int(db.lastInsertedRowID)
-            try db.execute(
-                sql: "INSERT INTO event (at, kind, message) VALUES (?, 'revision', ?)",
-                arguments: [revision.appliedAt, "revision \(stored.number) (\(revision.source)): \(revision.summary)"])
+            try insertEvent(db, at: revision.appliedAt, kind: "revision", message: "revision \(stored.number) (\(revision.source)): \(revision.summary)")
             return stored
         }
     }
@@ -260,6 +359,21 @@ public final class Registry: Sendable {
     public func revision(_ number: Int) throws(RegistryError) -> Revision? {
         try read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM revision WHERE number = ?", arguments: [number]).map(Self.revision)
+        }
+    }
+
+    /// The newest revision's number and spec digest, without its text, and SQLite's `data_version` (a cheap
+    /// check for a new or changed revision).
+    ///
+    /// `dataVersion` changes whenever another connection (another process: `pmm apply`, or someone editing the
+    /// file behind pmm's back) committed since the last call on this one; this registry's own writes leave it
+    /// alone. A cache keyed by all three is parsed again after any outside change, and never otherwise.
+    public func latestRevisionKey() throws(RegistryError) -> (number: Int, specSHA256: String, dataVersion: Int)? {
+        try read { db in
+            let dataVersion = try Int.fetchOne(db, sql: "PRAGMA data_version") ?? 0
+            return try Row.fetchOne(db, sql: "SELECT number, specSHA256 FROM revision ORDER BY number DESC LIMIT 1").map {
+                (number: $0["number"], specSHA256: $0["specSHA256"], dataVersion: dataVersion)
+            }
         }
     }
 
@@ -327,9 +441,8 @@ public final class Registry: Sendable {
             try db.execute(
                 sql: "INSERT OR REPLACE INTO routingRule (dataType, service, weight, setBy, at) VALUES (?, ?, ?, ?, ?)",
                 arguments: [rule.dataType, rule.service, rule.weight, Int64(rule.setBy), rule.at])
-            try db.execute(
-                sql: "INSERT INTO event (at, kind, message) VALUES (?, 'routing-rule', ?)",
-                arguments: [rule.at, "uid \(rule.setBy) set \(rule.dataType) -> \(rule.service) weight \(rule.weight)"])
+            try insertEvent(
+                db, at: rule.at, kind: "routing-rule", message: "uid \(rule.setBy) set \(rule.dataType) -> \(rule.service) weight \(rule.weight)")
         }
     }
 
@@ -354,11 +467,22 @@ public final class Registry: Sendable {
 
     // MARK: Events
 
-    /// Appends an event to the log.
+    /// Appends an event to the log (dropping the oldest beyond `maximumEvents`).
     public func event(kind: String, message: String, at: String) throws(RegistryError) {
-        try write { db in
-            try db.execute(sql: "INSERT INTO event (at, kind, message) VALUES (?, ?, ?)", arguments: [at, kind, message])
-        }
+        try write { db in try insertEvent(db, at: at, kind: kind, message: message) }
+    }
+
+    /// Inserts an event and, in the caller's transaction, deletes those older than the newest `maximumEvents`.
+    /// Event ids only grow (AUTOINCREMENT), so the newest N are the ids above `last - N`: one range delete on
+    /// the primary key, however long the log.
+    func insertEvent(_ db: Database, at: String, kind: String, message: String) throws {
+        try db.execute(sql: "INSERT INTO event (at, kind, message) VALUES (?, ?, ?)", arguments: [at, kind, message])
+        try db.execute(sql: "DELETE FROM event WHERE id <= ?", arguments: [db.lastInsertedRowID - Int64(maximumEvents)])
+    }
+
+    /// How many events the log holds.
+    public func eventCount() throws(RegistryError) -> Int {
+        try read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM event") ?? 0 }
     }
 
     /// The newest events, newest last.

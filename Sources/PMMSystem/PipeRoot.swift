@@ -187,24 +187,77 @@ public final class PipeRoot {
 
     // MARK: Changing
 
+    /// A FIFO made under a temporary name with its final owner and mode, not yet linked into place.
+    ///
+    /// Its device and inode are those the pipe will have at `name` (a link or a rename keeps the inode), so a
+    /// caller can record what it is about to link before it does (see `Reconciler`'s intents). Link it with
+    /// `link(_:)` or `rename(_:over:)`, or give it up with `discard(_:)`.
+    public struct PreparedFIFO: Sendable {
+        /// The name it is for.
+        public let name: String
+        /// Its temporary name in the root.
+        public let temporary: String
+        /// The new FIFO as it will be seen at `name`.
+        public let file: ObservedFile
+    }
+
+    /// Makes a FIFO for `name` under a temporary name with mode 0000, re-owns and re-modes it through a
+    /// descriptor, and returns it unlinked from `name`.
+    public func prepareFIFO(_ name: String, uid: UInt32, gid: UInt32, mode: UInt32) throws(FIFOError) -> PreparedFIFO {
+        try makeTemporaryFIFO(for: name, uid: uid, gid: gid, mode: mode)
+    }
+
+    /// Links a prepared FIFO to its free name (`linkat`; fails with `.exists` if anything is there) and removes
+    /// the temporary name, whatever happens.
+    @discardableResult
+    public func link(_ prepared: PreparedFIFO) throws(FIFOError) -> ObservedFile {
+        defer { discard(prepared) }
+        switch Sys.linkat(fd, prepared.temporary, prepared.name) {
+        case .success: break
+        case .failure(.fileExists):
+            throw FIFOError(.exists, path: child(prepared.name), "a file appeared here after planning; nothing was changed")
+        case .failure(let errno): throw .syscall("linkat", path: child(prepared.name), errno)
+        }
+        guard let created = try stat(prepared.name) else {
+            throw FIFOError(.changedSinceObserved, path: child(prepared.name), "the new FIFO vanished right after creation")
+        }
+        return created
+    }
+
+    /// Moves a prepared FIFO over the FIFO at its name, which must still be the inode `expected` (`renameat`:
+    /// the name is never absent). The temporary name is removed if the rename does not happen.
+    @discardableResult
+    public func rename(_ prepared: PreparedFIFO, over expected: ObservedFile) throws(FIFOError) -> ObservedFile {
+        do throws(FIFOError) {
+            try verify(prepared.name, expected: expected)
+        } catch {
+            discard(prepared)
+            throw error
+        }
+        switch Sys.renameat(fd, prepared.temporary, prepared.name) {
+        case .success: break
+        case .failure(let errno):
+            discard(prepared)
+            throw .syscall("renameat", path: child(prepared.name), errno)
+        }
+        guard let replaced = try stat(prepared.name) else {
+            throw FIFOError(.changedSinceObserved, path: child(prepared.name), "the new FIFO vanished right after creation")
+        }
+        return replaced
+    }
+
+    /// Removes a prepared FIFO's temporary name (a no-op once it was renamed into place).
+    public func discard(_ prepared: PreparedFIFO) {
+        _ = Sys.unlinkat(fd, prepared.temporary)
+    }
+
     /// Creates a FIFO at `name` with the given owner and mode. Fails with `.exists` if anything is there.
     ///
     /// The FIFO is made under a temporary name with mode 0000, re-owned and re-moded through a descriptor, and
     /// only then linked into place, so the pipe is never visible with the wrong owner or mode.
     @discardableResult
     public func createFIFO(_ name: String, uid: UInt32, gid: UInt32, mode: UInt32) throws(FIFOError) -> ObservedFile {
-        let temporary = try makeTemporaryFIFO(for: name, uid: uid, gid: gid, mode: mode)
-        defer { _ = Sys.unlinkat(fd, temporary) }
-        switch Sys.linkat(fd, temporary, name) {
-        case .success: break
-        case .failure(.fileExists):
-            throw FIFOError(.exists, path: child(name), "a file appeared here after planning; nothing was changed")
-        case .failure(let errno): throw .syscall("linkat", path: child(name), errno)
-        }
-        guard let created = try stat(name) else {
-            throw FIFOError(.changedSinceObserved, path: child(name), "the new FIFO vanished right after creation")
-        }
-        return created
+        try link(try prepareFIFO(name, uid: uid, gid: gid, mode: mode))
     }
 
     /// Replaces the FIFO at `name`, which must still be the inode `expected`, with a new one (a new inode):
@@ -214,17 +267,7 @@ public final class PipeRoot {
         throws(FIFOError) -> ObservedFile
     {
         try verify(name, expected: expected)
-        let temporary = try makeTemporaryFIFO(for: name, uid: uid, gid: gid, mode: mode)
-        switch Sys.renameat(fd, temporary, name) {
-        case .success: break
-        case .failure(let errno):
-            _ = Sys.unlinkat(fd, temporary)
-            throw .syscall("renameat", path: child(name), errno)
-        }
-        guard let replaced = try stat(name) else {
-            throw FIFOError(.changedSinceObserved, path: child(name), "the new FIFO vanished right after creation")
-        }
-        return replaced
+        return try rename(try prepareFIFO(name, uid: uid, gid: gid, mode: mode), over: expected)
     }
 
     /// Changes the mode of the FIFO at `name`, which must still be the inode `expected`, through an `O_PATH`
@@ -290,7 +333,7 @@ public final class PipeRoot {
         }
     }
 
-    func makeTemporaryFIFO(for name: String, uid: UInt32, gid: UInt32, mode: UInt32) throws(FIFOError) -> String {
+    func makeTemporaryFIFO(for name: String, uid: UInt32, gid: UInt32, mode: UInt32) throws(FIFOError) -> PreparedFIFO {
         let temporary = "\(Self.temporaryPrefix)\(getpid())-\(name)"
         _ = Sys.unlinkat(fd, temporary)
         if case .failure(let errno) = Sys.mkfifoat(fd, temporary, 0) {
@@ -317,7 +360,12 @@ public final class PipeRoot {
         if case .failure(let errno) = Sys.fchmod(pathDescriptor: pathFD, mode_t(mode)) {
             throw .syscall("chmod", path: child(name), errno)
         }
+        let made: Glibc.stat
+        switch Sys.fstat(pathFD) {
+        case .success(let value): made = value
+        case .failure(let errno): throw .syscall("fstat", path: child(temporary), errno)
+        }
         ok = true
-        return temporary
+        return PreparedFIFO(name: name, temporary: temporary, file: Self.observed(name, made))
     }
 }

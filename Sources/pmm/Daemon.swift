@@ -28,9 +28,11 @@ final class PollLoopService<Outcome: Sendable>: Service {
         let signals = self.signals
         let loop = self.loop
         await withGracefulShutdownHandler {
+            // Trapped before the loop starts, so a SIGHUP sent once the loop says it serves is never lost.
+            let hangups = await UnixSignalsSequence(trapping: .sighup)
             await withDiscardingTaskGroup { group in
                 group.addTask {
-                    for await _ in await UnixSignalsSequence(trapping: .sighup) { signals.send(.reload) }
+                    for await _ in hangups { signals.send(.reload) }
                 }
                 let result: Outcome = await withCheckedContinuation { continuation in
                     let thread = Thread { continuation.resume(returning: loop(signals)) }

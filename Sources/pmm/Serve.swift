@@ -18,7 +18,16 @@ struct Serve: ParsableCommand {
             pipes against the applied revision (deleted, re-moded or replaced by hand) and forgets registered \
             instances whose process is gone. SIGHUP re-reads FILE and applies it (an invalid spec is refused and \
             the current revision keeps serving); SIGTERM stops. A running router is sent SIGHUP whenever it must \
-            load something new.
+            load something new (once per pass of the loop, however many changes the pass made; several SIGHUPs \
+            within one pass are one reload).
+
+            The socket is open to every local user (0666), so no client can take the server down: each uid but \
+            root may send --rate-limit requests/s (bursts of --rate-burst), and is answered "rate limited, retry \
+            in …" beyond that while other uids are served; a connection that leaves more than \
+            --reply-buffer-limit bytes of answers unread is closed; a uid other than root may hold \
+            --max-connections-per-uid connections at once; events that clients cause (refusals, rate \
+            limits, malformed requests, closed connections) are logged one by one at most once per 10 s per kind \
+            and uid, the rest summed up in one event; the registry keeps the newest 10,000 events.
             """)
 
     @OptionGroup var spec: SpecOptions
@@ -27,11 +36,38 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp("Seconds between self-heal rounds.", valueName: "seconds"))
     var interval: Double = 5
 
+    @Option(
+        help: ArgumentHelp(
+            "Control requests per second each uid may send (one token bucket per uid, shared by its connections; root is exempt); 0: no limit.",
+            valueName: "requests/s"))
+    var rateLimit: Double = ControlOptions().rateLimit
+
+    @Option(help: ArgumentHelp("Requests a uid may send at once before --rate-limit applies.", valueName: "requests"))
+    var rateBurst: Double = ControlOptions().rateBurst
+
+    @Option(
+        help: ArgumentHelp(
+            "Bytes of answers a connection may leave unread; a client that sends requests and does not read the answers is disconnected beyond this.",
+            valueName: "bytes"))
+    var replyBufferLimit: Int = ControlOptions().maximumUnreadReplies
+
+    @Option(
+        help: ArgumentHelp(
+            "Connections one uid may hold at once (root is exempt); more are closed at accept, so one user cannot take every one of the 1024.",
+            valueName: "count"))
+    var maxConnectionsPerUid: Int = ControlOptions().maximumClientsPerUID
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     func validate() throws {
         guard interval >= 0.1 else { throw ValidationError("--interval must be at least 0.1 seconds") }
+        guard rateLimit >= 0, rateLimit.isFinite else { throw ValidationError("--rate-limit must be 0 (no limit) or more requests/s") }
+        guard rateBurst >= 1, rateBurst.isFinite else { throw ValidationError("--rate-burst must be at least 1 request") }
+        guard maxConnectionsPerUid >= 1 else { throw ValidationError("--max-connections-per-uid must be at least 1") }
+        guard replyBufferLimit >= 4096 else {
+            throw ValidationError("--reply-buffer-limit must be at least 4096 bytes (one answer must fit)")
+        }
     }
 
     func run() throws {
@@ -46,6 +82,10 @@ struct Serve: ParsableCommand {
             fflush(nil)
             var options = ControlOptions()
             options.interval = interval
+            options.rateLimit = rateLimit
+            options.rateBurst = rateBurst
+            options.maximumUnreadReplies = replyBufferLimit
+            options.maximumClientsPerUID = maxConnectionsPerUid
             let server: ControlServer
             do {
                 server = try ControlServer(

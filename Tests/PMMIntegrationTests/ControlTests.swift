@@ -45,7 +45,8 @@ final class ControlHarness {
     var serve: Process?
     var binaries: String { mesh.dir.path + "/bin" }
 
-    init(_ yaml: String = controlMesh(), interval: Double = 0.5) throws {
+    /// - Parameter arguments: more arguments for `pmm serve`.
+    init(_ yaml: String = controlMesh(), interval: Double = 0.5, arguments: [String] = []) throws {
         let schema = try String(contentsOfFile: packageRoot + "/schemas/shop/metrics_v2.proto", encoding: .utf8)
         mesh = try MeshHarness(yaml, files: ["metrics_v2.proto": schema])
         chmod(mesh.dir.path, 0o755)
@@ -56,8 +57,10 @@ final class ControlHarness {
             try FileManager.default.copyItem(atPath: source, toPath: binaries + "/" + name)
             chmod(binaries + "/" + name, 0o755)
         }
-        serve = try mesh.spawn(["serve", "-f", mesh.dir.specPath, mesh.stateArgument, "--interval", String(interval)], output: mesh.dir.path + "/serve.log")
+        serve = try mesh.spawn(["serve", "-f", mesh.dir.specPath, mesh.stateArgument, "--interval", String(interval)] + arguments, output: mesh.dir.path + "/serve.log")
         try waitFor("the control socket") { FileManager.default.fileExists(atPath: self.mesh.dir.path + "/state/pmm.sock") }
+        // Its loop runs (and SIGHUP is trapped) once it says so; a SIGHUP before that would be lost.
+        try waitFor("the loop serving") { self.serveLog.contains("serving the control API") }
     }
 
     deinit {
@@ -205,7 +208,7 @@ struct ControlTests {
         chmod(c.mesh.dir.root + "/api.metrics.s0.in", 0o666)
         try waitFor("the pipe back", timeout: 5) { FileManager.default.fileExists(atPath: path) }
         try waitFor("the mode repaired", timeout: 5) { c.mesh.dir.lstat("api.metrics.s0.in")?.mode == 0o240 }
-        #expect(c.serveLog.contains("self-heal repaired drift"))
+        try waitFor("the log line, written after the repair") { c.serveLog.contains("self-heal repaired drift") }
     }
 
     @Test func sighup_withAChangedSpec_reconciles_andAnInvalidOneIsRefused() throws {

@@ -95,7 +95,7 @@ public final class Consumer<Message: SwiftProtobuf.Message>: AsyncSequence, Send
         return Iterator(channel: channel)
     }
 
-    public struct Iterator: AsyncIteratorProtocol {
+    public struct Iterator: AsyncIteratorProtocol, Sendable {
         let owner: Owner
 
         init(channel: Channel) { owner = Owner(channel: channel) }

@@ -60,9 +60,11 @@ extension RouterCore {
 
         routes = routeNames.map { name in
             let spec = new.routes[name]!
+            let allEgress = spec.egressIndex.flatMap { $0.filter { $0 >= 0 } }
             return Route(
                 spec: spec, current: Array(repeating: 0, count: spec.entry.targets.count),
-                allEgress: spec.egressIndex.flatMap { $0.filter { $0 >= 0 } }, readable: Self.readable(spec))
+                allEgress: allEgress, readable: Self.readable(spec),
+                fallbackCapacity: allEgress.map { egress[$0].spec.capacity }.filter { $0 > 0 }.min() ?? 1)
         }
         routeSlots = newRouteSlots
 

@@ -191,6 +191,9 @@ public struct RouterCore: Sendable {
         var allEgress: [Int]
         /// Per schema version, which targets can read it; nil (or out of range) where every target can.
         var readable: [[Bool]?]
+        /// The capacity `least-loaded` assumes for an instance that declared none: the smallest declared by
+        /// the route's instances (an unknown consumer is taken to be as slow as the slowest known), else 1.
+        var fallbackCapacity = 1
         var name: String { spec.dataType }
         var capacity: Int { spec.qos.buffer }
     }

@@ -51,6 +51,11 @@ extension RouterCore {
         gone += oldEgress.values.sorted()
         for slot in gone {
             let frames = detach(slot)
+            if options.sabotage == .forgetRerouteOnRemovedEgress {
+                for frame in frames { if let tag = frame.meta.tag { complete(tag) } }
+                if egress[slot].open { actions.append(.closeEgress(egress[slot].id)) }
+                continue
+            }
             for frame in frames { orphans.append((frame, egress[slot].spec.dataType)) }
             if egress[slot].open { actions.append(.closeEgress(egress[slot].id)) }
         }

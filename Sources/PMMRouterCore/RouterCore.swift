@@ -37,6 +37,8 @@ package enum Sabotage: String, Sendable, CaseIterable {
     case staleRouteIndexAfterReload
     /// A frame counts as delivered (for the spool) when written, not when read.
     case completeAtWrite
+    /// An egress a reload takes away (a lease ended, a replica removed) drops what its reader had not read.
+    case forgetRerouteOnRemovedEgress
 }
 
 /// The router's decisions as a state machine: no syscalls, no clock, no randomness of its own.

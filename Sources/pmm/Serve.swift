@@ -82,12 +82,11 @@ struct Register: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "RegisterService through pmm serve: take a lease on an instance and print its pipes.",
         discussion: """
-            Only the uid the spec gives the service may register it (or root). A registration is a lease:
-
-              --pid P   it lives while process P lives (P must run as your uid; root may name any process);
-              --ttl D   it lasts D (60, 90s, 5m, 1h) and lives with no process, so it outlives this command;
-                        registering the same instance again as the same uid renews it;
-              neither   it lives with this command's own process, so it ends when the command exits.
+            Only the uid the spec gives the service may register it (or root). A registration is a lease. With \
+            --pid P it lives while process P lives (P must run as your uid; root may name any process). With \
+            --ttl D (60, 90s, 5m, 1h) it lives with no process for D, so it outlives this command; registering \
+            the same instance again as the same uid renews it. With neither, it lives with this command's own \
+            process and ends when the command exits.
 
             pmm serve ends a lease when its process dies, when its ttl passes without a renewal, or when \
             three heartbeats promised by a client (PipeMesh's startHeartbeats) are missed; each end is an event \

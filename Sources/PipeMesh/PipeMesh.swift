@@ -169,39 +169,57 @@ public struct Registration: Sendable {
 
     /// Sends a heartbeat every `interval` seconds on a background thread until the returned handle is
     /// cancelled (or the process exits). Each heartbeat promises the next: once they stop, the lease expires
-    /// after three intervals.
+    /// after three intervals. A refused heartbeat (the lease has ended) is kept in `lastError`, and the
+    /// beats go on (an instance that registers again under the same name is kept alive again).
     public func startHeartbeats(every interval: Double = 5) -> Heartbeats {
         let heartbeats = Heartbeats()
         let (mesh, instance) = (self.mesh, self.instance)
-        let thread = Thread {
-            while !heartbeats.isCancelled {
-                do throws(PipeMeshError) {
-                    try mesh.heartbeat(instance: instance, interval: interval)
-                    heartbeats.record(nil)
-                } catch {
-                    heartbeats.record(error)
-                }
-                heartbeats.sleep(interval)
-            }
-        }
-        thread.start()
+        Thread { _ = Self.beat(mesh, instance, every: interval, until: heartbeats, stopWhenRefused: false) }.start()
         return heartbeats
     }
 
     /// Sends a heartbeat every `interval` seconds until the task is cancelled; each promises the next, so the
     /// lease expires three intervals after they stop.
     ///
+    /// The beats come from a thread of their own, not from the task: a cooperative pool kept busy by other
+    /// work cannot make the lease miss them.
+    ///
     /// - Throws: `CancellationError` when cancelled; `.refused` when the lease has ended (register again).
-    ///   A server that does not answer is retried at the next beat.
+    ///   A server that does not answer is tried again at the next beat.
     public func sendHeartbeats(every interval: Double = 5) async throws {
-        while true {
+        let heartbeats = Heartbeats()
+        let (mesh, instance) = (self.mesh, self.instance)
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                Thread {
+                    if let refusal = Self.beat(mesh, instance, every: interval, until: heartbeats, stopWhenRefused: true) {
+                        continuation.resume(throwing: refusal)
+                    } else {
+                        continuation.resume(throwing: CancellationError())
+                    }
+                }.start()
+            }
+        } onCancel: {
+            heartbeats.cancel()
+        }
+    }
+
+    /// The heartbeat loop: until `heartbeats` is cancelled, or (when `stopWhenRefused`) the server refuses
+    /// one, which it returns.
+    static func beat(
+        _ mesh: PipeMesh, _ instance: String, every interval: Double, until heartbeats: Heartbeats, stopWhenRefused: Bool
+    ) -> PipeMeshError? {
+        while !heartbeats.isCancelled {
             do throws(PipeMeshError) {
                 try mesh.heartbeat(instance: instance, interval: interval)
+                heartbeats.record(nil)
             } catch {
-                if case .refused = error { throw error }
+                heartbeats.record(error)
+                if stopWhenRefused, case .refused = error { return error }
             }
-            try await Task.sleep(for: .seconds(interval))
+            heartbeats.sleep(interval)
         }
+        return nil
     }
 }
 

@@ -9,14 +9,23 @@ import Testing
 struct LeaseClientTests {
     @Test func sendHeartbeats_inATask_keepTheLease_untilTheTaskIsCancelled() async throws {
         let c = try ControlHarness(leasedMesh())
-        let registration = try PipeMesh(stateDirectory: c.mesh.dir.path + "/state").register(service: "collector", heartbeatInterval: 0.2)
+        let registration = try PipeMesh(stateDirectory: c.mesh.dir.path + "/state").register(service: "collector")
         let beating = Task { try await registration.sendHeartbeats(every: 0.2) }
-        try await Task.sleep(for: .seconds(1.5))
-        #expect(c.leases == [registration.instance], "seven intervals: alive only because of the heartbeats")
+        // The task needs a thread of the shared pool to start (other suites may hold them): wait without
+        // holding this one.
+        for _ in 0..<1000 where (try? c.query("select heartbeatSeconds from instance")) != ["0.2"] {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(try c.query("select heartbeatSeconds from instance") == ["0.2"], "each heartbeat promises the next")
+        // Seven intervals, without them the lease would have ended. This wait blocks this thread on purpose:
+        // once started, the beats must not need the pool.
+        usleep(1_500_000)
+        #expect(c.leases == [registration.instance])
         beating.cancel()
         let outcome = await beating.result
         #expect(throws: CancellationError.self) { try outcome.get() }
         try waitFor("three missed heartbeats", timeout: 5) { c.leases.isEmpty }
+        #expect(c.serveLog.contains("lease-expired: \(registration.instance): three heartbeats missed (promised every 0.2s)"))
     }
 
     @Test func aRegistryFromBeforeLeases_migrates_andItsRegistrationsLiveWithTheirProcess() throws {

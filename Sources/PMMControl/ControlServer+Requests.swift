@@ -21,13 +21,13 @@ extension ControlServer {
             case .registerService(let call):
                 response.registration = try register(call, peer: peer, spec: spec, onChange: onChange)
             case .deregisterService(let call):
-                try deregister(call, peer: peer, spec: spec)
+                try deregister(call, peer: peer, spec: spec, onChange: onChange)
             case .getPipeName(let call):
                 response.pipeName = try pipeName(call, peer: peer, spec: spec)
             case .setRoutingRule(let call):
                 response.routingRule = try setRoutingRule(call, peer: peer, onChange: onChange)
             case .heartbeat(let call):
-                try heartbeat(call, peer: peer)
+                try heartbeat(call, peer: peer, spec: spec)
             case nil:
                 throw Refusal("the request names no call")
             }
@@ -58,6 +58,10 @@ extension ControlServer {
         return service
     }
 
+    /// Longest ttl and heartbeat interval a lease may ask for, in seconds.
+    static let longestTTL: Double = 366 * 24 * 3600
+    static let longestHeartbeat: Double = 3600
+
     func register(_ call: Pmm_V1_RegisterService, peer: PeerCredentials, spec: MeshSpec, onChange: () -> Void) throws -> Pmm_V1_Registration {
         let service = try service(call.serviceID, in: spec, for: peer, action: "register")
         if !call.dataType.isEmpty, !(service.produces + service.consumes).contains(where: { $0.dataType == call.dataType }) {
@@ -66,33 +70,66 @@ extension ControlServer {
         guard call.maxRate <= UInt64(Limits.maxRate.upperBound) else {
             throw Refusal("max_rate must be at most \(Limits.maxRate.upperBound)")
         }
-        let registered = try reconciler.registry.instances()
-        let live = Dictionary(
-            registered.filter { $0.service == service.name && (kill($0.pid, 0) == 0 || errno == EPERM) }.map { ($0.instance, $0) },
-            uniquingKeysWith: { a, _ in a })
+        if call.capacity > 0 {
+            guard !service.consumes.isEmpty else {
+                throw Refusal("capacity applies to consumers; '\(service.name)' consumes nothing (a producer's volume is max_rate)")
+            }
+            guard call.capacity <= UInt64(Limits.capacity.upperBound) else {
+                throw Refusal("capacity must be at most \(Limits.capacity.upperBound) messages/s")
+            }
+        }
+        guard call.ttlSeconds == 0 || (call.ttlSeconds >= 0.1 && call.ttlSeconds <= Self.longestTTL) else {
+            throw Refusal("ttl_seconds must be 0 (none) or between 0.1 and \(Int(Self.longestTTL)) seconds, found \(call.ttlSeconds)")
+        }
+        guard call.heartbeatSeconds == 0 || (call.heartbeatSeconds >= 0.05 && call.heartbeatSeconds <= Self.longestHeartbeat) else {
+            throw Refusal("heartbeat_seconds must be 0 (none) or between 0.05 and \(Int(Self.longestHeartbeat)) seconds, found \(call.heartbeatSeconds)")
+        }
+        // The process the lease lives with: the one named (of the caller's uid; root may name any), none for a
+        // lease for a fixed time, else the caller itself.
+        let leasePID: Int32
+        if call.pid != 0 {
+            guard call.pid > 0, let owner = ProcessTable.uids(of: call.pid) else { throw Refusal("there is no process \(call.pid)") }
+            guard peer.uid == 0 || owner.real == peer.uid || owner.effective == peer.uid else {
+                throw Refusal("process \(call.pid) runs as uid \(owner.real), not uid \(peer.uid): a lease may name only a process of the caller's uid (root may name any)")
+            }
+            leasePID = call.pid
+        } else {
+            leasePID = call.ttlSeconds > 0 ? 0 : peer.pid
+        }
+        let startTime = leasePID > 0 ? ProcessTable.startTime(of: leasePID) ?? 0 : 0
+        let now = Date().timeIntervalSince1970
+        var live: [String: InstanceRecord] = [:]
+        for record in try reconciler.registry.instances() where record.service == service.name && isLive(record, now: now) {
+            live[record.instance] = record
+        }
+        // The same holder renews its lease: the same process, or, for a lease without one, the same uid.
+        func isMine(_ record: InstanceRecord) -> Bool {
+            leasePID != 0 ? record.pid == leasePID : (record.pid == 0 && record.uid == peer.uid)
+        }
         let instance: String
         if !call.instance.isEmpty {
             guard service.instanceNames.contains(call.instance) else {
                 throw Refusal("'\(call.instance)' is not an instance of '\(service.name)' (\(service.instanceNames.joined(separator: ", ")))")
             }
-            if let holder = live[call.instance], holder.pid != peer.pid {
-                throw Refusal("\(call.instance) is registered by pid \(holder.pid), which is alive")
+            if let holder = live[call.instance], !isMine(holder) {
+                throw Refusal("\(call.instance) holds a lease of \(Self.describeHolder(holder)); its uid may end it with pmm deregister --service \(service.name) --instance \(call.instance)")
             }
             instance = call.instance
-        } else if let mine = live.values.first(where: { $0.pid == peer.pid }) {
+        } else if leasePID != 0, let mine = live.values.sorted(by: { $0.instance < $1.instance }).first(where: { $0.pid == leasePID }) {
             instance = mine.instance
         } else if let free = service.instanceNames.first(where: { live[$0] == nil }) {
             instance = free
         } else {
-            throw Refusal("all \(service.replicas) replicas of '\(service.name)' are registered by live processes; raise replicas in the spec")
+            throw Refusal("all \(service.replicas) replicas of '\(service.name)' hold leases; raise replicas in the spec or end one with pmm deregister")
         }
-        let now = timestamp
-        try reconciler.registry.register(
-            InstanceRecord(
-                instance: instance, service: service.name, pid: peer.pid, uid: peer.uid, registeredAt: now, lastHeartbeat: now,
-                maxRate: Int(call.maxRate)))
-        event("registered", "\(instance) by pid \(peer.pid) uid \(peer.uid)")
-        if call.maxRate > 0 { onChange() }
+        let stamp = timestamp
+        let record = InstanceRecord(
+            instance: instance, service: service.name, pid: leasePID, uid: peer.uid, registeredAt: stamp, lastHeartbeat: stamp,
+            maxRate: Int(call.maxRate), ttlSeconds: call.ttlSeconds, heartbeatSeconds: call.heartbeatSeconds, renewedAt: now,
+            capacity: Int(call.capacity), pidStartTime: startTime)
+        try reconciler.registry.register(record)
+        event("registered", "\(instance) by pid \(peer.pid) uid \(peer.uid); lease: \(Self.describeLease(record))")
+        if affectsRouting(record, in: spec) || live[instance].map({ affectsRouting($0, in: spec) }) == true { onChange() }
 
         var registration = Pmm_V1_Registration()
         registration.serviceID = service.name
@@ -116,22 +153,65 @@ extension ControlServer {
             })
             registration.versions[dataType.name] = UInt32(binding.version ?? dataType.latestVersion ?? 0)
         }
+        registration.leasePid = record.pid
+        registration.ttlSeconds = record.ttlSeconds
+        registration.heartbeatSeconds = record.heartbeatSeconds
         return registration
     }
 
-    func deregister(_ call: Pmm_V1_DeregisterService, peer: PeerCredentials, spec: MeshSpec) throws {
+    /// Whether `record`'s lease still holds at `now` (seconds since 1970).
+    func isLive(_ record: InstanceRecord, now: Double) -> Bool {
+        record.leaseEnd(now: now, processAlive: ProcessTable.isAlive(pid: record.pid, startTime: record.pidStartTime)) == nil
+    }
+
+    /// Whether the router must reload when `record`'s lease starts or ends: it routes by it (a consumer with
+    /// `registration: required`), or by the rate or capacity it asked for.
+    func affectsRouting(_ record: InstanceRecord, in spec: MeshSpec) -> Bool {
+        record.maxRate > 0 || record.capacity > 0 || spec.service(named: record.service)?.registration == .required
+    }
+
+    /// `pid 4711`, `uid 1002 (no process)`.
+    static func describeHolder(_ record: InstanceRecord) -> String {
+        record.pid != 0 ? "pid \(record.pid), which is alive" : "uid \(record.uid) (\(describeLease(record)))"
+    }
+
+    /// `pid 4711`, `ttl 60s`, `pid 4711, heartbeats every 5s`.
+    static func describeLease(_ record: InstanceRecord) -> String {
+        var parts: [String] = []
+        if record.pid != 0 { parts.append("pid \(record.pid)") }
+        if record.ttlSeconds > 0 { parts.append("ttl \(InstanceRecord.LeaseEnd.seconds(record.ttlSeconds))") }
+        if record.heartbeatSeconds > 0 { parts.append("heartbeats every \(InstanceRecord.LeaseEnd.seconds(record.heartbeatSeconds))") }
+        return parts.joined(separator: ", ")
+    }
+
+    /// Ends leases of the service: the instance named, else those the calling process holds, else the
+    /// service's only registered instance. The service's uid (or root) may end any of its instances' leases,
+    /// whoever made them.
+    func deregister(_ call: Pmm_V1_DeregisterService, peer: PeerCredentials, spec: MeshSpec, onChange: () -> Void) throws {
         let service = try service(call.serviceID, in: spec, for: peer, action: "deregister")
-        let mine = try reconciler.registry.instances().filter { record in
-            record.service == service.name
-                && (call.instance.isEmpty ? (record.pid == peer.pid || peer.uid == 0) : record.instance == call.instance)
+        let records = try reconciler.registry.instances().filter { $0.service == service.name }
+        let chosen: [InstanceRecord]
+        if !call.instance.isEmpty {
+            chosen = records.filter { $0.instance == call.instance }
+            guard !chosen.isEmpty else {
+                throw Refusal("\(call.instance) holds no lease\(records.isEmpty ? "" : " (leases of '\(service.name)': \(records.map(\.instance).joined(separator: ", ")))")")
+            }
+        } else if case let mine = records.filter({ $0.pid == peer.pid }), !mine.isEmpty {
+            chosen = mine
+        } else if records.count == 1 {
+            chosen = records
+        } else if records.isEmpty {
+            throw Refusal("no instance of '\(service.name)' holds a lease")
+        } else {
+            throw Refusal("\(records.count) instances of '\(service.name)' hold leases (\(records.map(\.instance).joined(separator: ", "))); name one with --instance")
         }
-        guard !mine.isEmpty else {
-            throw Refusal(call.instance.isEmpty ? "pid \(peer.pid) has no registration of '\(service.name)'" : "\(call.instance) is not registered")
+        var changed = false
+        for record in chosen {
+            guard try reconciler.registry.deregister(instance: record.instance) else { continue }
+            event("deregistered", "\(record.instance) by pid \(peer.pid) uid \(peer.uid): its lease ended")
+            changed = changed || affectsRouting(record, in: spec)
         }
-        for record in mine {
-            try reconciler.registry.deregister(instance: record.instance)
-            event("deregistered", "\(record.instance) by pid \(peer.pid) uid \(peer.uid)")
-        }
+        if changed { onChange() }
     }
 
     func pipeName(_ call: Pmm_V1_GetPipeName, peer: PeerCredentials, spec: MeshSpec) throws -> Pmm_V1_PipeName {
@@ -177,11 +257,23 @@ extension ControlServer {
         }
     }
 
-    func heartbeat(_ call: Pmm_V1_Heartbeat, peer: PeerCredentials) throws {
+    /// Renews a lease; a positive interval is the heartbeat period promised from now on.
+    func heartbeat(_ call: Pmm_V1_Heartbeat, peer: PeerCredentials, spec: MeshSpec) throws {
         guard let record = try reconciler.registry.instances().first(where: { $0.instance == call.instance }) else {
-            throw Refusal("\(call.instance) is not registered")
+            throw Refusal("\(call.instance) holds no lease (it ended or was never made); register again")
         }
-        guard peer.uid == 0 || peer.uid == record.uid else { throw Refusal("uid \(peer.uid) may not heartbeat \(call.instance)") }
-        try reconciler.registry.heartbeat(instance: call.instance, at: timestamp)
+        let serviceUID = spec.service(named: record.service)?.uid
+        guard peer.uid == 0 || peer.uid == record.uid || peer.uid == serviceUID else {
+            throw Refusal("uid \(peer.uid) may not heartbeat \(call.instance)")
+        }
+        guard call.intervalSeconds == 0 || (call.intervalSeconds >= 0.05 && call.intervalSeconds <= Self.longestHeartbeat) else {
+            throw Refusal("interval_seconds must be 0 (keep the promise made) or between 0.05 and \(Int(Self.longestHeartbeat)) seconds")
+        }
+        guard isLive(record, now: Date().timeIntervalSince1970) else {
+            throw Refusal("\(call.instance)'s lease has ended; register again")
+        }
+        try reconciler.registry.heartbeat(
+            instance: call.instance, at: timestamp, renewedAt: Date().timeIntervalSince1970,
+            interval: call.intervalSeconds > 0 ? call.intervalSeconds : nil)
     }
 }

@@ -20,8 +20,11 @@ public struct PeerCredentials: Sendable, Equatable {
 
 /// Settings of `pmm serve`.
 public struct ControlOptions: Sendable {
-    /// Seconds between self-heal rounds (and checks of registered pids).
+    /// Seconds between self-heal rounds.
     public var interval: Double = 5
+    /// Seconds between checks of leases (a process gone, a ttl passed, three heartbeats missed): how late a
+    /// lease may end.
+    public var leaseCheckInterval: Double = 0.25
     /// A connection that sends nothing for this long is closed.
     public var idleTimeout: Double = 30
     /// At most this many connections at once; more are closed at accept.
@@ -65,6 +68,7 @@ public final class ControlServer {
     /// Open connections per uid, for `maximumClientsPerUID`.
     var connectionsByUID: [UInt32: Int] = [:]
     var lastHeal: UInt64 = 0
+    var lastLeaseCheck: UInt64 = 0
     /// A descriptor kept in reserve so a connection can be refused when the process runs out of them.
     var spare: Int32 = open("/dev/null", O_RDONLY | O_CLOEXEC)
     public private(set) var counters = Counters()
@@ -234,6 +238,8 @@ public final class ControlServer {
                 limiter.prune(now: now)
                 heal(onChange: noteChange)
             }
+            // (heal checks leases too, after `now` was read: lastLeaseCheck may be later than now.)
+            if now >= lastLeaseCheck + UInt64(options.leaseCheckInterval * 1e9) { endLeases(onChange: noteChange) }
         }
     }
 
@@ -394,7 +400,7 @@ public final class ControlServer {
 
     // MARK: Self-heal and reload
 
-    /// Repairs drift and forgets registered instances whose process is gone.
+    /// Repairs drift and ends leases that have ended.
     func heal(onChange: () -> Void) {
         lastHeal = monotonicNanos()
         do {
@@ -408,14 +414,29 @@ public final class ControlServer {
         } catch {
             logger.error("self-heal failed", metadata: ["error": "\(error)"])
         }
+        endLeases(onChange: onChange)
+    }
+
+    /// Removes the leases that have ended (process gone, ttl passed, three heartbeats missed), each with an
+    /// event, and has the router reload at once when it routed by one of them.
+    func endLeases(onChange: () -> Void) {
+        lastLeaseCheck = monotonicNanos()
         do {
-            for instance in try reconciler.registry.instances() where kill(instance.pid, 0) != 0 && errno == ESRCH {
-                try reconciler.registry.deregister(instance: instance.instance)
-                event("deregistered", "\(instance.instance): its process \(instance.pid) is gone")
-                if instance.maxRate > 0 { onChange() }
+            let now = Date().timeIntervalSince1970
+            let ended = try reconciler.registry.instances().compactMap { record in
+                record.leaseEnd(now: now, processAlive: ProcessTable.isAlive(pid: record.pid, startTime: record.pidStartTime)).map { (record, $0) }
             }
+            guard !ended.isEmpty else { return }
+            let spec = try reconciler.currentRevision(runtime: false)?.spec
+            var changed = false
+            for (record, end) in ended {
+                guard try reconciler.registry.deregister(instance: record.instance) else { continue }
+                event(end.kind, "\(record.instance): \(end); it leaves routing")
+                changed = changed || spec.map { affectsRouting(record, in: $0) } ?? true
+            }
+            if changed { onChange() }
         } catch {
-            logger.error("cannot check registered instances", metadata: ["error": "\(error)"])
+            logger.error("cannot check leases", metadata: ["error": "\(error)"])
         }
     }
 

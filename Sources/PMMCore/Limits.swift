@@ -9,6 +9,8 @@ public enum Limits {
     public static let burst = 0...100_000_000
     public static let buffer = 1...10_000_000
     public static let weight = 0...1_000_000
+    /// A consumer's `capacity` (messages/s).
+    public static let capacity = 1...100_000_000
     /// F_SETPIPE_SZ: one page up to 1 GiB (the kernel further caps it by `fs.pipe-max-size`).
     public static let pipeSize = 4096...(1 << 30)
     /// Pipes one mesh may ask for in total.

@@ -19,6 +19,10 @@ public struct MeshSpec: Hashable, Sendable {
     public var dataTypes: [DataType]
     public var services: [Service]
     public var routes: [Route]
+    /// Run time, not in the file: the instances that hold a lease now (`RegisterService`), by instance name.
+    /// `Reconciler.currentRevision` fills it from the registry; a spec as written holds none. An instance of
+    /// a service with `registration: required` is routed only while it is here.
+    public var leases: [String: InstanceLease] = [:]
 
     public init(
         apiVersion: String = MeshSpec.apiVersion,
@@ -45,6 +49,30 @@ public struct MeshSpec: Hashable, Sendable {
     public func dataType(named name: String) -> DataType? { dataTypes.first { $0.name == name } }
     public func service(named name: String) -> Service? { services.first { $0.name == name } }
     public func route(for dataType: String) -> Route? { routes.first { $0.dataType == dataType } }
+
+    /// Whether `instance` of `service` may receive frames now: always under `registration: optional`, only
+    /// while it holds a lease under `required`.
+    public func isRouted(instance: String, of service: Service) -> Bool {
+        service.registration == .optional || leases[instance] != nil
+    }
+}
+
+/// What the router needs to know of an instance's lease.
+public struct InstanceLease: Hashable, Sendable {
+    /// The expected volume (messages/s) it registered with, which `least-loaded` weighs; 0 when it gave none.
+    public var capacity: Int
+
+    public init(capacity: Int = 0) {
+        self.capacity = capacity
+    }
+}
+
+/// Whether a consumer service's instances must hold a lease to receive frames.
+public enum RegistrationPolicy: String, Hashable, Sendable, CaseIterable {
+    /// Every replica is routed, registered or not (the default).
+    case optional
+    /// Only instances holding a lease (`RegisterService`) are routed.
+    case required
 }
 
 /// A kind of message that flows through the mesh.
@@ -177,10 +205,12 @@ public struct Service: Hashable, Sendable {
     public var replicas: Int
     public var produces: [Binding]
     public var consumes: [Binding]
+    /// `required`: only instances holding a lease receive frames.
+    public var registration: RegistrationPolicy
 
     public init(
         name: String, uid: UInt32, gid: UInt32? = nil, replicas: Int = 1, produces: [Binding] = [],
-        consumes: [Binding] = []
+        consumes: [Binding] = [], registration: RegistrationPolicy = .optional
     ) {
         self.name = name
         self.uid = uid
@@ -188,6 +218,7 @@ public struct Service: Hashable, Sendable {
         self.replicas = replicas
         self.produces = produces
         self.consumes = consumes
+        self.registration = registration
     }
 
     /// The instance names: `collector-0`, `collector-1`, …
@@ -202,11 +233,15 @@ public struct Binding: Hashable, Sendable {
     /// The schema version written or read; nil means the type's newest.
     public var version: Int?
     public var qos: QoSOverride
+    /// A consumer's expected volume (messages/s) per instance, which `least-loaded` weighs; nil when not
+    /// declared. Producers have none (their volume is `qos.maxRate`).
+    public var capacity: Int?
 
-    public init(dataType: String, version: Int? = nil, qos: QoSOverride = QoSOverride()) {
+    public init(dataType: String, version: Int? = nil, qos: QoSOverride = QoSOverride(), capacity: Int? = nil) {
         self.dataType = dataType
         self.version = version
         self.qos = qos
+        self.capacity = capacity
     }
 }
 

@@ -35,6 +35,9 @@ public struct RouterLayout: Hashable, Sendable {
         public var qos: QoS
         /// The schema version the consumer reads.
         public var version: Int?
+        /// The instance's expected volume (messages/s), which `least-loaded` weighs: what it registered with,
+        /// else its binding's `capacity`; 0 when neither says.
+        public var capacity: Int = 0
     }
 
     /// Where one data type's frames go.
@@ -90,10 +93,16 @@ public struct RouterLayout: Hashable, Sendable {
                         name: pipe.name, producer: pipe.service, dataType: pipe.dataType, shard: pipe.shard ?? 0, pipeSize: pipe.pipeSize, qos: qos,
                         version: version))
             case .egress:
+                let instance = pipe.instance ?? pipe.service
+                // Under `registration: required` an instance without a lease has no egress here: the router
+                // neither opens its pipe nor routes to it, and a reload that takes it away re-routes what it
+                // had not read (as for any egress a layout removes).
+                guard spec.isRouted(instance: instance, of: service) else { continue }
+                let registered = spec.leases[instance]?.capacity ?? 0
                 egress.append(
                     Egress(
-                        name: pipe.name, instance: pipe.instance ?? pipe.service, service: pipe.service, dataType: pipe.dataType,
-                        pipeSize: pipe.pipeSize, qos: qos, version: version))
+                        name: pipe.name, instance: instance, service: pipe.service, dataType: pipe.dataType,
+                        pipeSize: pipe.pipeSize, qos: qos, version: version, capacity: registered > 0 ? registered : binding?.capacity ?? 0))
             }
         }
         let egressByName = Dictionary(uniqueKeysWithValues: egress.enumerated().map { ($1.name, $0) })

@@ -53,11 +53,14 @@ extension MeshSpec {
             out["\(base).uid"] = String(service.uid)
             out["\(base).gid"] = String(service.gid)
             out["\(base).replicas"] = String(service.replicas)
+            // Only when not the default, so specs that never name it show no change.
+            if service.registration != .optional { out["\(base).registration"] = service.registration.rawValue }
             for (list, bindings) in [("produces", service.produces), ("consumes", service.consumes)] {
                 for binding in bindings {
                     let key = "\(base).\(list).\(binding.dataType)"
                     let version = binding.version ?? dataType(named: binding.dataType)?.latestVersion
                     out["\(key).version"] = version.map(String.init) ?? "unversioned"
+                    if let capacity = binding.capacity { out["\(key).capacity"] = String(capacity) }
                     if let dataType = dataType(named: binding.dataType) {
                         let effective = dataType.qos.applying(binding.qos)
                         if effective != dataType.qos { effective.flatten(into: &out, prefix: "\(key).qos") }

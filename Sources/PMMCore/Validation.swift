@@ -186,7 +186,23 @@ private struct Checker {
                             ])
                     }
                     checkQoS(dataType.qos.applying(binding.qos), at: bindingPath.appending("qos"))
+                    if let capacity = binding.capacity {
+                        if list == "produces" {
+                            report(
+                                .invalidValue, "capacity applies to consumers; '\(service.name)' produces '\(binding.dataType)'",
+                                at: bindingPath.appending("capacity"),
+                                notes: ["a producer's expected volume is its qos.maxRate; move capacity under 'consumes:'"])
+                        } else {
+                            checkRange(capacity, Limits.capacity, what: "capacity (messages/s)", at: bindingPath.appending("capacity"))
+                        }
+                    }
                 }
+            }
+            if service.registration == .required && service.consumes.isEmpty {
+                report(
+                    .invalidValue, "registration: required has no effect on '\(service.name)': it consumes nothing",
+                    at: path.appending("registration"),
+                    notes: ["only a consumer's instances are routed by lease; remove the key or add 'consumes:'"], severity: .warning)
             }
         }
         for (uid, names) in byUID.sorted(by: { $0.key < $1.key }) where names.count > 1 {

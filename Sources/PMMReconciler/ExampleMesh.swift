@@ -64,8 +64,11 @@ services:
   billing:
     uid: 1004
     replicas: 2
+    registration: optional      # optional (default): every replica is routed; required: only instances holding
+                                # a lease (pmm register, PipeMesh.register) get frames, and leave routing when it ends
     consumes:
       - dataType: orders
+        capacity: 5000          # messages/s one instance takes; least-loaded weighs it (default: not declared)
 
 routes:                         # optional: a consumed type without a route goes to all its consumers, weight 1
   metrics:

@@ -165,8 +165,10 @@ public final class Reconciler {
     /// The newest applied revision and its spec (with the root it was applied to), or nil before the first
     /// apply. This is what the data plane serves.
     ///
-    /// - Parameter runtime: apply the runtime routing rules and the rates registered instances asked for
-    ///   (what the router routes by); false gives the revision's spec as applied.
+    /// - Parameter runtime: apply the runtime routing rules, the leases registered instances hold, and the
+    ///   rates and capacities they asked for (what the router routes by); false gives the revision's spec as
+    ///   applied. A lease that has ended (its process gone, its ttl or heartbeats missed) counts for nothing
+    ///   here even before `pmm serve` removes it.
     public func currentRevision(runtime: Bool = true) throws(PMMError) -> (revision: Revision, spec: MeshSpec)? {
         guard let (latest, loaded) = try latestParsedRevision() else { return nil }
         guard var spec = loaded.spec, !loaded.diagnostics.hasErrors else { throw .invalidSpec(loaded) }
@@ -174,8 +176,11 @@ public final class Reconciler {
             do {
                 spec = spec.applying(try registry.routingRules())
                 var rates: [String: Int] = [:]
-                for instance in try registry.instances() where instance.maxRate > 0 {
-                    rates[instance.service] = min(rates[instance.service] ?? Int.max, instance.maxRate)
+                let seconds = now().timeIntervalSince1970
+                for instance in try registry.instances()
+                where instance.leaseEnd(now: seconds, processAlive: ProcessTable.isAlive(pid: instance.pid, startTime: instance.pidStartTime)) == nil {
+                    spec.leases[instance.instance] = InstanceLease(capacity: instance.capacity)
+                    if instance.maxRate > 0 { rates[instance.service] = min(rates[instance.service] ?? Int.max, instance.maxRate) }
                 }
                 spec = spec.narrowingRates(rates)
             } catch { throw .registry(error) }

@@ -42,18 +42,38 @@ public struct Revision: Sendable, Hashable {
     }
 }
 
-/// A running instance that registered through `pmm serve`.
+/// A running instance that registered through `pmm serve`: its lease.
+///
+/// A lease lives with process `pid` (when not 0), for `ttlSeconds` after its last renewal (when not 0), and,
+/// when heartbeats were promised (`heartbeatSeconds`), while one arrives at least every three intervals.
+/// Registration and every heartbeat renew it (`renewedAt`).
 public struct InstanceRecord: Sendable, Hashable {
     public var instance: String
     public var service: String
+    /// The process the lease lives with; 0 for none (a lease for a fixed time, `pmm register --ttl`).
     public var pid: Int32
+    /// The uid that registered it.
     public var uid: UInt32
     public var registeredAt: String
     public var lastHeartbeat: String
     /// A narrower rate the instance asked for (0: the spec's).
     public var maxRate: Int
+    /// Seconds the lease lasts after each renewal; 0: no time limit.
+    public var ttlSeconds: Double
+    /// The heartbeat interval promised; 0: none (the lease does not depend on heartbeats).
+    public var heartbeatSeconds: Double
+    /// When the lease was last renewed (registration or heartbeat), in seconds since 1970 (wall clock).
+    public var renewedAt: Double
+    /// The consumer's expected volume (messages/s) it registered with; 0: the spec's `capacity`.
+    public var capacity: Int
+    /// `pid`'s start time (clock ticks since boot, /proc/PID/stat), so a recycled pid is not taken for the
+    /// process; 0 when unknown.
+    public var pidStartTime: UInt64
 
-    public init(instance: String, service: String, pid: Int32, uid: UInt32, registeredAt: String, lastHeartbeat: String, maxRate: Int) {
+    public init(
+        instance: String, service: String, pid: Int32, uid: UInt32, registeredAt: String, lastHeartbeat: String, maxRate: Int,
+        ttlSeconds: Double = 0, heartbeatSeconds: Double = 0, renewedAt: Double = 0, capacity: Int = 0, pidStartTime: UInt64 = 0
+    ) {
         self.instance = instance
         self.service = service
         self.pid = pid
@@ -61,6 +81,50 @@ public struct InstanceRecord: Sendable, Hashable {
         self.registeredAt = registeredAt
         self.lastHeartbeat = lastHeartbeat
         self.maxRate = maxRate
+        self.ttlSeconds = ttlSeconds
+        self.heartbeatSeconds = heartbeatSeconds
+        self.renewedAt = renewedAt
+        self.capacity = capacity
+        self.pidStartTime = pidStartTime
+    }
+
+    /// Why a lease has ended.
+    public enum LeaseEnd: Equatable, Sendable, CustomStringConvertible {
+        /// Its process is gone.
+        case processGone(pid: Int32)
+        /// Its ttl passed without a renewal.
+        case ttlPassed(seconds: Double)
+        /// Three heartbeats in a row did not come.
+        case heartbeatsMissed(interval: Double)
+
+        /// The event kind the registry records.
+        public var kind: String {
+            switch self {
+            case .processGone: "lease-ended"
+            case .ttlPassed, .heartbeatsMissed: "lease-expired"
+            }
+        }
+
+        public var description: String {
+            switch self {
+            case .processGone(let pid): "its process \(pid) is gone"
+            case .ttlPassed(let seconds): "its ttl of \(Self.seconds(seconds)) passed without a renewal"
+            case .heartbeatsMissed(let interval): "three heartbeats missed (promised every \(Self.seconds(interval)))"
+            }
+        }
+
+        public static func seconds(_ value: Double) -> String {
+            value == value.rounded() ? "\(Int(value))s" : "\(value)s"
+        }
+    }
+
+    /// Whether the lease has ended at `now` (seconds since 1970), and why. Pure: the caller says whether the
+    /// lease's process is alive.
+    public func leaseEnd(now: Double, processAlive: Bool) -> LeaseEnd? {
+        if pid != 0 && !processAlive { return .processGone(pid: pid) }
+        if ttlSeconds > 0 && now - renewedAt > ttlSeconds { return .ttlPassed(seconds: ttlSeconds) }
+        if heartbeatSeconds > 0 && now - renewedAt > 3 * heartbeatSeconds { return .heartbeatsMissed(interval: heartbeatSeconds) }
+        return nil
     }
 }
 
@@ -238,6 +302,16 @@ public final class Registry: Sendable {
                     );
                     """)
         }
+        migrator.registerMigration("v5: registrations are leases (ttl, heartbeats, capacity, the pid's start time)") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE instance ADD COLUMN ttlSeconds REAL NOT NULL DEFAULT 0;
+                    ALTER TABLE instance ADD COLUMN heartbeatSeconds REAL NOT NULL DEFAULT 0;
+                    ALTER TABLE instance ADD COLUMN renewedAt REAL NOT NULL DEFAULT 0;
+                    ALTER TABLE instance ADD COLUMN capacity INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE instance ADD COLUMN pidStartTime INTEGER NOT NULL DEFAULT 0;
+                    """)
+        }
         return migrator
     }
 
@@ -398,12 +472,15 @@ public final class Registry: Sendable {
         try write { db in
             try db.execute(
                 sql: """
-                    INSERT OR REPLACE INTO instance (instance, service, pid, uid, registeredAt, lastHeartbeat, maxRate)
-                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    INSERT OR REPLACE INTO instance (
+                        instance, service, pid, uid, registeredAt, lastHeartbeat, maxRate, ttlSeconds, heartbeatSeconds,
+                        renewedAt, capacity, pidStartTime)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     instance.instance, instance.service, instance.pid, Int64(instance.uid), instance.registeredAt,
-                    instance.lastHeartbeat, instance.maxRate,
+                    instance.lastHeartbeat, instance.maxRate, instance.ttlSeconds, instance.heartbeatSeconds, instance.renewedAt,
+                    instance.capacity, Int64(bitPattern: instance.pidStartTime),
                 ])
         }
     }
@@ -414,7 +491,9 @@ public final class Registry: Sendable {
             try Row.fetchAll(db, sql: "SELECT * FROM instance ORDER BY instance").map {
                 InstanceRecord(
                     instance: $0["instance"], service: $0["service"], pid: $0["pid"], uid: UInt32($0["uid"] as Int64),
-                    registeredAt: $0["registeredAt"], lastHeartbeat: $0["lastHeartbeat"], maxRate: $0["maxRate"])
+                    registeredAt: $0["registeredAt"], lastHeartbeat: $0["lastHeartbeat"], maxRate: $0["maxRate"],
+                    ttlSeconds: $0["ttlSeconds"], heartbeatSeconds: $0["heartbeatSeconds"], renewedAt: $0["renewedAt"],
+                    capacity: $0["capacity"], pidStartTime: UInt64(bitPattern: $0["pidStartTime"] as Int64))
             }
         }
     }
@@ -428,9 +507,20 @@ public final class Registry: Sendable {
         }
     }
 
-    public func heartbeat(instance: String, at: String) throws(RegistryError) {
+    /// Renews `instance`'s lease at `renewedAt` (seconds since 1970); `interval`, when not nil, is the
+    /// heartbeat interval promised from now on. Returns whether the instance was registered.
+    @discardableResult
+    public func heartbeat(instance: String, at: String, renewedAt: Double = 0, interval: Double? = nil) throws(RegistryError) -> Bool {
         try write { db in
-            try db.execute(sql: "UPDATE instance SET lastHeartbeat = ? WHERE instance = ?", arguments: [at, instance])
+            if let interval {
+                try db.execute(
+                    sql: "UPDATE instance SET lastHeartbeat = ?, renewedAt = ?, heartbeatSeconds = ? WHERE instance = ?",
+                    arguments: [at, renewedAt, interval, instance])
+            } else {
+                try db.execute(
+                    sql: "UPDATE instance SET lastHeartbeat = ?, renewedAt = ? WHERE instance = ?", arguments: [at, renewedAt, instance])
+            }
+            return db.changesCount > 0
         }
     }
 

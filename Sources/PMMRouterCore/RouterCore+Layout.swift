@@ -51,6 +51,11 @@ extension RouterCore {
         gone += oldEgress.values.sorted()
         for slot in gone {
             let frames = detach(slot)
+            if options.sabotage == .forgetRerouteOnRemovedEgress {
+                for frame in frames { if let tag = frame.meta.tag { complete(tag) } }
+                if egress[slot].open { actions.append(.closeEgress(egress[slot].id)) }
+                continue
+            }
             for frame in frames { orphans.append((frame, egress[slot].spec.dataType)) }
             if egress[slot].open { actions.append(.closeEgress(egress[slot].id)) }
         }
@@ -60,9 +65,11 @@ extension RouterCore {
 
         routes = routeNames.map { name in
             let spec = new.routes[name]!
+            let allEgress = spec.egressIndex.flatMap { $0.filter { $0 >= 0 } }
             return Route(
                 spec: spec, current: Array(repeating: 0, count: spec.entry.targets.count),
-                allEgress: spec.egressIndex.flatMap { $0.filter { $0 >= 0 } }, readable: Self.readable(spec))
+                allEgress: allEgress, readable: Self.readable(spec),
+                fallbackCapacity: allEgress.map { egress[$0].spec.capacity }.filter { $0 > 0 }.min() ?? 1)
         }
         routeSlots = newRouteSlots
 

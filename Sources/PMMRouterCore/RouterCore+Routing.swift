@@ -152,8 +152,11 @@ extension RouterCore {
             }
             return nil
         case .leastLoaded:
+            // Load: frames held (queued or unread in the pipe) per message/s the instance can take, so a
+            // consumer that declared twice the capacity takes twice the backlog before it counts as busier.
+            // The target's weight multiplies the capacity.
             var best = -1
-            var bestLoad = Int.max
+            var bestLoad = Double.infinity
             routes[r].rotation &+= 1
             let rotation = routes[r].rotation
             var position = 0
@@ -162,7 +165,9 @@ extension RouterCore {
                     position += 1
                     let slot = routes[r].spec.egressIndex[t][i]
                     guard slot >= 0, isAvailable(r, t, i, mask) else { continue }
-                    let load = (egress[slot].queue.count + egress[slot].queue.inPipe) * 1000 / max(1, entry.targets[t].weight)
+                    let declared = egress[slot].spec.capacity
+                    let capacity = Double(declared > 0 ? declared : routes[r].fallbackCapacity) * Double(max(1, entry.targets[t].weight))
+                    let load = Double(egress[slot].queue.count + egress[slot].queue.inPipe) / capacity
                     if load < bestLoad || (load == bestLoad && (position &+ rotation) % 2 == 0) {
                         best = slot
                         bestLoad = load

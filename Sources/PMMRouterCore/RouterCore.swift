@@ -37,6 +37,8 @@ package enum Sabotage: String, Sendable, CaseIterable {
     case staleRouteIndexAfterReload
     /// A frame counts as delivered (for the spool) when written, not when read.
     case completeAtWrite
+    /// An egress a reload takes away (a lease ended, a replica removed) drops what its reader had not read.
+    case forgetRerouteOnRemovedEgress
 }
 
 /// The router's decisions as a state machine: no syscalls, no clock, no randomness of its own.
@@ -191,6 +193,9 @@ public struct RouterCore: Sendable {
         var allEgress: [Int]
         /// Per schema version, which targets can read it; nil (or out of range) where every target can.
         var readable: [[Bool]?]
+        /// The capacity `least-loaded` assumes for an instance that declared none: the smallest declared by
+        /// the route's instances (an unknown consumer is taken to be as slow as the slowest known), else 1.
+        var fallbackCapacity = 1
         var name: String { spec.dataType }
         var capacity: Int { spec.qos.buffer }
     }

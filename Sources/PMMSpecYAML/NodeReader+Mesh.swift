@@ -108,10 +108,12 @@ extension NodeReader {
         var replicas = 1
         var produces: [Binding] = []
         var consumes: [Binding] = []
+        var registration = RegistrationPolicy.optional
         for (key, _, value) in pairs {
             let keyPath = path.appending(key)
             switch key {
             case "uid": uid = id(value, keyPath) ?? 0
+            case "registration": registration = choice(value, keyPath, RegistrationPolicy.self) ?? .optional
             case "gid": gid = id(value, keyPath)
             case "replicas": replicas = integer(value, keyPath) ?? 1
             case "produces", "consumes":
@@ -123,7 +125,8 @@ extension NodeReader {
             default: break
             }
         }
-        return Service(name: name, uid: uid, gid: gid, replicas: replicas, produces: produces, consumes: consumes)
+        return Service(
+            name: name, uid: uid, gid: gid, replicas: replicas, produces: produces, consumes: consumes, registration: registration)
     }
 
     mutating func readBinding(_ node: Node, _ path: DocumentPath) -> Binding? {
@@ -136,6 +139,7 @@ extension NodeReader {
             case "dataType": binding.dataType = string(value, keyPath) ?? ""
             case "version": binding.version = integer(value, keyPath)
             case "qos": binding.qos = readQoS(value, keyPath)
+            case "capacity": binding.capacity = integer(value, keyPath)
             default: break
             }
         }

@@ -15,8 +15,8 @@ struct Serve: ParsableCommand {
             Applies -f FILE at start (idempotent), then serves RegisterService, DeregisterService, GetPipeName and \
             SetRoutingRule to local processes, identified by SO_PEERCRED (a service's uid may only speak for \
             itself; routing rules need root or the mesh's adminUid). Every --interval seconds it repairs the \
-            pipes against the applied revision (deleted, re-moded or replaced by hand) and forgets registered \
-            instances whose process is gone. SIGHUP re-reads FILE and applies it (an invalid spec is refused and \
+            pipes against the applied revision (deleted, re-moded or replaced by hand); leases that end (process \
+            gone, ttl passed, three heartbeats missed) are removed within a quarter second, each with an event. SIGHUP re-reads FILE and applies it (an invalid spec is refused and \
             the current revision keeps serving); SIGTERM stops. A running router is sent SIGHUP whenever it must \
             load something new (once per pass of the loop, however many changes the pass made; several SIGHUPs \
             within one pass are one reload).
@@ -120,11 +120,21 @@ func withControl<T>(_ state: StateOptions, _ body: (PipeMesh) throws(PipeMeshErr
 
 struct Register: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "RegisterService through pmm serve: announce an instance and print its pipes.",
+        abstract: "RegisterService through pmm serve: take a lease on an instance and print its pipes.",
         discussion: """
-            The registration belongs to the calling process (SO_PEERCRED): only the uid the spec gives the \
-            service may register it (or root). pmm serve forgets it once that process is gone, so from the \
-            shell this is mostly a check of who may do what; services register with the PipeMesh library.
+            Only the uid the spec gives the service may register it (or root). A registration is a lease. With \
+            --pid P it lives while process P lives (P must run as your uid; root may name any process). With \
+            --ttl D (60, 90s, 5m, 1h) it lives with no process for D, so it outlives this command; registering \
+            the same instance again as the same uid renews it. With neither, it lives with this command's own \
+            process and ends when the command exits.
+
+            pmm serve ends a lease when its process dies, when its ttl passes without a renewal, or when \
+            three heartbeats promised by a client (PipeMesh's startHeartbeats) are missed; each end is an event \
+            in the registry ("lease-ended", "lease-expired"). A consumer service with `registration: required` \
+            receives frames only on instances that hold a lease: registering one puts it into routing at once, \
+            and `pmm deregister` (by the service's uid, whoever registered) or the end of its lease takes it out \
+            at once, its unread frames going to the other instances. --capacity gives the instance's expected \
+            volume, which the `least-loaded` policy weighs.
             """)
 
     @OptionGroup var state: StateOptions
@@ -141,12 +151,49 @@ struct Register: ParsableCommand {
     @Option(help: "The instance wanted (default: the first free replica).")
     var instance: String?
 
+    @Option(help: ArgumentHelp("The lease lives while this process lives (it must run as your uid; root may name any).", valueName: "pid"))
+    var pid: Int32?
+
+    @Option(help: ArgumentHelp("The lease lasts this long without a renewal: seconds, or 90s, 5m, 1h.", valueName: "duration"))
+    var ttl: String?
+
+    @Option(help: ArgumentHelp("A consumer's expected volume in messages/s, which least-loaded weighs.", valueName: "messages/s"))
+    var capacity: UInt64 = 0
+
     @Option(name: .shortAndLong, help: "Output format: text or json.")
     var output: OutputFormat = .text
 
+    func validate() throws {
+        if pid != nil && ttl != nil { throw ValidationError("give --pid or --ttl, not both") }
+        if let pid, pid <= 0 { throw ValidationError("--pid must be a process id (a positive number), found \(pid)") }
+        if let ttl, Self.seconds(ttl) == nil {
+            throw ValidationError("--ttl '\(ttl)' is not a duration: give seconds (60) or a number with s, m or h (90s, 5m, 1h), at least 0.1s")
+        }
+    }
+
+    /// `60s`, `0.5s`.
+    static func describe(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? "\(Int(seconds))s" : "\(seconds)s"
+    }
+
+    /// `60` and `60s` -> 60, `5m` -> 300, `1h` -> 3600; nil for anything else or less than 0.1 s.
+    static func seconds(_ text: String) -> Double? {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
+        var number = Substring(text)
+        var unit = 1.0
+        if let last = text.last, let factor = units[last] {
+            number = text.dropLast()
+            unit = factor
+        }
+        guard let value = Double(number), value.isFinite, value * unit >= 0.1 else { return nil }
+        return value * unit
+    }
+
     func run() throws {
         let registration = try withControl(state) { mesh throws(PipeMeshError) in
-            try mesh.register(service: service, dataType: dataType, maxRate: maxRate, instance: instance)
+            try mesh.register(
+                service: service, dataType: dataType, maxRate: maxRate, instance: instance, pid: pid, ttl: ttl.flatMap(Self.seconds),
+                capacity: capacity)
         }
         if output == .json {
             struct Row: Encodable {
@@ -155,12 +202,22 @@ struct Register: ParsableCommand {
                 var ingress: [String: [String]]
                 var egress: [String: String]
                 var versions: [String: UInt32]
+                var leasePid: Int32
+                var ttlSeconds: Double
             }
             return try printJSON(
                 Row(service: registration.service, instance: registration.instance, ingress: registration.ingress, egress: registration.egress,
-                    versions: registration.versions))
+                    versions: registration.versions, leasePid: registration.leasePID, ttlSeconds: registration.ttl))
         }
-        print("Registered \(registration.instance) (pid \(getpid())).")
+        let lease: String
+        switch (registration.leasePID, registration.ttl) {
+        case (getpid(), _): lease = "it lives with this command (pid \(getpid())) and ends when it exits; use --ttl or --pid to keep it"
+        case (0, let ttl): lease = "it lasts \(Self.describe(ttl)); register it again to renew it"
+        case (let pid, 0): lease = "it lives while process \(pid) lives"
+        case (let pid, let ttl): lease = "it lives while process \(pid) lives, for \(Self.describe(ttl)) after each renewal"
+        }
+        print("Registered \(registration.instance): \(lease).")
+        print("  End it with: pmm deregister --service \(registration.service) --instance \(registration.instance)")
         for (dataType, paths) in registration.ingress.sorted(by: { $0.key < $1.key }) {
             print("  writes \(dataType): \(paths.joined(separator: " "))")
         }
@@ -171,14 +228,20 @@ struct Register: ParsableCommand {
 }
 
 struct Deregister: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "DeregisterService through pmm serve.")
+    static let configuration = CommandConfiguration(
+        abstract: "DeregisterService through pmm serve: end an instance's lease; it leaves routing at once.",
+        discussion: """
+            The service's uid (or root) may end the lease of any of its instances, whoever registered it. Without \
+            --instance: the leases the calling process holds, or else the service's only registered instance \
+            (several: name one). Frames the instance had not read go to the service's other instances.
+            """)
 
     @OptionGroup var state: StateOptions
 
     @Option(help: "The service.")
     var service: String
 
-    @Option(help: "The instance (default: those the calling process registered; root: all).")
+    @Option(help: "The instance (default: the caller's own, else the service's only registered one).")
     var instance: String?
 
     func run() throws {

@@ -42,6 +42,8 @@ struct Status: ParsableCommand {
         var deadLetters: [String: Int]
         var holders: [Holder]
         var disallowedHolders: Int
+        /// Instances of `registration: required` services that hold no lease, so receive nothing.
+        var notRouted: [String]
     }
 
     func run() throws {
@@ -80,7 +82,12 @@ struct Status: ParsableCommand {
         let report = Report(
             revision: current?.revision.number, appliedAt: current?.revision.appliedAt, specSHA256: current?.revision.specSHA256,
             gitCommit: current?.revision.gitCommit, root: current?.spec.root, routerPID: pid, routerRevision: router?.revision,
-            router: router, deadLetters: deadLetters, holders: holders, disallowedHolders: holders.count { !$0.allowed })
+            router: router, deadLetters: deadLetters, holders: holders, disallowedHolders: holders.count { !$0.allowed },
+            notRouted: current.map { current in
+                current.spec.services.filter { !$0.consumes.isEmpty }.flatMap { service in
+                    service.instanceNames.filter { !current.spec.isRouted(instance: $0, of: service) }
+                }
+            } ?? [])
         if output == .json { return try printJSON(report) }
         print(text(report, spec: current?.spec))
     }
@@ -116,6 +123,10 @@ struct Status: ParsableCommand {
                         rpad(String(ingress.frames), 9), rpad(String(ingress.resets), 7), rpad(String(ingress.misaddressed), 13),
                         rpad(String(ingress.replayed), 9), rpad(String(ingress.spooledBytes), 8),
                     ].joined(separator: " "))
+            }
+            if !report.notRouted.isEmpty {
+                lines.append(
+                    "Not routed (registration: required, no lease): \(report.notRouted.joined(separator: ", ")); pmm register takes one")
             }
             if !router.waiting.isEmpty {
                 lines.append("Waiting for a healthy instance: " + router.waiting.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))

@@ -230,7 +230,7 @@ struct ControlTests {
         try waitFor("the registration") { c.serveLog.contains("registered: collector-0") }
         kill(consumer.processIdentifier, SIGKILL)
         consumer.waitUntilExit()
-        try waitFor("the deregistration", timeout: 5) { c.serveLog.contains("deregistered: collector-0: its process") }
+        try waitFor("the deregistration", timeout: 5) { c.serveLog.contains("lease-ended: collector-0: its process") }
     }
 
     @Test func exampleProducerAndConsumer_exchangeTypedMessagesThroughTheRouter() throws {

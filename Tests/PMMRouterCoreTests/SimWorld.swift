@@ -566,15 +566,18 @@ struct SimWorld {
         for name in oldIngress.subtracting(newIngress) {
             if let fifo = fifos.removeValue(forKey: name) { fifo.writers -= 1 }
         }
-        for name in oldEgress.subtracting(newEgress) {
+        // An instance whose lease ended keeps its pipe and, if it runs, its reader (who may read on what the
+        // router had written); one that takes a lease again is routed on the same pipe.
+        let pipes = Set(new.desiredPipes().map(\.name))
+        for name in oldEgress.subtracting(newEgress) where !pipes.contains(name) {
             killConsumer(name)
             consumers[name] = nil
             fifos[name] = nil
         }
         for name in newIngress.subtracting(oldIngress) { makeFIFO(name, capacity: 65_536).writers = 1 }
         for name in newEgress.subtracting(oldEgress) {
-            makeFIFO(name, capacity: 65_536)
-            startConsumer(name)
+            if fifos[name] == nil { makeFIFO(name, capacity: 65_536) }
+            if consumers[name]?.alive != true { startConsumer(name) }
         }
         spec = new
         core.install(layout, now: now, openSpool: disk.open)
@@ -632,6 +635,9 @@ struct SimWorld {
         }
         // One read past the limit, or one pipe's worth when a replaced pipe is spooled to its end; after a
         // restart, what the marks (written every 50 ms) still count as live.
+        for pipe in core.egress where !(spec.service(named: pipe.spec.service).map { spec.isRouted(instance: pipe.spec.instance, of: $0) } ?? false) {
+            violations.append("\(pipe.name): routed, but its instance holds no lease (registration: required)")
+        }
         let spoolBound = max(options.spoolLimit + Int64(max(options.readSize, 65_536)), spoolLiveAtRestart)
         if core.spoolLive > spoolBound { violations.append("spools hold \(core.spoolLive) live bytes, bound \(spoolBound)") }
         spoolLiveAtRestart = min(spoolLiveAtRestart, core.spoolLive)

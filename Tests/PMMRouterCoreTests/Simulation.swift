@@ -18,6 +18,10 @@ struct SimMesh: Hashable {
     var eventsBuffer = 32
     var eventsPolicy = "round-robin"
     var auditConsumed = true
+    /// `registration` of `worker` (orders' consumer), and which of its instances hold a lease (index -> the
+    /// capacity registered, 0 for none).
+    var workerRegistration = "optional"
+    var workerLeases: [Int: Int] = [0: 0, 1: 0, 2: 0]
 
     var yaml: String {
         """
@@ -39,6 +43,7 @@ struct SimMesh: Hashable {
           worker:
             uid: 0
             replicas: \(ordersReplicas)
+            registration: \(workerRegistration)
             consumes: [{dataType: orders}]
         \(eventsPresent ? "  tracker:\n    uid: 0\n    replicas: \(eventsReplicas)\n    consumes: [{dataType: events}]" : "")
         \(auditConsumed ? "  auditor:\n    uid: 0\n    consumes: [{dataType: audit}]" : "")
@@ -64,9 +69,11 @@ struct SimMesh: Hashable {
 
     func load() -> MeshSpec {
         let result = SpecLoader.loadAndValidate(yaml: yaml, file: "sim.yaml")
-        guard let spec = result.spec, !result.diagnostics.contains(where: { $0.severity == .error }) else {
+        guard var spec = result.spec, !result.diagnostics.contains(where: { $0.severity == .error }) else {
             fatalError("simulated mesh does not load: \(result.diagnostics.map(\.summary))\n\(yaml)")
         }
+        // The runtime overlay, as Reconciler.currentRevision fills it from the registry.
+        spec.leases = Dictionary(uniqueKeysWithValues: workerLeases.map { ("worker-\($0.key)", InstanceLease(capacity: $0.value)) })
         return spec
     }
 }
@@ -95,6 +102,10 @@ struct Simulation {
     var world: SimWorld
     var mesh: SimMesh
     var steps: [String] = []
+    /// Draws the lease changes (registrations, deregistrations, expiries) from a stream of its own, so the
+    /// schedule of every other event stays what it was for a seed; nil: leases never change (the regression
+    /// seeds replay their original schedules).
+    var leaseRandom: SimRandom?
     /// Memory and spool bounds small enough to be reached.
     static var options: RouterCoreOptions {
         var options = RouterCoreOptions()
@@ -107,7 +118,7 @@ struct Simulation {
         return options
     }
 
-    init(seed: UInt64, sabotage: Sabotage? = nil) {
+    init(seed: UInt64, sabotage: Sabotage? = nil, leases: Bool = true) {
         self.seed = seed
         random = SimRandom(seed: seed)
         mesh = SimMesh()
@@ -116,6 +127,15 @@ struct Simulation {
         mesh.ordersPolicy = random.pick(["shard", "round-robin", "least-loaded", "weighted"])
         mesh.eventsOverflow = random.pick(["block", "drop-oldest", "dead-letter"])
         mesh.ordersRate = random.chance(20) ? 200 : 0
+        if leases {
+            var leaseRandom = SimRandom(seed: seed ^ 0x5ea5_e5ea_5e00)
+            if leaseRandom.chance(50) {
+                mesh.workerRegistration = "required"
+                mesh.workerLeases = [:]
+                for index in 0..<3 where leaseRandom.chance(60) { mesh.workerLeases[index] = leaseRandom.pick([0, 0, 50, 500]) }
+            }
+            self.leaseRandom = leaseRandom
+        }
         var options = Self.options
         options.sabotage = sabotage
         world = SimWorld(spec: mesh.spec, options: options)
@@ -238,6 +258,16 @@ struct Simulation {
         case 5: next.eventsOverflow = random.pick(["block", "drop-oldest", "dead-letter"])
         default: next.auditConsumed.toggle()
         }
+        if var leaseRandom, leaseRandom.chance(60) {
+            // A lease starts or ends (registration, deregistration, expiry), or the spec switches registration.
+            if leaseRandom.chance(80) {
+                let index = leaseRandom.below(3)
+                next.workerLeases[index] = next.workerLeases[index] == nil ? leaseRandom.pick([0, 0, 50, 500]) : nil
+            } else {
+                next.workerRegistration = next.workerRegistration == "required" ? "optional" : "required"
+            }
+            self.leaseRandom = leaseRandom
+        }
         guard next != mesh else { return }
         mesh = next
         world.apply(mesh.spec)
@@ -246,6 +276,12 @@ struct Simulation {
 
     /// Everything comes back and drains: consumers alive and reading, the clock moving, the router passing.
     mutating func settle() {
+        if mesh.workerRegistration == "required" && mesh.workerLeases.count < 3 {
+            // With no lease, orders wait for one (held, not lost): every instance registers before the drain.
+            mesh.workerLeases = [0: 0, 1: 0, 2: 0]
+            world.apply(mesh.spec)
+            note("apply revision \(world.revision) (every worker leased)")
+        }
         world.routerPass()
         for name in egressNames {
             if world.consumers[name]?.alive != true { world.startConsumer(name) }
@@ -301,5 +337,6 @@ extension SimWorld {
         return lines.joined(separator: "\n")
     }
 
-    var fifosEmpty: Bool { fifos.values.allSatisfy { $0.bytes.isEmpty } }
+    /// No pipe holds bytes, counting the removed ones the router still drains (unlinked, held open).
+    var fifosEmpty: Bool { fifos.values.allSatisfy { $0.bytes.isEmpty } && ingressFDs.values.allSatisfy { $0.bytes.isEmpty } }
 }

@@ -19,12 +19,14 @@ let regressionSeeds: [UInt64] = [
     168, 171,  // (simulator accounting; the spool bound after a restart)
     1401,  // a replay re-parsed garbage an earlier router had skipped, and ran frames together
     1774,  // a pipe re-added twice while its first incarnation still drained never got its spool
+    1029,  // (simulator accounting: the drain stopped before a removed pipe, still held open, was read to its end;
+           // reached once leases held orders back with no worker leased, then a shard was removed)
 ]
 
 @Suite struct SimulationTests {
     /// Runs one seed; on failure, records the seed, the violations and the last steps.
-    static func check(_ seed: UInt64, steps: Int = 300) -> Bool {
-        var simulation = Simulation(seed: seed)
+    static func check(_ seed: UInt64, steps: Int = 300, leases: Bool = true) -> Bool {
+        var simulation = Simulation(seed: seed, leases: leases)
         let violations = simulation.run(steps: steps)
         guard violations.isEmpty else {
             Issue.record(
@@ -69,7 +71,9 @@ let regressionSeeds: [UInt64] = [
         print("SIMULATION share \(share): \(ran) schedules of 300 steps, \(failures) failed, \(started.duration(to: .now))")
     }
 
+    /// Each as it first failed (no lease changes), then with the leases of `randomSchedules`.
     @Test(arguments: regressionSeeds) func regressionSeed_staysFixed(_ seed: UInt64) {
+        _ = Self.check(seed, leases: false)
         _ = Self.check(seed)
     }
 

@@ -166,6 +166,22 @@ let badSpecs: [BadSpec] = [
         name: "bad message name", yaml: replacing("message: shop.metrics.v1.Sample", with: "message: shop..Sample"),
         code: .invalidValue, at: "11:18", path: "dataTypes.metrics.versions[0].message", summary: "is not a fully qualified protobuf name"),
     BadSpec(
+        name: "unknown registration policy", yaml: replacing("    replicas: 3\n", with: "    replicas: 3\n    registration: mandatory\n"),
+        code: .invalidValue, at: "20:19", path: "services.collector.registration", summary: "'mandatory' is not one of the allowed values",
+        note: "allowed values are 'optional', 'required'"),
+    BadSpec(
+        name: "zero capacity", yaml: replacing("        version: 1\n", with: "        version: 1\n        capacity: 0\n"),
+        code: .invalidValue, at: "23:19", path: "services.collector.consumes[0].capacity",
+        summary: "capacity (messages/s) must be between 1 and 100000000, found 0"),
+    BadSpec(
+        name: "capacity as a word", yaml: replacing("        version: 1\n", with: "        version: 1\n        capacity: fast\n"),
+        code: .wrongType, at: "23:19", path: "services.collector.consumes[0].capacity", summary: "expected an integer, found string \"fast\""),
+    BadSpec(
+        name: "capacity on a producer",
+        yaml: replacing("      - dataType: metrics\n  collector:", with: "      - dataType: metrics\n        capacity: 100\n  collector:"),
+        code: .invalidValue, at: "17:19", path: "services.api.produces[0].capacity",
+        summary: "capacity applies to consumers; 'api' produces 'metrics'", note: "a producer's expected volume is its qos.maxRate"),
+    BadSpec(
         name: "empty file", yaml: "", code: .missingKey, at: "1:1", path: "(document)", summary: "the file is empty"),
     BadSpec(
         name: "document is a list", yaml: "- a\n- b\n", code: .wrongType, at: "1:1", path: "(document)",
@@ -245,6 +261,31 @@ let badSpecs: [BadSpec] = [
         #expect(errors.map(\.code) == Array(repeating: .unknownKey, count: 9) + [.wrongType], "\(errors.map(\.summary))")
         let uid = try #require(errors.last)
         #expect(uid.path.description == "services.s.uid" && uid.summary.hasSuffix("found a list"), "\(uid.path): \(uid.summary)")
+    }
+
+    @Test func load_readsRegistrationAndCapacity_withTheirDefaults() throws {
+        let plain = try #require(SpecLoader.loadAndValidate(yaml: validYAML, file: "m.yaml").spec)
+        #expect(plain.service(named: "collector")?.registration == .optional, "every replica is routed by default")
+        #expect(plain.service(named: "collector")?.consumes.first?.capacity == nil)
+        let yaml = replacing("    replicas: 3\n", with: "    replicas: 3\n    registration: required\n")
+            .replacingOccurrences(of: "        version: 1\n", with: "        version: 1\n        capacity: 2500\n")
+        let result = SpecLoader.loadAndValidate(yaml: yaml, file: "m.yaml")
+        #expect(result.diagnostics.isEmpty, "\(result.diagnostics)")
+        let spec = try #require(result.spec)
+        #expect(spec.service(named: "collector")?.registration == .required)
+        #expect(spec.service(named: "collector")?.consumes.first?.capacity == 2500)
+        #expect(SpecChange.between(plain, spec).map(\.path) == [
+            "services.collector.consumes.metrics.capacity", "services.collector.registration",
+        ], "pmm diff shows both")
+    }
+
+    @Test func load_whenAServiceThatConsumesNothingRequiresRegistration_warns() {
+        let yaml = replacing("    uid: 1001\n", with: "    uid: 1001\n    registration: required\n")
+        let result = SpecLoader.loadAndValidate(yaml: yaml, file: "m.yaml")
+        #expect(result.diagnostics.map(\.code) == [.invalidValue])
+        #expect(result.diagnostics.first?.severity == .warning)
+        #expect(result.diagnostics.first?.path.description == "services.api.registration")
+        #expect(result.diagnostics.first?.summary.contains("it consumes nothing") == true)
     }
 
     @Test func load_parsesByteSizes() throws {

@@ -110,11 +110,26 @@ public nonisolated struct Pmm_V1_RegisterService: Sendable {
   /// The instance wanted (collector-1); empty for the first free replica.
   public var instance: String = String()
 
+  /// The registration is a lease. It lives while process `pid` lives (0: the caller's own process, unless
+  /// ttl_seconds is set), for ttl_seconds after the registration and each heartbeat (0: no time limit), and,
+  /// when heartbeat_seconds is set, while a heartbeat arrives at least every 3 x heartbeat_seconds.
+  /// `pid` must belong to the caller's uid (root may name any process).
+  public var pid: Int32 = 0
+
+  public var ttlSeconds: Double = 0
+
+  public var heartbeatSeconds: Double = 0
+
+  /// A consumer's expected volume (messages/s), which `least-loaded` weighs; 0 keeps the spec's `capacity`.
+  public var capacity: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
+/// Ends a lease: the instance leaves routing at once. The service's uid (or root) may end any of its
+/// instances' leases, whoever made them.
 public nonisolated struct Pmm_V1_DeregisterService: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -122,7 +137,8 @@ public nonisolated struct Pmm_V1_DeregisterService: Sendable {
 
   public var serviceID: String = String()
 
-  /// The instance to deregister; empty for every instance the caller's pid registered.
+  /// The instance to deregister; empty for those the caller's process holds or, when it holds none, the
+  /// service's only registered instance.
   public var instance: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -166,13 +182,17 @@ public nonisolated struct Pmm_V1_SetRoutingRule: Sendable {
   public init() {}
 }
 
-/// Keeps a registration alive (a registered pid that dies is deregistered anyway).
+/// Renews a lease (its ttl starts again). A lease whose process dies ends anyway.
 public nonisolated struct Pmm_V1_Heartbeat: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var instance: String = String()
+
+  /// Promises the next heartbeat within this many seconds: three missed and the lease expires. 0 keeps
+  /// the promise made before (at registration or by an earlier heartbeat).
+  public var intervalSeconds: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -249,6 +269,13 @@ public nonisolated struct Pmm_V1_Registration: Sendable {
 
   /// Shards per data type, so clients pick the pipe for a key themselves.
   public var shards: Dictionary<String,UInt32> = [:]
+
+  /// The lease: the process it lives with (0: none), its ttl and the heartbeat interval promised (0: none).
+  public var leasePid: Int32 = 0
+
+  public var ttlSeconds: Double = 0
+
+  public var heartbeatSeconds: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -428,7 +455,7 @@ nonisolated extension Pmm_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Pmm_V1_RegisterService: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterService"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{3}data_type\0\u{3}max_rate\0\u{1}instance\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{3}data_type\0\u{3}max_rate\0\u{1}instance\0\u{1}pid\0\u{3}ttl_seconds\0\u{3}heartbeat_seconds\0\u{1}capacity\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -440,6 +467,10 @@ nonisolated extension Pmm_V1_RegisterService: SwiftProtobuf.Message, SwiftProtob
       case 2: try { try decoder.decodeSingularStringField(value: &self.dataType) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.maxRate) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.instance) }()
+      case 5: try { try decoder.decodeSingularInt32Field(value: &self.pid) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.ttlSeconds) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.heartbeatSeconds) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.capacity) }()
       default: break
       }
     }
@@ -458,6 +489,18 @@ nonisolated extension Pmm_V1_RegisterService: SwiftProtobuf.Message, SwiftProtob
     if !self.instance.isEmpty {
       try visitor.visitSingularStringField(value: self.instance, fieldNumber: 4)
     }
+    if self.pid != 0 {
+      try visitor.visitSingularInt32Field(value: self.pid, fieldNumber: 5)
+    }
+    if self.ttlSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.ttlSeconds, fieldNumber: 6)
+    }
+    if self.heartbeatSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.heartbeatSeconds, fieldNumber: 7)
+    }
+    if self.capacity != 0 {
+      try visitor.visitSingularUInt64Field(value: self.capacity, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -466,6 +509,10 @@ nonisolated extension Pmm_V1_RegisterService: SwiftProtobuf.Message, SwiftProtob
     if lhs.dataType != rhs.dataType {return false}
     if lhs.maxRate != rhs.maxRate {return false}
     if lhs.instance != rhs.instance {return false}
+    if lhs.pid != rhs.pid {return false}
+    if lhs.ttlSeconds != rhs.ttlSeconds {return false}
+    if lhs.heartbeatSeconds != rhs.heartbeatSeconds {return false}
+    if lhs.capacity != rhs.capacity {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -588,7 +635,7 @@ nonisolated extension Pmm_V1_SetRoutingRule: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Pmm_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}instance\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}instance\0\u{3}interval_seconds\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -597,6 +644,7 @@ nonisolated extension Pmm_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._Me
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.instance) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.intervalSeconds) }()
       default: break
       }
     }
@@ -606,11 +654,15 @@ nonisolated extension Pmm_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._Me
     if !self.instance.isEmpty {
       try visitor.visitSingularStringField(value: self.instance, fieldNumber: 1)
     }
+    if self.intervalSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.intervalSeconds, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Pmm_V1_Heartbeat, rhs: Pmm_V1_Heartbeat) -> Bool {
     if lhs.instance != rhs.instance {return false}
+    if lhs.intervalSeconds != rhs.intervalSeconds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -717,7 +769,7 @@ nonisolated extension Pmm_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Pmm_V1_Registration: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Registration"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}instance\0\u{1}ingress\0\u{1}egress\0\u{1}versions\0\u{1}shards\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}instance\0\u{1}ingress\0\u{1}egress\0\u{1}versions\0\u{1}shards\0\u{3}lease_pid\0\u{3}ttl_seconds\0\u{3}heartbeat_seconds\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -731,6 +783,9 @@ nonisolated extension Pmm_V1_Registration: SwiftProtobuf.Message, SwiftProtobuf.
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.egress) }()
       case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt32>.self, value: &self.versions) }()
       case 6: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt32>.self, value: &self.shards) }()
+      case 7: try { try decoder.decodeSingularInt32Field(value: &self.leasePid) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.ttlSeconds) }()
+      case 9: try { try decoder.decodeSingularDoubleField(value: &self.heartbeatSeconds) }()
       default: break
       }
     }
@@ -755,6 +810,15 @@ nonisolated extension Pmm_V1_Registration: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.shards.isEmpty {
       try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt32>.self, value: self.shards, fieldNumber: 6)
     }
+    if self.leasePid != 0 {
+      try visitor.visitSingularInt32Field(value: self.leasePid, fieldNumber: 7)
+    }
+    if self.ttlSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.ttlSeconds, fieldNumber: 8)
+    }
+    if self.heartbeatSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.heartbeatSeconds, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -765,6 +829,9 @@ nonisolated extension Pmm_V1_Registration: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.egress != rhs.egress {return false}
     if lhs.versions != rhs.versions {return false}
     if lhs.shards != rhs.shards {return false}
+    if lhs.leasePid != rhs.leasePid {return false}
+    if lhs.ttlSeconds != rhs.ttlSeconds {return false}
+    if lhs.heartbeatSeconds != rhs.heartbeatSeconds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -184,17 +184,18 @@ struct ConsumerReadingTests {
         let skips = Mutex<[SkippedFrame]>([])
         let consumer = Consumer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 2, path: path) { skip in skips.withLock { $0.append(skip) } }
         let good = try Google_Protobuf_BytesValue(Data("hello".utf8)).serializedBytes() as [UInt8]
+        let iterator = consumer.makeAsyncIterator()  // opened here: the pool's threads may be busy for seconds
         let reading = Task {
+            var iterator = iterator
             var got: [(UInt64, UInt32)] = []
-            for try await received in consumer {
+            while got.count < 3, let received = try await iterator.next() {
                 #expect(received.message.value == Data("hello".utf8))
                 got.append((received.sequence, received.schemaVersion))
-                if got.count == 3 { break }
             }
             return got
         }
         var writer: Int32 = -1
-        try await waitForAsync("the consumer's open", timeout: 20) {
+        try await waitForAsync("the consumer's open", timeout: 60) {
             writer = open(path, O_WRONLY | O_NONBLOCK)
             return writer >= 0
         }
@@ -222,13 +223,15 @@ struct ConsumerReadingTests {
         let path = dir.path + "/egress"
         #expect(mkfifo(path, 0o600) == 0)
         let consumer = Consumer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 0, path: path)
+        let iterator = consumer.makeAsyncIterator()
         let reading = Task {
+            var iterator = iterator
             var count = 0
-            for try await _ in consumer { count += 1 }
+            while try await iterator.next() != nil { count += 1 }
             return count
         }
         var writer: Int32 = -1
-        try await waitForAsync("the consumer's open", timeout: 20) {
+        try await waitForAsync("the consumer's open", timeout: 60) {
             writer = open(path, O_WRONLY | O_NONBLOCK)
             return writer >= 0
         }
@@ -250,7 +253,7 @@ struct ConsumerReadingTests {
         let consumer = Consumer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 0, path: path, bufferSize: 8)
         var iterator = consumer.makeAsyncIterator()
         var writer: Int32 = -1
-        try await waitForAsync("the consumer's open", timeout: 20) {
+        try await waitForAsync("the consumer's open", timeout: 60) {
             writer = open(path, O_WRONLY | O_NONBLOCK)
             return writer >= 0
         }

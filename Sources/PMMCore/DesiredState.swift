@@ -62,10 +62,12 @@ extension MeshSpec {
     /// - Parameter singleUserUID: the uid pmm runs as when it is not root. Pipes that uid owns get mode 0600:
     ///   the router runs as that same user and must both read ingress and write egress pipes, and owner bits
     ///   are the only ones that apply to an owner. Nil (as root) keeps the contract's 0240 and 0420.
-    public func desiredPipes(singleUserUID: UInt32? = nil) -> [DesiredPipe] {
+    /// - Parameter node: in a multi-node mesh, only that node's share: the egress pipes of the instances placed
+    ///   on it, and the ingress pipes of the producers with instances on it. Nil: every node's pipes.
+    public func desiredPipes(singleUserUID: UInt32? = nil, node: String? = nil) -> [DesiredPipe] {
         var pipes: [DesiredPipe] = []
         for service in services {
-            for binding in service.produces {
+            for binding in service.produces where service.runs(on: node) {
                 guard let dataType = dataType(named: binding.dataType) else { continue }
                 let qos = dataType.qos.applying(binding.qos)
                 for shard in 0..<max(0, dataType.shards) {
@@ -79,7 +81,7 @@ extension MeshSpec {
             for binding in service.consumes {
                 guard let dataType = dataType(named: binding.dataType) else { continue }
                 let qos = dataType.qos.applying(binding.qos)
-                for instance in service.instanceNames {
+                for instance in node.map({ service.instances(on: $0) }) ?? service.instanceNames {
                     pipes.append(
                         DesiredPipe(
                             name: Naming.egress(instance: instance, dataType: dataType.name),

@@ -114,6 +114,8 @@ public struct DiagnosticCode: RawRepresentable, Hashable, Sendable, CustomString
     public static let incompatibleSchema = DiagnosticCode(rawValue: "E015")
     /// A schema file protoc cannot read, or that lacks the message the spec names.
     public static let unreadableSchema = DiagnosticCode(rawValue: "E016")
+    /// A file the spec names for this node (a `links.tls` certificate or key) does not exist.
+    public static let missingFile = DiagnosticCode(rawValue: "E017")
     /// Frames of a multi-writer pipe can exceed PIPE_BUF, so only a writer's lock keeps them whole.
     public static let framesAbovePipeBuf = DiagnosticCode(rawValue: "W003")
     /// Two services run as the same uid, so a caller's uid cannot tell them apart.

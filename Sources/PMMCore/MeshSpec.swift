@@ -19,6 +19,10 @@ public struct MeshSpec: Hashable, Sendable {
     public var dataTypes: [DataType]
     public var services: [Service]
     public var routes: [Route]
+    /// The hosts of a multi-node mesh, by name (empty: one host).
+    public var nodes: [MeshNode]
+    /// Mutual TLS between the nodes' routers; nil: plaintext links.
+    public var linkTLS: LinkTLS?
     /// Run time, not in the file: the instances that hold a lease now (`RegisterService`), by instance name.
     /// `Reconciler.currentRevision` fills it from the registry; a spec as written holds none. An instance of
     /// a service with `registration: required` is routed only while it is here.
@@ -33,7 +37,9 @@ public struct MeshSpec: Hashable, Sendable {
         adminUID: UInt32? = nil,
         dataTypes: [DataType] = [],
         services: [Service] = [],
-        routes: [Route] = []
+        routes: [Route] = [],
+        nodes: [MeshNode] = [],
+        linkTLS: LinkTLS? = nil
     ) {
         self.apiVersion = apiVersion
         self.kind = kind
@@ -44,7 +50,11 @@ public struct MeshSpec: Hashable, Sendable {
         self.dataTypes = dataTypes.sorted { $0.name < $1.name }
         self.services = services.sorted { $0.name < $1.name }
         self.routes = routes.sorted { $0.dataType < $1.dataType }
+        self.nodes = nodes.sorted { $0.name < $1.name }
+        self.linkTLS = linkTLS
     }
+
+    public func node(named name: String) -> MeshNode? { nodes.first { $0.name == name } }
 
     public func dataType(named name: String) -> DataType? { dataTypes.first { $0.name == name } }
     public func service(named name: String) -> Service? { services.first { $0.name == name } }
@@ -207,10 +217,13 @@ public struct Service: Hashable, Sendable {
     public var consumes: [Binding]
     /// `required`: only instances holding a lease receive frames.
     public var registration: RegistrationPolicy
+    /// Instances per node, in a mesh with `nodes:` (empty on one host). The loader fills it in for a service
+    /// that names none: `replicas` instances on every node.
+    public var placement: [String: Int]
 
     public init(
         name: String, uid: UInt32, gid: UInt32? = nil, replicas: Int = 1, produces: [Binding] = [],
-        consumes: [Binding] = [], registration: RegistrationPolicy = .optional
+        consumes: [Binding] = [], registration: RegistrationPolicy = .optional, placement: [String: Int] = [:]
     ) {
         self.name = name
         self.uid = uid
@@ -219,11 +232,31 @@ public struct Service: Hashable, Sendable {
         self.produces = produces
         self.consumes = consumes
         self.registration = registration
+        self.placement = placement
     }
 
-    /// The instance names: `collector-0`, `collector-1`, …
+    /// The instance names: `collector-0`, `collector-1`, …; with a placement `collector-edge-a-0`, … per node,
+    /// in node-name order, so changing one node's count never renames another's.
     public var instanceNames: [String] {
-        (0..<max(0, replicas)).map { Naming.instance(service: name, index: $0) }
+        guard !placement.isEmpty else { return (0..<max(0, replicas)).map { Naming.instance(service: name, index: $0) } }
+        return placement.keys.sorted().flatMap { instances(on: $0) }
+    }
+
+    /// The instances placed on `node` (every instance when the service has no placement).
+    public func instances(on node: String) -> [String] {
+        guard !placement.isEmpty else { return instanceNames }
+        return (0..<max(0, placement[node] ?? 0)).map { Naming.instance(service: name, node: node, index: $0) }
+    }
+
+    /// The node `instance` runs on, or nil on one host (or for a name that is not one of its instances).
+    public func node(of instance: String) -> String? {
+        placement.keys.sorted().first { instances(on: $0).contains(instance) }
+    }
+
+    /// Whether the service has instances on `node` (nil, or a service without placement: yes).
+    public func runs(on node: String?) -> Bool {
+        guard let node, !placement.isEmpty else { return true }
+        return (placement[node] ?? 0) > 0
     }
 }
 
@@ -258,11 +291,71 @@ public struct Route: Hashable, Sendable {
     public var dataType: String
     public var policy: RoutingPolicy
     public var targets: [RouteTarget]
+    /// Across nodes: any healthy instance, or local ones first.
+    public var locality: Locality
 
-    public init(dataType: String, policy: RoutingPolicy = .shard, targets: [RouteTarget]) {
+    public init(dataType: String, policy: RoutingPolicy = .shard, targets: [RouteTarget], locality: Locality = .any) {
         self.dataType = dataType
         self.policy = policy
         self.targets = targets
+        self.locality = locality
+    }
+}
+
+/// Which instances a route prefers in a multi-node mesh.
+public enum Locality: String, Hashable, Sendable, CaseIterable {
+    /// Every healthy instance, wherever it runs (the default).
+    case any
+    /// Healthy instances on the producing node first, then in the same `zone`, then anywhere.
+    case preferLocal = "prefer-local"
+}
+
+/// A host of a multi-node mesh: it runs its own router and applies its own share of the pipes.
+public struct MeshNode: Hashable, Sendable {
+    public var name: String
+    /// `host:port` where this node's router accepts links from the other routers.
+    public var address: String
+    /// Free-form labels; `zone` is what `locality: prefer-local` reads.
+    public var labels: [String: String]
+
+    public init(name: String, address: String, labels: [String: String] = [:]) {
+        self.name = name
+        self.address = address
+        self.labels = labels
+    }
+
+    public var zone: String? { labels["zone"] }
+
+    /// The host and port of `address`, or nil when it is not `host:port` (IPv6 as `[addr]:port`).
+    public var hostAndPort: (host: String, port: Int)? {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]), (1...65_535).contains(port)
+        else { return nil }
+        var host = String(address[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, !host.contains(where: { $0 == "/" || $0 == " " }) else { return nil }
+        return (host, port)
+    }
+}
+
+/// Mutual TLS between routers: the paths may use `${NODE}`, the name of the node reading the spec.
+public struct LinkTLS: Hashable, Sendable {
+    public var ca: String
+    public var cert: String
+    public var key: String
+
+    public init(ca: String, cert: String, key: String) {
+        self.ca = ca
+        self.cert = cert
+        self.key = key
+    }
+
+    /// The paths as node `node` reads them.
+    public func resolved(for node: String) -> LinkTLS {
+        LinkTLS(ca: Self.replacingNode(ca, node), cert: Self.replacingNode(cert, node), key: Self.replacingNode(key, node))
+    }
+
+    static func replacingNode(_ path: String, _ node: String) -> String {
+        path.replacing("${NODE}", with: node)
     }
 }
 

@@ -25,6 +25,11 @@ public enum Naming {
         "\(service)-\(index)"
     }
 
+    /// The instance name for replica `index` of `service` on `node` (a multi-node mesh): `collector-edge-a-0`.
+    public static func instance(service: String, node: String, index: Int) -> String {
+        "\(service)-\(node)-\(index)"
+    }
+
     /// The ingress pipe's file name: `api.metrics.s3.in`.
     public static func ingress(producer: String, dataType: String, shard: Int) -> String {
         "\(producer).\(dataType).s\(shard).in"

@@ -2,9 +2,15 @@
 public struct ValidationEnvironment: Sendable {
     /// The schema paths (as written in the spec) that exist on disk. Nil: do not check schema files.
     public var existingSchemaFiles: Set<String>?
+    /// The node reading the spec (`--node`, `PMM_NODE`), if any: its `links.tls` files are checked.
+    public var node: String?
+    /// Which of that node's TLS files (paths with `${NODE}` resolved) exist. Nil: do not check them.
+    public var existingLinkFiles: Set<String>?
 
-    public init(existingSchemaFiles: Set<String>? = nil) {
+    public init(existingSchemaFiles: Set<String>? = nil, node: String? = nil, existingLinkFiles: Set<String>? = nil) {
         self.existingSchemaFiles = existingSchemaFiles
+        self.node = node
+        self.existingLinkFiles = existingLinkFiles
     }
 }
 
@@ -78,7 +84,72 @@ private struct Checker {
         checkDataTypes()
         checkServices()
         checkRoutes()
+        checkNodes()
         checkCollisions()
+    }
+
+    /// `nodes`, `links`, `placement`, `locality` (DESIGN.md, "Beyond one host").
+    mutating func checkNodes() {
+        let top = DocumentPath.root
+        let nodeNames = spec.nodes.map(\.name)
+        var addresses: [String: String] = [:]
+        for node in spec.nodes {
+            let path = top.appending("nodes").appending(node.name)
+            checkName(node.name, what: "node", at: path, atKey: true)
+            if node.hostAndPort == nil {
+                report(
+                    .invalidValue, "node '\(node.name)': address '\(node.address)' is not host:port", at: path.appending("address"),
+                    notes: ["the address this node's router listens on for links, such as 10.250.0.1:7400 or [fd00::1]:7400"])
+            } else if let other = addresses[node.address] {
+                report(
+                    .nameCollision, "nodes '\(other)' and '\(node.name)' have the same address \(node.address)", at: path.appending("address"),
+                    notes: ["each node's router listens on an address of its own"])
+            } else {
+                addresses[node.address] = node.name
+            }
+        }
+        if let tls = spec.linkTLS {
+            if spec.nodes.isEmpty {
+                report(
+                    .invalidValue, "links has no effect without nodes", at: top.appending("links"),
+                    notes: ["links join the routers of a mesh's nodes; declare 'nodes:' or remove 'links:'"], severity: .warning)
+            } else if let node = environment.node, let existing = environment.existingLinkFiles {
+                let resolved = tls.resolved(for: node)
+                for (key, file) in [("ca", resolved.ca), ("cert", resolved.cert), ("key", resolved.key)] where !existing.contains(file) {
+                    report(
+                        .missingFile, "links.tls.\(key): \(file) does not exist on node '\(node)'", at: top.appending("links").appending("tls").appending(key),
+                        notes: ["make it, or fix the path (${NODE} stands for the node's name)"])
+                }
+            }
+        } else if !spec.nodes.isEmpty {
+            report(
+                .invalidValue, "links between the nodes' routers are plaintext", at: top.appending("nodes"),
+                notes: ["add links.tls (ca, cert, key) for mutual TLS between routers"], severity: .warning, atKey: true)
+        }
+        for service in spec.services {
+            let path = top.appending("services").appending(service.name)
+            guard map.values[path.appending("placement")] != nil else { continue }  // as written, not the loader's default
+            if spec.nodes.isEmpty {
+                report(
+                    .invalidValue, "service '\(service.name)' has a placement, but the mesh declares no nodes", at: path.appending("placement"),
+                    notes: ["declare the nodes under 'nodes:', or remove 'placement'"])
+                continue
+            }
+            for (node, count) in service.placement.sorted(by: { $0.key < $1.key }) {
+                if spec.node(named: node) == nil {
+                    var notes = ["declared nodes are \(Suggestion.quotedList(nodeNames))"]
+                    if let guess = Suggestion.closest(to: node, in: nodeNames) { notes.append("did you mean '\(guess)'?") }
+                    report(.unknownReference, "service '\(service.name)' is placed on node '\(node)', which is not declared", at: path.appending("placement").appending(node), notes: notes, atKey: true)
+                }
+                checkRange(count, 0...Limits.replicas.upperBound, what: "instances on node '\(node)'", at: path.appending("placement").appending(node))
+            }
+            checkRange(service.replicas, Limits.replicas, what: "instances in the placement (their sum)", at: path.appending("placement"))
+        }
+        for route in spec.routes where route.locality == .preferLocal && spec.nodes.isEmpty {
+            report(
+                .invalidValue, "locality: prefer-local has no effect on one host", at: top.appending("routes").appending(route.dataType).appending("locality"),
+                notes: ["it chooses among nodes; declare 'nodes:' or remove the key"], severity: .warning)
+        }
     }
 
     mutating func checkQoS(_ qos: QoS, at path: DocumentPath) {
@@ -282,7 +353,7 @@ private struct Checker {
                         .nameCollision,
                         "instance '\(instance)' of service '\(service.name)' has the same name as \(other)",
                         at: DocumentPath.root.appending("services").appending(service.name),
-                        notes: ["rename one of them; instance names are <service>-<index>"], atKey: true)
+                        notes: [spec.nodes.isEmpty ? "rename one of them; instance names are <service>-<index>" : "rename one of them; instance names are <service>-<node>-<index>"], atKey: true)
                 } else {
                     owners[instance] = "instance '\(instance)' of service '\(service.name)'"
                 }

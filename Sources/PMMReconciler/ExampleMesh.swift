@@ -79,6 +79,31 @@ routes:                         # optional: a consumed type without a route goes
       - service: collector-canary
         weight: 10
 
+# Beyond one host (DESIGN.md, "Beyond one host"): the same file, kept in git, is applied on every node with
+# `pmm apply -f mesh.yaml --node NAME` (or PMM_NODE=NAME), which makes only that node's pipes. Uncomment to try;
+# `pmm diff -f mesh.yaml` then shows every node's share. (Routing across nodes over the links is not wired into
+# the router yet: `pmm router` refuses a spec with nodes.)
+#
+# nodes:
+#   edge-a:
+#     address: 10.250.0.1:7400  # where this node's router accepts links from the other routers
+#     labels: {zone: west}      # free-form; locality: prefer-local reads zone
+#   edge-b:
+#     address: 10.250.0.2:7400
+#     labels: {zone: east}
+# links:
+#   tls:                        # mutual TLS between routers; without it links are plaintext (a warning)
+#     ca: /etc/pmm/ca.pem       # ${NODE} is the name of the node reading the spec
+#     cert: /etc/pmm/${NODE}.pem
+#     key: /etc/pmm/${NODE}-key.pem
+#
+# and, under a service, where its instances run (a service without placement runs `replicas` on every node):
+#   collector:
+#     placement: {edge-a: 1, edge-b: 2}   # instances collector-edge-a-0, collector-edge-b-0, collector-edge-b-1
+# and, under a route:
+#   metrics:
+#     locality: prefer-local    # any (default) | prefer-local: same node, then same zone, then anywhere
+
 """#,
         "schemas/shop/metrics_v1.proto": #"""
 // Example payload schema used by mesh.yaml.example and `pmm demo`: version 1 of the shop's metric sample.

@@ -42,8 +42,9 @@ public struct LoadedSpec: Sendable {
     ///   - checkSchemaFiles: whether a missing `.proto` file is an error (not for a revision already applied,
     ///     whose files may have moved since).
     ///   - schemas: whether to read the `.proto` files through protoc and check compatibility.
+    ///   - node: the node reading the spec (`--node`): its `links.tls` files must exist.
     public static func load(
-        _ file: SpecFile, rootOverride: String? = nil, checkSchemaFiles: Bool = true, schemas: SchemaCheck = .skip
+        _ file: SpecFile, rootOverride: String? = nil, checkSchemaFiles: Bool = true, schemas: SchemaCheck = .skip, node: String? = nil
     ) -> LoadedSpec {
         var result = SpecLoader.load(yaml: file.text, file: file.displayPath)
         var extra: [Diagnostic] = []
@@ -60,8 +61,10 @@ public struct LoadedSpec: Sendable {
         }
         if let spec = result.spec {
             let schemaPaths = spec.dataTypes.flatMap { $0.versions.map(\.schema) }.filter { !$0.isEmpty }
+            let linkFiles = node.flatMap { node in spec.linkTLS.map { $0.resolved(for: node) } }.map { [$0.ca, $0.cert, $0.key] }
             let environment = ValidationEnvironment(
-                existingSchemaFiles: checkSchemaFiles ? file.existingFiles(among: schemaPaths) : nil)
+                existingSchemaFiles: checkSchemaFiles ? file.existingFiles(among: schemaPaths) : nil, node: node,
+                existingLinkFiles: linkFiles.map { file.existingFiles(among: $0) })
             extra += spec.validate(sourceMap: result.sourceMap, environment: environment)
         }
         var reports: [SchemaReport]?

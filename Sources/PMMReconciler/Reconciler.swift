@@ -45,6 +45,9 @@ public struct DiffReport: Sendable {
 /// One per command. Holds the registry open; takes the apply lock only while applying.
 public final class Reconciler {
     public let state: StateDirectory
+    /// The node this host is in a multi-node mesh (`--node`, `PMM_NODE`): apply, diff and repair touch only
+    /// its share of the pipes. Nil on one host.
+    public var node: String?
     public let registry: Registry
     let now: @Sendable () -> Date
     /// The newest revision and its parsed spec, until a newer revision is recorded (or another process changes
@@ -106,9 +109,16 @@ public final class Reconciler {
         }
     }
 
-    /// The pipes `spec` asks for on this host: a single-user mesh (0600) when pmm does not run as root.
+    /// The pipes `spec` asks for on this host (this node's share of a multi-node mesh): a single-user mesh
+    /// (0600) when pmm does not run as root.
     func desiredPipes(_ spec: MeshSpec) -> [DesiredPipe] {
-        spec.desiredPipes(singleUserUID: geteuid() == 0 ? nil : geteuid())
+        spec.desiredPipes(singleUserUID: geteuid() == 0 ? nil : geteuid(), node: spec.nodes.isEmpty ? nil : node)
+    }
+
+    /// Checks that this host's `node` fits `spec`: a multi-node spec needs a node it declares.
+    public func checkNode(of spec: MeshSpec) throws(PMMError) {
+        guard !spec.nodes.isEmpty else { return }
+        guard let node, spec.node(named: node) != nil else { throw .node(given: node, declared: spec.nodes.map(\.name)) }
     }
 
     /// What applying `spec` would change.
@@ -140,6 +150,7 @@ public final class Reconciler {
         defer { withExtendedLifetime(lock) {} }
         if !dryRun { try finishIntents() }
 
+        try checkNode(of: spec)
         let diff = try self.diff(spec, prune: prune)
         let plan = diff.plan
         guard plan.conflicts.isEmpty else { throw .conflicts(root: spec.root, plan.conflicts) }
@@ -156,7 +167,8 @@ public final class Reconciler {
             let revision = Revision(
                 appliedAt: timestamp, specSHA256: SHA256.hex(loaded.file.text), specText: loaded.file.text,
                 specFile: loaded.file.absolutePath, root: spec.root, gitCommit: git?.commit, gitDirty: git?.dirty, source: source,
-                summary: Self.summary(plan, specChanges: diff.specChanges), schemaMatrix: Self.encode(loaded.readers))
+                summary: Self.summary(plan, specChanges: diff.specChanges), schemaMatrix: Self.encode(loaded.readers),
+                node: spec.nodes.isEmpty ? nil : node)
             do { report.revision = try registry.append(revision) } catch { throw .registry(error) }
         }
         return report

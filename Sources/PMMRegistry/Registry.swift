@@ -23,11 +23,15 @@ public struct Revision: Sendable, Hashable {
     /// JSON: data type -> writer version -> reader versions, from the schema check at apply time; nil when
     /// it did not run (the router then matches equal versions only).
     public var schemaMatrix: String?
+    /// The node it was applied on, in a multi-node mesh (`--node`); nil on one host.
+    public var node: String?
 
     public init(
         number: Int = 0, appliedAt: String, specSHA256: String, specText: String, specFile: String,
-        root: String, gitCommit: String? = nil, gitDirty: Bool? = nil, source: String, summary: String, schemaMatrix: String? = nil
+        root: String, gitCommit: String? = nil, gitDirty: Bool? = nil, source: String, summary: String, schemaMatrix: String? = nil,
+        node: String? = nil
     ) {
+        self.node = node
         self.number = number
         self.appliedAt = appliedAt
         self.specSHA256 = specSHA256
@@ -312,6 +316,9 @@ public final class Registry: Sendable {
                     ALTER TABLE instance ADD COLUMN pidStartTime INTEGER NOT NULL DEFAULT 0;
                     """)
         }
+        migrator.registerMigration("v6: the node a revision was applied on (multi-node meshes)") { db in
+            try db.execute(sql: "ALTER TABLE revision ADD COLUMN node TEXT")
+        }
         return migrator
     }
 
@@ -410,12 +417,12 @@ public final class Registry: Sendable {
         try write { db in
             try db.execute(
                 sql: """
-                    INSERT INTO revision (appliedAt, specSHA256, specText, specFile, root, gitCommit, gitDirty, source, summary, schemaMatrix)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO revision (appliedAt, specSHA256, specText, specFile, root, gitCommit, gitDirty, source, summary, schemaMatrix, node)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     revision.appliedAt, revision.specSHA256, revision.specText, revision.specFile, revision.root, revision.gitCommit,
-                    revision.gitDirty, revision.source, revision.summary, revision.schemaMatrix,
+                    revision.gitDirty, revision.source, revision.summary, revision.schemaMatrix, revision.node,
                 ])
             var stored = revision
             stored.number = Int(db.lastInsertedRowID)
@@ -462,7 +469,7 @@ public final class Registry: Sendable {
         Revision(
             number: row["number"], appliedAt: row["appliedAt"], specSHA256: row["specSHA256"],
             specText: row["specText"], specFile: row["specFile"], root: row["root"], gitCommit: row["gitCommit"],
-            gitDirty: row["gitDirty"], source: row["source"], summary: row["summary"], schemaMatrix: row["schemaMatrix"])
+            gitDirty: row["gitDirty"], source: row["source"], summary: row["summary"], schemaMatrix: row["schemaMatrix"], node: row["node"])
     }
 
     // MARK: Instances

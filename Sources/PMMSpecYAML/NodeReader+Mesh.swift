@@ -12,6 +12,8 @@ extension NodeReader {
         var dataTypes: [DataType] = []
         var services: [Service] = []
         var routes: [Route] = []
+        var nodes: [MeshNode] = []
+        var linkTLS: LinkTLS?
         for (key, _, value) in pairs {
             let path = top.appending(key)
             switch key {
@@ -33,15 +35,63 @@ extension NodeReader {
                 for (name, _, body) in mapping(value, path, allowed: nil, what: "routes by data type") ?? [] {
                     if let route = readRoute(dataType: name, body, path.appending(name)) { routes.append(route) }
                 }
+            case "nodes":
+                for (name, _, body) in mapping(value, path, allowed: nil, what: "nodes by name") ?? [] {
+                    if let node = readNode(name: name, body, path.appending(name)) { nodes.append(node) }
+                }
+            case "links":
+                for (linkKey, _, linkValue) in mapping(value, path, allowed: SpecKeys.links, what: "link settings") ?? [] where linkKey == "tls" {
+                    linkTLS = readTLS(linkValue, path.appending(linkKey))
+                }
             default: break
             }
         }
         if map.isRejected(top.appending("apiVersion")) { spec.apiVersion = MeshSpec.apiVersion }
         if map.isRejected(top.appending("kind")) { spec.kind = MeshSpec.kind }
+        // With nodes, a service that names no placement runs `replicas` instances on every node (DESIGN.md,
+        // "Beyond one host"); its replicas become their sum.
+        if !nodes.isEmpty {
+            for index in services.indices where services[index].placement.isEmpty {
+                services[index].placement = Dictionary(uniqueKeysWithValues: nodes.map { ($0.name, services[index].replicas) })
+                services[index].replicas *= nodes.count
+            }
+        }
         return MeshSpec(
             apiVersion: spec.apiVersion, kind: spec.kind, name: spec.name, root: spec.root,
             routerGroup: spec.routerGroup, adminUID: spec.adminUID, dataTypes: dataTypes, services: services,
-            routes: routes)
+            routes: routes, nodes: nodes, linkTLS: linkTLS)
+    }
+
+    mutating func readNode(name: String, _ node: Node, _ path: DocumentPath) -> MeshNode? {
+        guard let pairs = mapping(node, path, allowed: SpecKeys.node, required: SpecKeys.nodeRequired, what: "a node") else { return nil }
+        var result = MeshNode(name: name, address: "")
+        for (key, _, value) in pairs {
+            let keyPath = path.appending(key)
+            switch key {
+            case "address": result.address = string(value, keyPath) ?? ""
+            case "labels":
+                for (label, _, labelValue) in mapping(value, keyPath, allowed: nil, what: "labels") ?? [] {
+                    if let text = string(labelValue, keyPath.appending(label)) { result.labels[label] = text }
+                }
+            default: break
+            }
+        }
+        return result
+    }
+
+    mutating func readTLS(_ node: Node, _ path: DocumentPath) -> LinkTLS? {
+        guard let pairs = mapping(node, path, allowed: SpecKeys.tls, required: SpecKeys.tlsRequired, what: "TLS settings") else { return nil }
+        var tls = LinkTLS(ca: "", cert: "", key: "")
+        for (key, _, value) in pairs {
+            let keyPath = path.appending(key)
+            switch key {
+            case "ca": tls.ca = string(value, keyPath) ?? ""
+            case "cert": tls.cert = string(value, keyPath) ?? ""
+            case "key": tls.key = string(value, keyPath) ?? ""
+            default: break
+            }
+        }
+        return tls
     }
 
     mutating func readDataType(name: String, _ node: Node, _ path: DocumentPath) -> DataType? {
@@ -109,6 +159,7 @@ extension NodeReader {
         var produces: [Binding] = []
         var consumes: [Binding] = []
         var registration = RegistrationPolicy.optional
+        var placement: [String: Int] = [:]
         for (key, _, value) in pairs {
             let keyPath = path.appending(key)
             switch key {
@@ -116,6 +167,10 @@ extension NodeReader {
             case "registration": registration = choice(value, keyPath, RegistrationPolicy.self) ?? .optional
             case "gid": gid = id(value, keyPath)
             case "replicas": replicas = integer(value, keyPath) ?? 1
+            case "placement":
+                for (nodeName, _, count) in mapping(value, keyPath, allowed: nil, what: "instances by node") ?? [] {
+                    placement[nodeName] = integer(count, keyPath.appending(nodeName)) ?? 0
+                }
             case "produces", "consumes":
                 var bindings: [Binding] = []
                 for (index, item) in (sequence(value, keyPath, what: "data types") ?? []).enumerated() {
@@ -125,8 +180,16 @@ extension NodeReader {
             default: break
             }
         }
+        let placed = placement.values.reduce(0, +)
+        if !placement.isEmpty, let entry = map.values[path.appending("replicas")], replicas != placed {
+            error(
+                .invalidValue, "service '\(name)': replicas is \(replicas) but its placement puts \(placed) instances", at: path.appending("replicas"),
+                location: entry.location, span: entry.span,
+                notes: ["with a placement, replicas may be left out; if given, it must equal the placement's sum"])
+        }
         return Service(
-            name: name, uid: uid, gid: gid, replicas: replicas, produces: produces, consumes: consumes, registration: registration)
+            name: name, uid: uid, gid: gid, replicas: placement.isEmpty ? replicas : placed, produces: produces,
+            consumes: consumes, registration: registration, placement: placement)
     }
 
     mutating func readBinding(_ node: Node, _ path: DocumentPath) -> Binding? {
@@ -155,6 +218,7 @@ extension NodeReader {
             let keyPath = path.appending(key)
             switch key {
             case "policy": route.policy = choice(value, keyPath, RoutingPolicy.self) ?? .shard
+            case "locality": route.locality = choice(value, keyPath, Locality.self) ?? .any
             case "targets":
                 for (index, item) in (sequence(value, keyPath, what: "targets") ?? []).enumerated() {
                     let itemPath = keyPath.appending(index: index)

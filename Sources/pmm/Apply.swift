@@ -21,6 +21,7 @@ struct Apply: ParsableCommand {
 
     @OptionGroup var spec: SpecOptions
     @OptionGroup var state: StateOptions
+    @OptionGroup var node: NodeOptions
 
     @Flag(help: "Show what would change and change nothing.")
     var dryRun = false
@@ -31,10 +32,11 @@ struct Apply: ParsableCommand {
     @OptionGroup var waiting: WaitOptions
 
     func run() throws {
-        let loaded = try readSpec(spec, failure: 1)
+        let loaded = try readSpec(spec, failure: 1, node: node.name)
         let applied: ApplyReport
         do {
             let reconciler = try Reconciler(state: state.directory)
+            reconciler.node = node.name
             applied = try reconciler.apply(loaded, prune: prune, dryRun: dryRun)
             printDiagnostics(loaded, color: useColor)  // warnings only: errors threw
             print(ApplyOutput.text(applied, renderer: Renderer(color: useColor)))

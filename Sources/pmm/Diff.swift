@@ -18,10 +18,15 @@ struct Diff: ParsableCommand {
             With --base OTHER it works offline, for CI: OTHER is a file or a git revision of the same file \
             (main, HEAD~1, a commit), and the diff shows what the change does to pipes, permissions and routes, \
             and what share of shard keys move to another shard or instance.
+
+            In a mesh with nodes, --node NAME (or PMM_NODE) compares that node's share of the pipes with this \
+            host. Without it, every node's share is compared with the same node's share of the current \
+            revision (this host cannot see the other nodes' pipes), one section per node.
             """)
 
     @OptionGroup var spec: SpecOptions
     @OptionGroup var state: StateOptions
+    @OptionGroup var node: NodeOptions
 
     @Option(name: .shortAndLong, help: "Output format: text or json.")
     var output: OutputFormat = .text
@@ -33,17 +38,20 @@ struct Diff: ParsableCommand {
     var prune = false
 
     func run() throws {
-        let loaded = try readSpec(spec, failure: 2, schemas: .required)
+        let loaded = try readSpec(spec, failure: 2, schemas: .required, node: node.name)
         guard let desired = loaded.validSpec else {
             throw report(.invalidSpec(loaded), exitCode: 2, color: useColor)
         }
         printDiagnostics(loaded, color: useColor)  // warnings
+        if !desired.nodes.isEmpty && node.name == nil && base == nil { return try everyNode(desired) }
         let result: DiffOutput
         do {
             if let base {
-                result = try offline(desired, file: loaded.file, base: base)
+                result = try offline(desired, file: loaded.file, base: base, node: node.name)
             } else {
                 let reconciler = try Reconciler(state: state.directory, create: false)
+                reconciler.node = node.name
+                try reconciler.checkNode(of: desired)
                 let diff = try reconciler.diff(desired, prune: prune)
                 result = DiffOutput(root: desired.root, diff: diff, spec: desired)
             }
@@ -59,8 +67,48 @@ struct Diff: ParsableCommand {
         throw ExitCode(result.differences ? 1 : 0)
     }
 
+    /// A mesh with nodes and no `--node`: each node's share against the same node's share of the current revision.
+    func everyNode(_ desired: MeshSpec) throws {
+        var shares: [String: DiffOutput] = [:]
+        do {
+            let reconciler = try Reconciler(state: state.directory, create: false)
+            let current = try reconciler.currentRevision(runtime: false)
+            for meshNode in desired.nodes {
+                shares[meshNode.name] = Self.share(
+                    of: desired, node: meshNode.name, base: current?.spec, baseName: current.map { "revision \($0.revision.number)" })
+            }
+        } catch {
+            throw report(error, exitCode: 2, color: useColor)
+        }
+        if output == .json {
+            try printJSON(shares)
+        } else {
+            for meshNode in desired.nodes {
+                print("node \(meshNode.name) (\(meshNode.address)):")
+                print(shares[meshNode.name]!.text(Renderer(color: useColor)).split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n"))
+            }
+        }
+        throw ExitCode(shares.values.contains { $0.differences } ? 1 : 0)
+    }
+
+    /// What `desired` does to `node`'s pipes, taking `base`'s share of that node as applied exactly.
+    static func share(of desired: MeshSpec, node: String?, base: MeshSpec?, baseName: String?) -> DiffOutput {
+        var observed = ObservedState(rootExists: true)
+        for (index, pipe) in (base?.desiredPipes(node: base?.nodes.isEmpty == false ? node : nil) ?? []).enumerated() {
+            let file = ObservedFile(name: pipe.name, kind: .fifo, uid: pipe.uid, gid: pipe.gid, mode: pipe.mode, device: 0, inode: UInt64(index + 1))
+            observed.files[pipe.name] = file
+            observed.inventory[pipe.name] = InventoryRecord(
+                name: pipe.name, kind: pipe.kind, dataType: pipe.dataType, uid: pipe.uid, gid: pipe.gid, mode: pipe.mode,
+                pipeSize: pipe.pipeSize, device: 0, inode: UInt64(index + 1))
+        }
+        let plan = Planner.plan(desired: desired.desiredPipes(node: desired.nodes.isEmpty ? nil : node), observed: observed, prune: true)
+        return DiffOutput(
+            root: desired.root, base: baseName, plan: plan, specChanges: base.map { SpecChange.between($0, desired) } ?? [],
+            movement: base.map { KeyMovement.compare(base: $0, new: desired) } ?? [])
+    }
+
     /// The diff between `base` (a file or a git revision of the spec) and `desired`, without touching the host.
-    func offline(_ desired: MeshSpec, file: SpecFile, base: String) throws(PMMError) -> DiffOutput {
+    func offline(_ desired: MeshSpec, file: SpecFile, base: String, node: String?) throws(PMMError) -> DiffOutput {
         let text: String
         let name: String
         if let baseFile = try? SpecFile.read(base) {
@@ -77,18 +125,7 @@ struct Diff: ParsableCommand {
             throw .invalidSpec(baseLoaded)
         }
         // The base's pipes, as if applied exactly: the planner then tells what the change does to them.
-        var observed = ObservedState(rootExists: true)
-        for (index, pipe) in baseSpec.desiredPipes().enumerated() {
-            let file = ObservedFile(name: pipe.name, kind: .fifo, uid: pipe.uid, gid: pipe.gid, mode: pipe.mode, device: 0, inode: UInt64(index + 1))
-            observed.files[pipe.name] = file
-            observed.inventory[pipe.name] = InventoryRecord(
-                name: pipe.name, kind: pipe.kind, dataType: pipe.dataType, uid: pipe.uid, gid: pipe.gid, mode: pipe.mode,
-                pipeSize: pipe.pipeSize, device: 0, inode: UInt64(index + 1))
-        }
-        let plan = Planner.plan(desired: desired.desiredPipes(), observed: observed, prune: true)
-        return DiffOutput(
-            root: desired.root, base: name, plan: plan, specChanges: SpecChange.between(baseSpec, desired),
-            movement: KeyMovement.compare(base: baseSpec, new: desired))
+        return Self.share(of: desired, node: node, base: baseSpec, baseName: name)
     }
 }
 

@@ -62,14 +62,28 @@ func printError(_ text: String) {
     FileHandle.standardError.write(Data((text.hasSuffix("\n") ? text : text + "\n").utf8))
 }
 
+/// `--node`: which node of a multi-node mesh this host is (DESIGN.md, "Beyond one host").
+struct NodeOptions: ParsableArguments {
+    @Option(
+        name: .customLong("node"),
+        help: ArgumentHelp(
+            "In a mesh with nodes, the node this host is: only its share of the pipes is made (env: PMM_NODE).", valueName: "name"))
+    var node: String?
+
+    /// `--node`, else `PMM_NODE`, else nil.
+    var name: String? {
+        node ?? ProcessInfo.processInfo.environment["PMM_NODE"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+}
+
 /// Reads the spec file, or reports why not and exits with `code`.
 ///
 /// - Parameter schemas: `.required` for checks (validate, diff), `.optional` for commands that act (apply,
 ///   up, serve): without protoc they warn and go on.
-func readSpec(_ options: SpecOptions, failure code: Int32, schemas: SchemaCheck = .optional) throws -> LoadedSpec {
+func readSpec(_ options: SpecOptions, failure code: Int32, schemas: SchemaCheck = .optional, node: String? = nil) throws -> LoadedSpec {
     do {
         let file = try SpecFile.read(options.file)
-        return LoadedSpec.load(file, rootOverride: options.rootOverride, schemas: schemas)
+        return LoadedSpec.load(file, rootOverride: options.rootOverride, schemas: schemas, node: node)
     } catch {
         printError("error: \(error)")
         throw ExitCode(code)

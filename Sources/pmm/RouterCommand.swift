@@ -135,6 +135,7 @@ final class RouterService {
 
     static func layout(_ reconciler: Reconciler) throws(PMMError) -> RouterLayout? {
         guard let (revision, spec) = try reconciler.currentRevision() else { return nil }
+        guard spec.nodes.isEmpty else { throw .acrossNodes(nodes: spec.nodes.map(\.name)) }
         return RouterLayout(spec: spec, revision: revision.number, readers: reconciler.readers(of: revision))
     }
 

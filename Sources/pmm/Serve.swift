@@ -32,6 +32,7 @@ struct Serve: ParsableCommand {
 
     @OptionGroup var spec: SpecOptions
     @OptionGroup var state: StateOptions
+    @OptionGroup var node: NodeOptions
 
     @Option(help: ArgumentHelp("Seconds between self-heal rounds.", valueName: "seconds"))
     var interval: Double = 5
@@ -72,10 +73,11 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let logger = makeLogger(label: "pmm.serve", level: logLevel)
-        let loaded = try readSpec(spec, failure: 1)
+        let loaded = try readSpec(spec, failure: 1, node: node.name)
         let directory = state.directory
         do {
             let reconciler = try Reconciler(state: directory)
+            reconciler.node = node.name
             let report = try reconciler.apply(loaded, prune: false, dryRun: false, source: "serve")
             printDiagnostics(loaded, color: useColor)
             print(ApplyOutput.text(report, renderer: Renderer(color: useColor)))

@@ -52,7 +52,8 @@ public struct BenchResult: Codable, Sendable {
     public var routerPeakRSSMiB: Double?
 }
 
-/// Runs the same workload through the real router and through direct FIFOs (the physical baseline).
+/// Runs the same workload through the real router, through a minimal relay (the hop's floor) and through direct
+/// FIFOs (the physical baseline).
 ///
 /// Producers and consumers are threads of this process, each on its own pipe end, with blocking I/O; the
 /// router is a separate `pmm router` process. Each envelope carries its sender's sequence number and a
@@ -96,6 +97,32 @@ public final class Bench {
         let seconds = Double(tally.lastArrival - started) / 1e9
         for reader in readers { reader.stop() }
         return tally.result(path: "direct FIFO", seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: nil)
+    }
+
+    // MARK: Relay
+
+    /// The same producers and consumers with a minimal relay between them (no routing): the hop's floor.
+    public func relay() throws -> BenchResult {
+        let directory = workspace + "/relay"
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let ingress = (0..<config.producers).map { directory + "/p\($0).in" }
+        let egress = (0..<config.consumers).map { directory + "/c\($0).out" }
+        for path in ingress + egress { mkfifo(path, 0o600) }
+        let tally = Tally(producers: config.producers, count: config.count)
+        let readers = egress.map { ConsumerThread(path: $0, tally: tally, expected: config.producers * config.count) }
+        for reader in readers { reader.start() }
+        let relay = RelayThread(ingress: ingress, egress: egress)
+        relay.start()
+        let started = realtimeNanos()
+        let producers = ingress.enumerated().map { index, path in ProducerThread(path: path, index: index, config: config) }
+        for producer in producers { producer.start() }
+        for producer in producers { producer.wait() }
+        tally.waitForAll(timeout: 30)
+        let seconds = Double(tally.lastArrival - started) / 1e9
+        let cpu = relay.wait()
+        for reader in readers { reader.stop() }
+        return tally.result(path: "relay (no routing)", seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (cpu, nil))
     }
 
     // MARK: Routed

@@ -240,3 +240,89 @@ final class ConsumerThread: @unchecked Sendable {
         return (producer, sequence, sentAt)
     }
 }
+
+/// The hop's floor: a minimal relay between the same kind of FIFOs, with no routing. One poll loop, 256 KiB
+/// reads, and per read one write per egress of the whole frames it completed (ingress `i` goes to egress
+/// `i % egress.count`, so frames stay whole and in order). What the router adds is measured against this.
+final class RelayThread: @unchecked Sendable {
+    let ingress: [String]
+    let egress: [String]
+    private let done = DispatchSemaphore(value: 0)
+    private let opened = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private var cpu: Double = 0
+
+    init(ingress: [String], egress: [String]) {
+        self.ingress = ingress
+        self.egress = egress
+    }
+
+    /// Starts the relay and returns once its ingress pipes are open (so producers can open theirs).
+    func start() {
+        let thread = Thread { self.run() }
+        thread.stackSize = 1 << 20
+        thread.start()
+        opened.wait()
+    }
+
+    /// Waits until every producer closed and everything read was written; the relay's CPU seconds.
+    func wait() -> Double {
+        done.wait()
+        return lock.withLock { cpu }
+    }
+
+    func run() {
+        defer { done.signal() }
+        let inputs = ingress.map { open($0, O_RDONLY | O_NONBLOCK) }
+        for fd in inputs { _ = fcntl(fd, F_SETPIPE_SZ, Int32(1 << 20)) }
+        opened.signal()
+        let outputs = egress.map { open($0, O_WRONLY) }
+        for fd in outputs { _ = fcntl(fd, F_SETPIPE_SZ, Int32(1 << 20)) }
+        defer { for fd in inputs + outputs { close(fd) } }
+        var buffers = inputs.map { _ in [UInt8](repeating: 0, count: 1 << 20) }
+        var ends = inputs.map { _ in 0 }
+        var producing = inputs.count
+        var fds = inputs.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        while producing > 0 {
+            _ = poll(&fds, nfds_t(fds.count), 100)
+            for i in fds.indices where fds[i].fd >= 0 && fds[i].revents != 0 {
+                let end = ends[i]
+                let n = buffers[i].withUnsafeMutableBytes { read(inputs[i], $0.baseAddress! + end, min(256 << 10, $0.count - end)) }
+                if n == 0 {  // every writer closed: this producer is done
+                    fds[i].fd = -1
+                    producing -= 1
+                    continue
+                }
+                guard n > 0 else { continue }
+                ends[i] += n
+                // Whole frames only: the varint lengths tell where the last complete one ends.
+                var whole = 0
+                buffers[i].withUnsafeBytes { raw in
+                    let window = UnsafeRawBufferPointer(rebasing: raw[0..<ends[i]])
+                    while case .value(let length, let prefix) = Varint.decode(window, at: whole), whole + prefix + Int(length) <= window.count {
+                        whole += prefix + Int(length)
+                    }
+                }
+                guard whole > 0 else { continue }
+                let out = outputs[i % outputs.count]
+                var offset = 0
+                while offset < whole {
+                    let written = buffers[i].withUnsafeBytes { write(out, $0.baseAddress! + offset, whole - offset) }
+                    if written < 0 {
+                        if errno == EINTR { continue }
+                        return
+                    }
+                    offset += written
+                }
+                let rest = ends[i] - whole
+                if rest > 0 {
+                    buffers[i].withUnsafeMutableBytes { raw in raw.baseAddress!.copyMemory(from: raw.baseAddress! + whole, byteCount: rest) }
+                }
+                ends[i] = rest
+            }
+        }
+        var usage = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &usage)
+        lock.withLock { cpu = Double(usage.tv_sec) + Double(usage.tv_nsec) / 1e9 }
+    }
+}

@@ -10,10 +10,12 @@ struct BenchCommand: ParsableCommand {
         abstract: "Measure the router hop: the same workload routed and through direct FIFOs, in one run.",
         discussion: """
             Builds a temporary mesh in its own directory (no root needed), starts the real router process, and \
-            runs --producers producer threads and --consumers consumer threads: once through the router, once \
-            producer-to-consumer over plain FIFOs (the physical baseline). Reports messages/s, MB/s, latency \
-            p50/p99/p99.9/max (HdrHistogram, from the send timestamp in each envelope), the router's CPU seconds \
-            and peak RSS, and the ratio routed/direct. Every sequence number is checked: lost or duplicated \
+            runs --producers producer threads and --consumers consumer threads three ways: producer-to-consumer \
+            over plain FIFOs (the physical baseline); through a minimal relay (one poll loop, 256 KiB reads, one \
+            write of whole frames per egress per read, no routing: the floor of any hop); and through the router. \
+            Reports messages/s, MB/s, latency p50/p99/p99.9/max (HdrHistogram, from the send timestamp in each \
+            envelope), the router's (and the relay's) CPU seconds and the router's peak RSS, and the ratios \
+            routed/direct and routed/relay. Every sequence number is checked: lost or duplicated \
             frames are reported. Use --rate for a paced latency run and --runs for medians (the machine is shared: \
             compare ratios, not absolutes).
             """)
@@ -93,12 +95,14 @@ struct BenchCommand: ParsableCommand {
         for run in 1...runs {
             do {
                 let direct = try bench.direct()
+                let relay = try bench.relay()
                 let routed = try bench.routed()
-                all.append([direct, routed])
+                all.append([direct, routed, relay])
                 if output == .text {
                     print("run \(run):")
-                    for result in [direct, routed] { print("  " + line(result)) }
+                    for result in [direct, relay, routed] { print("  " + line(result)) }
                     print(String(format: "  ratio routed/direct: %.2f× throughput, p50 +%.0f µs, p99 +%.0f µs", routed.messagesPerSecond / direct.messagesPerSecond, routed.p50Microseconds - direct.p50Microseconds, routed.p99Microseconds - direct.p99Microseconds))
+                    print(String(format: "  ratio routed/relay:  %.2f× throughput, p50 %+.0f µs, p99 %+.0f µs", routed.messagesPerSecond / relay.messagesPerSecond, routed.p50Microseconds - relay.p50Microseconds, routed.p99Microseconds - relay.p99Microseconds))
                 }
             } catch {
                 printError("error: \(error)")
@@ -113,6 +117,10 @@ struct BenchCommand: ParsableCommand {
             "directMessagesPerSecond": median(all.map { $0[0].messagesPerSecond }),
             "routedMessagesPerSecond": median(all.map { $0[1].messagesPerSecond }),
             "ratio": median(all.map { $0[1].messagesPerSecond / $0[0].messagesPerSecond }),
+            "relayMessagesPerSecond": median(all.map { $0[2].messagesPerSecond }),
+            "ratioToRelay": median(all.map { $0[1].messagesPerSecond / $0[2].messagesPerSecond }),
+            "relayP50Microseconds": median(all.map { $0[2].p50Microseconds }),
+            "relayCPUSeconds": median(all.map { $0[2].routerCPUSeconds ?? 0 }),
             "directP50Microseconds": median(all.map { $0[0].p50Microseconds }),
             "routedP50Microseconds": median(all.map { $0[1].p50Microseconds }),
             "directP99Microseconds": median(all.map { $0[0].p99Microseconds }),
@@ -128,6 +136,8 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "median of %d: direct %.0f msg/s, routed %.0f msg/s, ratio %.2f×; p50 %.0f → %.0f µs, p99 %.0f → %.0f µs", runs,
                     medians["directMessagesPerSecond"]!, medians["routedMessagesPerSecond"]!, medians["ratio"]!, medians["directP50Microseconds"]!,
                     medians["routedP50Microseconds"]!, medians["directP99Microseconds"]!, medians["routedP99Microseconds"]!))
+                print(String(format: "median of %d: relay %.0f msg/s (p50 %.0f µs), routed/relay %.2f×", runs,
+                    medians["relayMessagesPerSecond"]!, medians["relayP50Microseconds"]!, medians["ratioToRelay"]!))
             }
             print(lost == 0 ? "nothing lost (every sequence number checked)." : "LOST \(lost) frames.")
         }

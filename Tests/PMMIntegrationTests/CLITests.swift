@@ -214,6 +214,17 @@ import Testing
         #expect(outcome.stdout.contains("0600 65534:65534  fifo  api.metrics.s0.in"), "a single-user mesh")
         #expect(outcome.stdout.contains("router exited with status 0"))
     }
+
+    @Test func bench_runsDirectRelayAndRouted_andChecksEverySequence() throws {
+        let outcome = try pmm("bench", "--count", "3000", "--producers", "2", "--consumers", "2", "-o", "json")
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any]
+        let run = (report?["runs"] as? [[[String: Any]]])?.first ?? []
+        #expect(run.compactMap { $0["path"] as? String } == ["direct FIFO", "routed (at-most-once)", "relay (no routing)"])
+        #expect(run.allSatisfy { ($0["frames"] as? Int) == 6000 && ($0["lost"] as? Int) == 0 && ($0["duplicated"] as? Int) == 0 }, "\(run)")
+        let median = report?["median"] as? [String: Double]
+        #expect((median?["ratioToRelay"] ?? 0) > 0)
+    }
 }
 
 /// Files that must stay in step with the code.

@@ -1,0 +1,225 @@
+import Foundation
+import Glibc
+import PMMLink
+import Testing
+
+/// Two LinkManagers in this process on 127.0.0.1 with ephemeral ports: real sockets, real TLS.
+@Suite(.serialized) struct LinkLoopbackTests {
+    let nodes: Set = ["edge-a", "edge-b"]
+
+    @Test func batches_flowAndAreAcknowledged() throws {
+        let b = try Node("edge-b", nodes: nodes)
+        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes)
+        a.peer = "edge-b"
+        a.outbox.append(contentsOf: (0..<20_000).map { LinkFrame(target: "collector-edge-b-0", bytes: numberedFrame($0)) })
+        let done = pump([a, b]) { a.outbox.isEmpty && b.received.count >= 20_000 }
+        #expect(done, "acked \(20_000 - a.outbox.count), received \(b.received.count)")
+        #expect(b.received == Array(0..<20_000))
+        guard case .connected(_, let info)? = a.events.first(where: { if case .connected = $0 { true } else { false } })
+        else {
+            Issue.record("no connected event: \(a.events)")
+            return
+        }
+        #expect(info.node == "edge-b" && info.revision == 1 && info.resumeAfter == 0)
+        #expect(a.manager.status().first?.unacknowledgedFrames == 0)
+        a.manager.stop()
+        b.manager.stop()
+    }
+
+    @Test func send_whenThePeerDoesNotAcknowledge_takesNoMoreThanTheWindow() throws {
+        let window = 64 << 10
+        let b = try Node("edge-b", nodes: nodes) { $0.windowBytes = window }
+        b.autoAcknowledge = false
+        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes) { $0.windowBytes = window }
+        #expect(pump([a, b]) { a.connected })
+        let frames = (0..<10_000).map { LinkFrame(target: "t", bytes: numberedFrame($0)) }
+        var taken = 0
+        var firstSequence: UInt64 = 0
+        pump([a, b], seconds: 2) {
+            let r = a.manager.send(to: "edge-b", frames: frames[taken...])
+            if taken == 0 { firstSequence = r.firstSequence }
+            taken += r.accepted
+            return false
+        }
+        let frameBytes = frames[0].bytes.count
+        #expect(firstSequence == 1)
+        #expect(taken == window / frameBytes, "took \(taken) frames of \(frameBytes) bytes into a \(window)-byte window")
+        #expect(b.received.count == taken)
+        #expect(a.manager.status()[0].unacknowledgedBytes == taken * frameBytes)
+        // The receiver writes them and acknowledges: the window opens again.
+        b.acknowledgeAll()
+        #expect(pump([a, b]) { a.manager.status()[0].unacknowledgedBytes == 0 })
+        let more = a.manager.send(to: "edge-b", frames: frames[taken...])
+        #expect(more.accepted == taken && more.firstSequence == UInt64(taken) + 1)
+        a.manager.stop()
+        b.manager.stop()
+    }
+
+    @Test func send_whenTheLinkIsDown_takesNothing() throws {
+        let a = try Node("edge-a", peers: ["edge-b": LinkAddress(host: "127.0.0.1", port: 1)], nodes: nodes)
+        #expect(a.manager.send(to: "edge-b", frames: [LinkFrame(target: "t", bytes: numberedFrame(0))]).accepted == 0)
+        #expect(a.manager.send(to: "nobody", frames: [LinkFrame(target: "t", bytes: numberedFrame(0))]).accepted == 0)
+        a.manager.stop()
+    }
+
+    @Test func aPeerThatDiesAndComesBack_isDialedAgain_andNothingHeldIsLost() throws {
+        var b = try Node("edge-b", nodes: nodes)
+        b.autoAcknowledge = false
+        let port = b.manager.listeningPort
+        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes)
+        a.peer = "edge-b"
+        a.outbox.append(contentsOf: (0..<5000).map { LinkFrame(target: "t", bytes: numberedFrame($0)) })
+        #expect(pump([a, b]) { b.received.count == 5000 })
+        // b wrote the first 1000 only when it dies.
+        guard case .received(_, let batch)? = b.events.first(where: { if case .received = $0 { true } else { false } })
+        else {
+            Issue.record("nothing received")
+            return
+        }
+        b.manager.acknowledge(peer: "edge-a", stream: batch.stream, upTo: 1000)
+        #expect(pump([a, b]) { a.outbox.count == 4000 })
+        b.manager.stop()
+        #expect(pump([a]) { !a.connected })
+        // A new router on the same port remembers nothing: everything a still holds goes again, numbered from 1.
+        b = try Node("edge-b", nodes: nodes, listen: LinkAddress(host: "127.0.0.1", port: port))
+        let done = pump([a, b], seconds: 20) { a.outbox.isEmpty }
+        #expect(done, "a holds \(a.outbox.count) frames")
+        #expect(a.connectedCount == 2)
+        #expect(b.received == Array(1000..<5000))
+        a.manager.stop()
+        b.manager.stop()
+    }
+
+    @Test func hello_fromANodeNotInTheSpec_isRefusedWithTheReason() throws {
+        let b = try Node("edge-b", nodes: ["edge-b", "edge-c"])
+        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes)
+        #expect(pump([a, b], seconds: 3) { !b.refusals.isEmpty })
+        #expect(b.refusals.first?.contains("node edge-a is not one of the spec's nodes") == true, "\(b.refusals)")
+        #expect(!a.connected)
+        a.manager.stop()
+        b.manager.stop()
+    }
+
+    @Test(arguments: [
+        ("garbage", [UInt8](repeating: 0xff, count: 64), "not a varint"),
+        ("oversized", [0x80, 0x80, 0x80, 0x80, 0x7f], "over the limit"),
+        ("an ack before the hello", [0x02, 0x1a, 0x00], "before its Hello"),
+    ])
+    func bytesThatAreNoLinkProtocol_closeThatConnection_andTheLinksGoOn(name: String, bytes: [UInt8], reason: String)
+        throws
+    {
+        let b = try Node("edge-b", nodes: nodes)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(b.manager.listeningPort).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        #expect(connected == 0)
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        #expect(pump([b], seconds: 3) { !b.refusals.isEmpty }, "\(name)")
+        #expect(b.refusals.first?.contains(reason) == true, "\(b.refusals)")
+        // The connection is closed: a read sees the Goodbye, then end of file.
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var total = 0
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            total += n
+        }
+        #expect(total > 0)
+        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes)
+        #expect(pump([a, b]) { a.connected })
+        a.manager.stop()
+        b.manager.stop()
+    }
+
+    @Test func health_andRevision_reachThePeer() throws {
+        let b = try Node("edge-b", nodes: nodes)
+        b.manager.announceHealth(["collector-edge-b-0": true])
+        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes)
+        #expect(pump([a, b]) { a.connected && b.connected })
+        guard case .connected(_, let info)? = a.events.first(where: { if case .connected = $0 { true } else { false } })
+        else {
+            Issue.record("no connected event")
+            return
+        }
+        #expect(info.health == ["collector-edge-b-0": true])
+        b.manager.announceHealth(["collector-edge-b-0": false])
+        b.manager.updateRevision(9)
+        #expect(pump([a, b]) { a.events.contains(.health(peer: "edge-b", revision: 9, instances: ["collector-edge-b-0": false])) })
+        #expect(pump([a, b]) { a.manager.status()[0].peerRevision == 9 })
+        a.manager.stop()
+        b.manager.stop()
+    }
+}
+
+/// Mutual TLS on loopback with certificates made by openssl at test time.
+@Suite(.serialized, .enabled(if: commandExists("openssl"), "needs openssl (scripts/setup installs it)"))
+struct LinkTLSTests {
+    let nodes: Set = ["edge-a", "edge-b", "edge-c"]
+
+    @Test func tls_withCertificatesOfTheSpecsCA_linksUp_andCarriesFrames() throws {
+        let pki = try TestPKI()
+        let b = try Node("edge-b", nodes: nodes, tls: try pki.issue(commonName: "edge-b", dnsNames: ["edge-b"]))
+        // edge-a's name only in its common name: that counts too.
+        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes, tls: try pki.issue(commonName: "edge-a", dnsNames: []))
+        a.peer = "edge-b"
+        a.outbox.append(contentsOf: (0..<2000).map { LinkFrame(target: "t", bytes: numberedFrame($0)) })
+        #expect(pump([a, b]) { a.outbox.isEmpty && b.received.count == 2000 })
+        #expect(a.refusals.isEmpty && b.refusals.isEmpty, "\(a.refusals) \(b.refusals)")
+        a.manager.stop()
+        b.manager.stop()
+    }
+
+    @Test func tls_aCertificateFromAnotherCA_isRefused() throws {
+        let pki = try TestPKI()
+        let stranger = try TestPKI(name: "stranger-ca")
+        let b = try Node("edge-b", nodes: nodes, tls: try pki.issue(commonName: "edge-b", dnsNames: ["edge-b"]))
+        var strangerTLS = try stranger.issue(commonName: "edge-a", dnsNames: ["edge-a"])
+        strangerTLS.ca = pki.ca  // trusts the right CA, but its own certificate is signed by another
+        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes, tls: strangerTLS)
+        #expect(pump([a, b], seconds: 3) { !b.refusals.isEmpty })
+        #expect(b.refusals.first?.contains("TLS") == true, "\(b.refusals)")
+        #expect(!a.connected && !b.connected)
+        a.manager.stop()
+        b.manager.stop()
+    }
+
+    @Test func tls_aCertificateWhoseNameIsNoNode_isRefused() throws {
+        let pki = try TestPKI()
+        let b = try Node("edge-b", nodes: nodes, tls: try pki.issue(commonName: "edge-b", dnsNames: ["edge-b"]))
+        let a = try Node(
+            "edge-a", peers: ["edge-b": b.address], nodes: nodes, tls: try pki.issue(commonName: "mallory", dnsNames: ["mallory"]))
+        #expect(pump([a, b], seconds: 3) { !b.refusals.isEmpty })
+        #expect(b.refusals.first?.contains("mallory, which is no node of the spec") == true, "\(b.refusals)")
+        #expect(!a.connected && !b.connected)
+        a.manager.stop()
+        b.manager.stop()
+    }
+
+    @Test func tls_whenTheDialedPeerPresentsAnotherNodesCertificate_isRefused() throws {
+        let pki = try TestPKI()
+        // edge-b's address answers with edge-c's certificate (a node of the spec, but not the one dialed).
+        let impostor = try Node("edge-b", nodes: nodes, tls: try pki.issue(commonName: "edge-c", dnsNames: ["edge-c"]))
+        let a = try Node(
+            "edge-a", peers: ["edge-b": impostor.address], nodes: nodes, tls: try pki.issue(commonName: "edge-a", dnsNames: ["edge-a"]))
+        #expect(pump([a, impostor], seconds: 3) { !a.refusals.isEmpty })
+        #expect(a.refusals.first?.contains("dialed node edge-b, but its certificate names edge-c") == true, "\(a.refusals)")
+        #expect(!a.connected)
+        a.manager.stop()
+        impostor.manager.stop()
+    }
+
+    @Test func tls_whenAFileIsMissing_initThrowsNamingIt() throws {
+        let tls = LinkTLS(ca: "/nonexistent/ca.pem", certificate: "/nonexistent/a.pem", key: "/nonexistent/a-key.pem")
+        #expect {
+            _ = try Node("edge-a", nodes: nodes, tls: tls)
+        } throws: { error in
+            (error as? LinkError)?.description.contains("/nonexistent/a.pem") == true
+        }
+    }
+}

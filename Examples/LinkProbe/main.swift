@@ -146,9 +146,14 @@ while true {
     let now = clock.now
     if total > 0 {
         var allowed = total
-        if rate > 0, let sendStart {
-            let elapsed = Double((now - sendStart).components.attoseconds) / 1e18 + Double((now - sendStart).components.seconds)
-            allowed = min(total, Int(elapsed * rate) + 1)
+        if rate > 0 {
+            // Paced from the first connection on.
+            allowed = 0
+            if let sendStart {
+                let elapsed = Double((now - sendStart).components.attoseconds) / 1e18
+                    + Double((now - sendStart).components.seconds)
+                allowed = min(total, Int(elapsed * rate) + 1)
+            }
         }
         while generated < allowed && outbox.count < holdLimit {
             outbox.append(LinkFrame(target: target, bytes: frame(generated)))

@@ -110,7 +110,7 @@ final class LinkEngine {
         let bound = NIOLoopBound(self, eventLoop: loop)
         let maximum = configuration.maximumMessageSize
         let client = ssl?.client
-        ClientBootstrap(group: loop)
+        let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(.nanoseconds(configuration.connectTimeout.nanoseconds))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
@@ -126,13 +126,19 @@ final class LinkEngine {
                         LinkChannelHandler(engine: engine, dialed: peer, tls: client != nil))
                 }
             }
-            .connect(host: address.host, port: address.port)
-            .whenFailure { error in
-                let engine = bound.value
-                engine.logger.debug(
-                    "dialing failed", metadata: ["peer": "\(peer)", "address": "\(address)", "error": "\(error)"])
-                engine.redial(peer)
-            }
+        // An IP address is connected to directly; a host name goes through NIO's resolver (happy eyeballs).
+        let connecting: EventLoopFuture<any Channel>
+        if let ip = try? SocketAddress(ipAddress: address.host, port: address.port) {
+            connecting = bootstrap.connect(to: ip)
+        } else {
+            connecting = bootstrap.connect(host: address.host, port: address.port)
+        }
+        connecting.whenFailure { error in
+            let engine = bound.value
+            engine.logger.debug(
+                "dialing failed", metadata: ["peer": "\(peer)", "address": "\(address)", "error": "\(error)"])
+            engine.redial(peer)
+        }
     }
 
     /// Dials `peer` again after its backoff delay.

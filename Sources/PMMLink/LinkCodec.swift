@@ -124,6 +124,7 @@ public enum LinkCodec {
         var reader = FieldReader(bytes: bytes)
         var first: UInt64 = 0
         var frames: [LinkFrame] = []
+        var lastTarget = ""
         while let field = try reader.next() {
             switch (field.number, field.value) {
             case (1, .varint(let value)): first = value
@@ -134,7 +135,14 @@ public enum LinkCodec {
                 while let f = try inner.next() {
                     switch (f.number, f.value) {
                     case (1, .bytes(let r)):
-                        target = String(decoding: UnsafeRawBufferPointer(rebasing: inner.bytes[r]), as: UTF8.self)
+                        // Frames of one batch mostly share a few targets: reuse the previous String when equal.
+                        let raw = UnsafeRawBufferPointer(rebasing: inner.bytes[r])
+                        if lastTarget.utf8.elementsEqual(raw) {
+                            target = lastTarget
+                        } else {
+                            target = String(decoding: raw, as: UTF8.self)
+                            lastTarget = target
+                        }
                     case (2, .bytes(let r)): frame = [UInt8](UnsafeRawBufferPointer(rebasing: inner.bytes[r]))
                     default: break
                     }
@@ -188,9 +196,16 @@ public enum LinkCodec {
 
     /// Appends a length-delimited LinkMessage holding one LinkBatch, encoded by hand (the same bytes as
     /// SwiftProtobuf writes; a test checks).
-    public static func encodeBatch(firstSequence: UInt64, frames: some Collection<LinkFrame>, into out: inout [UInt8]) {
+    public static func encodeBatch(firstSequence: UInt64, frames: ArraySlice<LinkFrame>, into out: inout [UInt8]) {
+        frames.withUnsafeBufferPointer { encodeBatch(firstSequence: firstSequence, frames: $0, into: &out) }
+    }
+
+    /// `encodeBatch` over borrowed frames (no retain and release per frame).
+    public static func encodeBatch(
+        firstSequence: UInt64, frames: UnsafeBufferPointer<LinkFrame>, into out: inout [UInt8]
+    ) {
         var batchSize = firstSequence == 0 ? 0 : 1 + Varint.size(of: firstSequence)
-        for frame in frames { batchSize += frameEntrySize(frame) }
+        for i in frames.indices { batchSize += frameEntrySize(frames[i]) }
         let messageSize = 1 + Varint.size(of: UInt64(batchSize)) + batchSize
         out.reserveCapacity(out.count + Varint.size(of: UInt64(messageSize)) + messageSize)
         Varint.encode(UInt64(messageSize), into: &out)
@@ -200,18 +215,18 @@ public enum LinkCodec {
             out.append(0x08)  // LinkBatch.first_sequence = 1, varint
             Varint.encode(firstSequence, into: &out)
         }
-        for frame in frames {
+        for i in frames.indices {
             out.append(0x12)  // LinkBatch.frames = 2
-            Varint.encode(UInt64(innerFrameSize(frame)), into: &out)
-            let t = frame.target.utf8.count
+            Varint.encode(UInt64(innerFrameSize(frames[i])), into: &out)
+            let t = frames[i].target.utf8.count
             if t > 0 {
                 out.append(0x0a)  // LinkFrame.target = 1
                 Varint.encode(UInt64(t), into: &out)
-                out.append(contentsOf: frame.target.utf8)
+                out.append(contentsOf: frames[i].target.utf8)
             }
             out.append(0x12)  // LinkFrame.frame = 2
-            Varint.encode(UInt64(frame.bytes.count), into: &out)
-            out.append(contentsOf: frame.bytes)
+            Varint.encode(UInt64(frames[i].bytes.count), into: &out)
+            frames[i].bytes.withUnsafeBufferPointer { out.append(contentsOf: $0) }
         }
     }
 }

@@ -116,22 +116,31 @@ public final class LinkManager: Sendable {
     ///
     /// - Returns: how many frames (from the first) were taken, and the sequence number of the first. The router
     ///   keeps them until `acknowledged` covers them.
-    public func send(to peer: String, frames: some Collection<LinkFrame>) -> LinkSendResult {
-        let (result, wake) = shared.state.withLock { state -> (LinkSendResult, Bool) in
-            guard state.peers[peer] != nil else { return (LinkSendResult(accepted: 0, firstSequence: 1), false) }
-            return Self.take(&state.peers[peer]!, frames: frames, batchBytes: configuration.batchBytes)
+    public func send(to peer: String, frames: ArraySlice<LinkFrame>) -> LinkSendResult {
+        let batchBytes = configuration.batchBytes
+        let (result, wake) = frames.withUnsafeBufferPointer { frames in
+            shared.state.withLock { state -> (LinkSendResult, Bool) in
+                guard state.peers[peer] != nil else { return (LinkSendResult(accepted: 0, firstSequence: 1), false) }
+                return Self.take(&state.peers[peer]!, frames: frames, batchBytes: batchBytes)
+            }
         }
         if wake { scheduleFlush(peer) }
         return result
     }
 
+    /// `send` for a whole array.
+    public func send(to peer: String, frames: [LinkFrame]) -> LinkSendResult {
+        send(to: peer, frames: frames[...])
+    }
+
     private static func take(
-        _ p: inout LinkShared.Peer, frames: some Collection<LinkFrame>, batchBytes: Int
+        _ p: inout LinkShared.Peer, frames: UnsafeBufferPointer<LinkFrame>, batchBytes: Int
     ) -> (LinkSendResult, Bool) {
         guard p.up, !p.awaitingRouter, !frames.isEmpty else {
             return (LinkSendResult(accepted: 0, firstSequence: p.sender.nextSequence), false)
         }
         let (count, bytes) = p.sender.fitting(frames.lazy.map { $0.bytes.count })
+        // (fitting stops at the first frame that does not fit: it never walks a long backlog.)
         guard count > 0 else { return (LinkSendResult(accepted: 0, firstSequence: p.sender.nextSequence), false) }
         let first = p.sender.take(count: count, bytes: bytes)
         var sequence = first
@@ -147,7 +156,8 @@ public final class LinkManager: Sendable {
                 n += 1
             }
             var out: [UInt8] = []
-            LinkCodec.encodeBatch(firstSequence: sequence, frames: frames[index..<end], into: &out)
+            LinkCodec.encodeBatch(
+                firstSequence: sequence, frames: UnsafeBufferPointer(rebasing: frames[index..<end]), into: &out)
             p.pendingWrites.append(out)
             p.pendingBytes += out.count
             sequence += UInt64(n)

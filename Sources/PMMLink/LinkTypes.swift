@@ -57,7 +57,7 @@ public struct LinkConfiguration: Sendable {
     /// The longest link message accepted (a batch is at most `batchBytes` plus one frame).
     public var maximumMessageSize = 8 << 20
     /// The most frame bytes in one Batch message.
-    public var batchBytes = 256 << 10
+    public var batchBytes = 64 << 10
     /// The most bytes written to one connection per event-loop tick, so reads, acks and other links get their
     /// turn.
     public var burstBytes = 1 << 20

@@ -36,7 +36,7 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
 
     @Test func encodeBatch_writesTheBytesSwiftProtobufWrites() throws {
         var hand: [UInt8] = []
-        LinkCodec.encodeBatch(firstSequence: 300, frames: frames, into: &hand)
+        LinkCodec.encodeBatch(firstSequence: 300, frames: frames[...], into: &hand)
         var message = Pmm_V1_LinkMessage()
         message.batch.firstSequence = 300
         message.batch.frames = frames.map { f in
@@ -92,7 +92,7 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
 
     @Test func decode_dripFed_needsMoreUntilTheLastByte() throws {
         var bytes: [UInt8] = []
-        LinkCodec.encodeBatch(firstSequence: 1, frames: frames, into: &bytes)
+        LinkCodec.encodeBatch(firstSequence: 1, frames: frames[...], into: &bytes)
         for cut in 0..<bytes.count {
             let part = Array(bytes[..<cut])
             let decoded = try part.withUnsafeBytes { raw in
@@ -120,7 +120,7 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
     @Test func decode_whenAFrameIsNotOnePipeFrame_throwsMalformedFrame() {
         for bad in [[UInt8](), [0x05, 1, 2], [0x00], [0x01, 1, 2]] {
             var bytes: [UInt8] = []
-            LinkCodec.encodeBatch(firstSequence: 1, frames: [frames[0], LinkFrame(target: "t", bytes: bad)], into: &bytes)
+            LinkCodec.encodeBatch(firstSequence: 1, frames: [frames[0], LinkFrame(target: "t", bytes: bad)][...], into: &bytes)
             #expect(throws: LinkCodecError.self) { try decodeAll(bytes) }
             do {
                 _ = try decodeAll(bytes)

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PMMLink
+import PMMWire
 import Testing
 
 /// Two LinkManagers in this process on 127.0.0.1 with ephemeral ports: real sockets, real TLS.
@@ -221,5 +222,165 @@ struct LinkTLSTests {
         } throws: { error in
             (error as? LinkError)?.description.contains("/nonexistent/a.pem") == true
         }
+    }
+}
+
+/// A hand-made peer on a raw socket: says what a real router would not, and reads what comes back.
+final class RawPeer {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else { throw CommandFailed(command: ["connect"], status: errno, output: "") }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    func send(_ message: Pmm_V1_LinkMessage) {
+        var bytes: [UInt8] = []
+        LinkCodec.encode(message, into: &bytes)
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    }
+
+    func hello(node: String, version: UInt32 = linkProtocolVersion) {
+        var message = Pmm_V1_LinkMessage()
+        message.hello.node = node
+        message.hello.protocolVersion = version
+        message.hello.incarnation = 77
+        send(message)
+    }
+
+    /// Reads messages until the connection closes (or 5 s pass).
+    func readAll() -> [LinkInbound] {
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            bytes += buffer[..<n]
+        }
+        return (try? decodeAll(bytes)) ?? []
+    }
+
+    /// Reads until the peer closes the connection (true) or 5 s pass (false).
+    func closedByPeer() -> Bool {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n == 0 { return true }
+            if n < 0 { return errno == ECONNRESET }
+        }
+    }
+
+    /// Reads until one message has arrived.
+    func readOne() -> LinkInbound? {
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            if let messages = try? decodeAll(bytes), let first = messages.first { return first }
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { return nil }
+            bytes += buffer[..<n]
+        }
+    }
+}
+
+@Suite(.serialized) struct LinkHelloTests {
+    let nodes: Set = ["edge-a", "edge-b", "edge-c"]
+
+    @Test func hello_ofAnotherProtocolVersion_isRefusedWithAGoodbyeThatSaysWhy() throws {
+        let b = try Node("edge-b", nodes: nodes)
+        let raw = try RawPeer(port: b.manager.listeningPort)
+        raw.hello(node: "edge-a", version: 2)
+        let answer = raw.readAll()
+        guard case .goodbye(let reason)? = answer.last else {
+            Issue.record("no goodbye: \(answer)")
+            return
+        }
+        #expect(reason.contains("speaks link protocol version 2, this router 1"))
+        #expect(pump([b], seconds: 2) { !b.refusals.isEmpty })
+        b.manager.stop()
+    }
+
+    @Test func hello_fromANodeThatShouldBeDialed_isRefused_oneLinkPerPair() throws {
+        let b = try Node("edge-b", nodes: nodes)
+        let raw = try RawPeer(port: b.manager.listeningPort)
+        raw.hello(node: "edge-c")  // edge-b sorts first: edge-b dials edge-c, never the other way
+        guard case .goodbye(let reason)? = raw.readAll().last else {
+            Issue.record("no goodbye")
+            return
+        }
+        #expect(reason.contains("node edge-c must not dial edge-b"))
+        b.manager.stop()
+    }
+
+    @Test func hello_fromTheRightfulDialerAgain_replacesTheHalfOpenLink() throws {
+        let b = try Node("edge-b", nodes: nodes)
+        let first = try RawPeer(port: b.manager.listeningPort)
+        first.hello(node: "edge-a")
+        guard case .hello(let answer)? = first.readOne() else {
+            Issue.record("no hello back")
+            return
+        }
+        #expect(answer.node == "edge-b" && answer.protocolVersion == linkProtocolVersion)
+        #expect(pump([b]) { b.connected })
+        // The same node dials again (it lost the first connection, say, to a cut cable b has not noticed).
+        let second = try RawPeer(port: b.manager.listeningPort)
+        second.hello(node: "edge-a")
+        guard case .hello? = second.readOne() else {
+            Issue.record("no hello back on the second connection")
+            return
+        }
+        #expect(pump([b]) { b.connectedCount == 2 })
+        #expect(b.events.contains(.disconnected(peer: "edge-a", reason: "replaced by a new connection")))
+        #expect(first.closedByPeer(), "the replaced connection is closed")
+        var message = Pmm_V1_LinkMessage()
+        message.batch.firstSequence = 1
+        var frame = Pmm_V1_LinkFrame()
+        frame.target = "t"
+        frame.frame = Data(numberedFrame(5))
+        message.batch.frames = [frame]
+        second.send(message)
+        #expect(pump([b]) { b.received == [5] })
+        b.manager.stop()
+    }
+
+    @Test func stop_saysGoodbye_andThePeerSeesWhy() throws {
+        let b = try Node("edge-b", nodes: nodes)
+        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes)
+        #expect(pump([a, b]) { a.connected && b.connected })
+        a.manager.stop()
+        #expect(pump([b]) { !b.connected })
+        #expect(b.events.contains(.disconnected(peer: "edge-a", reason: "the peer said goodbye: node edge-a is stopping")))
+        b.manager.stop()
+    }
+
+    @Test func batch_withAGapInTheNumbering_closesTheLink() throws {
+        let b = try Node("edge-b", nodes: nodes)
+        let raw = try RawPeer(port: b.manager.listeningPort)
+        raw.hello(node: "edge-a")
+        _ = raw.readOne()
+        var message = Pmm_V1_LinkMessage()
+        message.batch.firstSequence = 3
+        var frame = Pmm_V1_LinkFrame()
+        frame.frame = Data(numberedFrame(1))
+        message.batch.frames = [frame]
+        raw.send(message)
+        guard case .goodbye(let reason)? = raw.readAll().last else {
+            Issue.record("no goodbye")
+            return
+        }
+        #expect(reason.contains("sent frame 3 when 1 was next"))
+        #expect(b.received.isEmpty)
+        b.manager.stop()
     }
 }

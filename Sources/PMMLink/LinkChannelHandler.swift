@@ -152,10 +152,10 @@ final class LinkChannelHandler: ChannelInboundHandler {
         wroteSinceTick = true
     }
 
-    func write(encoded: [[UInt8]]) {
+    func write(encoded: [ByteBuffer]) {
         guard let context else { return }
-        for bytes in encoded {
-            context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+        for buffer in encoded {
+            context.write(wrapOutboundOut(buffer), promise: nil)
         }
         context.flush()
         wroteSinceTick = true

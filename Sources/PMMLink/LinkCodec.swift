@@ -204,30 +204,85 @@ public enum LinkCodec {
     public static func encodeBatch(
         firstSequence: UInt64, frames: UnsafeBufferPointer<LinkFrame>, into out: inout [UInt8]
     ) {
+        let size = encodedBatchSize(firstSequence: firstSequence, frames: frames)
+        let start = out.count
+        out.append(contentsOf: repeatElement(0, count: size))
+        out.withUnsafeMutableBytes { raw in
+            _ = encodeBatch(
+                firstSequence: firstSequence, frames: frames, into: UnsafeMutableRawBufferPointer(rebasing: raw[start...]))
+        }
+    }
+
+    /// The bytes `encodeBatch` writes for these frames, length prefix included.
+    public static func encodedBatchSize(firstSequence: UInt64, frames: UnsafeBufferPointer<LinkFrame>) -> Int {
+        let messageSize = batchMessageSize(firstSequence: firstSequence, frames: frames).message
+        return Varint.size(of: UInt64(messageSize)) + messageSize
+    }
+
+    static func batchMessageSize(
+        firstSequence: UInt64, frames: UnsafeBufferPointer<LinkFrame>
+    ) -> (message: Int, batch: Int) {
         var batchSize = firstSequence == 0 ? 0 : 1 + Varint.size(of: firstSequence)
         for i in frames.indices { batchSize += frameEntrySize(frames[i]) }
-        let messageSize = 1 + Varint.size(of: UInt64(batchSize)) + batchSize
-        out.reserveCapacity(out.count + Varint.size(of: UInt64(messageSize)) + messageSize)
-        Varint.encode(UInt64(messageSize), into: &out)
-        out.append(0x12)  // LinkMessage.batch = 2, length-delimited
-        Varint.encode(UInt64(batchSize), into: &out)
+        return (1 + Varint.size(of: UInt64(batchSize)) + batchSize, batchSize)
+    }
+
+    /// Writes a length-delimited LinkMessage holding one LinkBatch into `out` (at least `encodedBatchSize`
+    /// bytes), encoded by hand: the same bytes as SwiftProtobuf writes (a test checks). Returns the bytes written.
+    public static func encodeBatch(
+        firstSequence: UInt64, frames: UnsafeBufferPointer<LinkFrame>, into out: UnsafeMutableRawBufferPointer
+    ) -> Int {
+        let (messageSize, batchSize) = batchMessageSize(firstSequence: firstSequence, frames: frames)
+        precondition(out.count >= Varint.size(of: UInt64(messageSize)) + messageSize, "room for the batch")
+        var w = RawWriter(out: out)
+        w.varint(UInt64(messageSize))
+        w.byte(0x12)  // LinkMessage.batch = 2, length-delimited
+        w.varint(UInt64(batchSize))
         if firstSequence != 0 {
-            out.append(0x08)  // LinkBatch.first_sequence = 1, varint
-            Varint.encode(firstSequence, into: &out)
+            w.byte(0x08)  // LinkBatch.first_sequence = 1, varint
+            w.varint(firstSequence)
         }
         for i in frames.indices {
-            out.append(0x12)  // LinkBatch.frames = 2
-            Varint.encode(UInt64(innerFrameSize(frames[i])), into: &out)
+            w.byte(0x12)  // LinkBatch.frames = 2
+            w.varint(UInt64(innerFrameSize(frames[i])))
             let t = frames[i].target.utf8.count
             if t > 0 {
-                out.append(0x0a)  // LinkFrame.target = 1
-                Varint.encode(UInt64(t), into: &out)
-                out.append(contentsOf: frames[i].target.utf8)
+                w.byte(0x0a)  // LinkFrame.target = 1
+                w.varint(UInt64(t))
+                var target = frames[i].target
+                target.withUTF8 { w.bytes(UnsafeRawBufferPointer($0)) }
             }
-            out.append(0x12)  // LinkFrame.frame = 2
-            Varint.encode(UInt64(frames[i].bytes.count), into: &out)
-            frames[i].bytes.withUnsafeBufferPointer { out.append(contentsOf: $0) }
+            w.byte(0x12)  // LinkFrame.frame = 2
+            w.varint(UInt64(frames[i].bytes.count))
+            frames[i].bytes.withUnsafeBytes { w.bytes($0) }
         }
+        return w.offset
+    }
+}
+
+/// Writes bytes into raw memory whose size was computed beforehand.
+struct RawWriter {
+    let out: UnsafeMutableRawBufferPointer
+    var offset = 0
+
+    mutating func byte(_ value: UInt8) {
+        out[offset] = value
+        offset += 1
+    }
+
+    mutating func varint(_ value: UInt64) {
+        var value = value
+        while value >= 0x80 {
+            byte(UInt8(truncatingIfNeeded: value) | 0x80)
+            value >>= 7
+        }
+        byte(UInt8(value))
+    }
+
+    mutating func bytes(_ source: UnsafeRawBufferPointer) {
+        guard source.count > 0 else { return }
+        UnsafeMutableRawBufferPointer(rebasing: out[offset..<(offset + source.count)]).copyMemory(from: source)
+        offset += source.count
     }
 }
 

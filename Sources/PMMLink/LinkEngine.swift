@@ -341,17 +341,17 @@ final class LinkEngine {
         }
         let writable = handler.isWritable
         let burst = configuration.burstBytes
-        let (ack, writes, more) = shared.state.withLock { state -> (UInt64?, [[UInt8]], Bool) in
+        let (ack, writes, more) = shared.state.withLock { state -> (UInt64?, [ByteBuffer], Bool) in
             guard state.peers[peer]!.generation == handler.generation else { return (nil, [], false) }
             let ack = state.peers[peer]!.pendingAck
             state.peers[peer]!.pendingAck = nil
-            var writes: [[UInt8]] = []
+            var writes: [ByteBuffer] = []
             if writable {
                 var bytes = 0
                 var n = 0
                 let pending = state.peers[peer]!.pendingWrites
                 while n < pending.count && bytes < burst {
-                    bytes += pending[n].count
+                    bytes += pending[n].readableBytes
                     n += 1
                 }
                 writes = Array(pending[..<n])

@@ -133,6 +133,8 @@ public final class LinkManager: Sendable {
         send(to: peer, frames: frames[...])
     }
 
+    private static let allocator = ByteBufferAllocator()
+
     private static func take(
         _ p: inout LinkShared.Peer, frames: UnsafeBufferPointer<LinkFrame>, batchBytes: Int
     ) -> (LinkSendResult, Bool) {
@@ -155,11 +157,14 @@ public final class LinkManager: Sendable {
                 frames.formIndex(after: &end)
                 n += 1
             }
-            var out: [UInt8] = []
-            LinkCodec.encodeBatch(
-                firstSequence: sequence, frames: UnsafeBufferPointer(rebasing: frames[index..<end]), into: &out)
-            p.pendingWrites.append(out)
-            p.pendingBytes += out.count
+            let slice = UnsafeBufferPointer(rebasing: frames[index..<end])
+            let encoded = LinkCodec.encodedBatchSize(firstSequence: sequence, frames: slice)
+            var buffer = allocator.buffer(capacity: encoded)
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: encoded) { raw in
+                LinkCodec.encodeBatch(firstSequence: sequence, frames: slice, into: raw)
+            }
+            p.pendingWrites.append(buffer)
+            p.pendingBytes += encoded
             sequence += UInt64(n)
             remaining -= n
             index = end
@@ -245,7 +250,7 @@ final class LinkShared: Sendable {
         var sender: SendLedger
         var receiver: ReceiveLedger
         /// Encoded Batch messages for the loop to write, oldest first.
-        var pendingWrites: [[UInt8]] = []
+        var pendingWrites: [ByteBuffer] = []
         var pendingBytes = 0
         /// An Ack for the loop to write.
         var pendingAck: UInt64?

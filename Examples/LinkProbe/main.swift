@@ -43,7 +43,8 @@ while let name = arguments.popFirst() {
 }
 guard let node = options["node"] else { fail("--node is required") }
 guard let listen = LinkAddress(options["listen"] ?? "127.0.0.1:0") else { fail("--listen HOST:PORT") }
-let nodes = Set((options["nodes"] ?? ([node] + peers.keys).joined(separator: ",")).split(separator: ",").map(String.init))
+let nodes = Set(
+    (options["nodes"] ?? ([node] + peers.keys).joined(separator: ",")).split(separator: ",").map(String.init))
 var configuration = LinkConfiguration(
     node: node, listen: listen, peers: peers, knownNodes: nodes, revision: 1,
     tls: options["ca"].map { LinkTLS(ca: $0, certificate: options["cert"] ?? "", key: options["key"] ?? "") })
@@ -131,7 +132,9 @@ while true {
             if peer == to { outbox.acknowledged(upTo: upTo) }
         case .received(let peer, let batch):
             for f in batch.frames {
-                guard let n = number(of: f.bytes), n < expect else { fail("a frame not of this run: \(f.bytes.prefix(8))") }
+                guard let n = number(of: f.bytes), n < expect else {
+                    fail("a frame not of this run: \(f.bytes.prefix(8))")
+                }
                 if seen[n / 64] & (1 << UInt64(n % 64)) != 0 {
                     duplicates += 1
                 } else {
@@ -150,7 +153,8 @@ while true {
             // Paced from the first connection on.
             allowed = 0
             if let sendStart {
-                let elapsed = Double((now - sendStart).components.attoseconds) / 1e18
+                let elapsed =
+                    Double((now - sendStart).components.attoseconds) / 1e18
                     + Double((now - sendStart).components.seconds)
                 allowed = min(total, Int(elapsed * rate) + 1)
             }
@@ -163,9 +167,12 @@ while true {
             outbox.sent(manager.send(to: to, frames: outbox.unsent))
         }
         if generated == total && outbox.isEmpty {
-            let seconds = Double((now - (sendStart ?? started)).components.attoseconds) / 1e18
+            let seconds =
+                Double((now - (sendStart ?? started)).components.attoseconds) / 1e18
                 + Double((now - (sendStart ?? started)).components.seconds)
-            say("sent-done frames=\(total) seconds=\(seconds) fps=\(Int(Double(total) / seconds)) disconnects=\(disconnects)")
+            say(
+                "sent-done frames=\(total) seconds=\(seconds) fps=\(Int(Double(total) / seconds)) disconnects=\(disconnects)"
+            )
             manager.stop()
             exit(0)
         }

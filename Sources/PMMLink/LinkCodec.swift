@@ -51,7 +51,8 @@ public enum LinkCodecError: Error, Equatable, Sendable, CustomStringConvertible 
             return "a link message of \(size) bytes is over the limit of \(limit) bytes: the peer does not speak "
                 + "the pmm link protocol, or sends frames larger than this router accepts"
         case .undecodable(let reason):
-            return "a link message is not a pmm.v1.LinkMessage (\(reason)): the peer does not speak the pmm link protocol"
+            return
+                "a link message is not a pmm.v1.LinkMessage (\(reason)): the peer does not speak the pmm link protocol"
         case .emptyMessage:
             return "a link message of no kind this router knows: the peer speaks a newer protocol"
         case .malformedFrame(let index, let reason):
@@ -209,7 +210,8 @@ public enum LinkCodec {
         out.append(contentsOf: repeatElement(0, count: size))
         out.withUnsafeMutableBytes { raw in
             _ = encodeBatch(
-                firstSequence: firstSequence, frames: frames, into: UnsafeMutableRawBufferPointer(rebasing: raw[start...]))
+                firstSequence: firstSequence, frames: frames,
+                into: UnsafeMutableRawBufferPointer(rebasing: raw[start...]))
         }
     }
 

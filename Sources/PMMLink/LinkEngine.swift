@@ -185,7 +185,8 @@ final class LinkEngine {
 
     /// A connection was refused before it became a link.
     func refused(peer: String?, remote: String, reason: String) {
-        logger.warning("link refused", metadata: ["peer": "\(peer ?? "?")", "remote": "\(remote)", "reason": "\(reason)"])
+        logger.warning(
+            "link refused", metadata: ["peer": "\(peer ?? "?")", "remote": "\(remote)", "reason": "\(reason)"])
         shared.state.withLock { $0.post(.refused(peer: peer, remote: remote, reason: reason)) }
     }
 
@@ -199,7 +200,8 @@ final class LinkEngine {
         }
         if node == me { return "the peer calls itself \(node), this node's own name: two nodes with one name?" }
         if !configuration.knownNodes.contains(node) {
-            return "node \(node) is not one of the spec's nodes (\(configuration.knownNodes.sorted().joined(separator: ", ")))"
+            return
+                "node \(node) is not one of the spec's nodes (\(configuration.knownNodes.sorted().joined(separator: ", ")))"
         }
         if let names = handler.certificateNodes, !names.contains(node) {
             return "the Hello says node \(node), its certificate names \(names.sorted().joined(separator: ", "))"
@@ -207,7 +209,8 @@ final class LinkEngine {
         if let dialed = handler.dialed {
             if node != dialed { return "dialed node \(dialed), the Hello says \(node)" }
         } else if !LinkNames.dials(node, me) {
-            return "node \(node) must not dial \(me): of two nodes the name that sorts first dials, so \(me) dials \(node)"
+            return
+                "node \(node) must not dial \(me): of two nodes the name that sorts first dials, so \(me) dials \(node)"
         }
         return nil
     }
@@ -286,7 +289,9 @@ final class LinkEngine {
         }
     }
 
-    func received(_ handler: LinkChannelHandler, firstSequence: UInt64, frames: [LinkFrame]) throws(ReceiveLedger.Violation) {
+    func received(_ handler: LinkChannelHandler, firstSequence: UInt64, frames: [LinkFrame]) throws(ReceiveLedger
+        .Violation)
+    {
         guard let peer = handler.peer, links[peer] === handler else { return }
         try shared.state.withLock { (state) throws(ReceiveLedger.Violation) in
             let sizes = frames.map(\.bytes.count)

@@ -70,7 +70,8 @@ public enum LinkNames {
                     if oid.tag == 0x06 && Array(raw[oid.content]) == [0x55, 0x04, 0x03]
                         && [0x0c, 0x13, 0x16, 0x14].contains(value.tag)
                     {
-                        names.append(String(decoding: UnsafeRawBufferPointer(rebasing: raw[value.content]), as: UTF8.self))
+                        names.append(
+                            String(decoding: UnsafeRawBufferPointer(rebasing: raw[value.content]), as: UTF8.self))
                     }
                 }
             }

@@ -168,7 +168,8 @@ import Testing
 
     @Test func check_acceptsANodeName_refusesOthers() throws {
         let nodes: Set = ["edge-a", "edge-b", "edge-c"]
-        #expect(try LinkNames.check(certificateNames: ["edge-b", "www"], knownNodes: nodes, expected: nil) == ["edge-b"])
+        #expect(
+            try LinkNames.check(certificateNames: ["edge-b", "www"], knownNodes: nodes, expected: nil) == ["edge-b"])
         #expect(throws: LinkNames.Refusal.notANode(names: ["mallory"])) {
             try LinkNames.check(certificateNames: ["mallory"], knownNodes: nodes, expected: nil)
         }

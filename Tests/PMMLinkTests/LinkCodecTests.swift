@@ -120,7 +120,8 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
     @Test func decode_whenAFrameIsNotOnePipeFrame_throwsMalformedFrame() {
         for bad in [[UInt8](), [0x05, 1, 2], [0x00], [0x01, 1, 2]] {
             var bytes: [UInt8] = []
-            LinkCodec.encodeBatch(firstSequence: 1, frames: [frames[0], LinkFrame(target: "t", bytes: bad)][...], into: &bytes)
+            LinkCodec.encodeBatch(
+                firstSequence: 1, frames: [frames[0], LinkFrame(target: "t", bytes: bad)][...], into: &bytes)
             #expect(throws: LinkCodecError.self) { try decodeAll(bytes) }
             do {
                 _ = try decodeAll(bytes)

@@ -12,7 +12,8 @@ import Testing
         let b = try Node("edge-b", nodes: nodes)
         let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes)
         a.peer = "edge-b"
-        a.outbox.append(contentsOf: (0..<20_000).map { LinkFrame(target: "collector-edge-b-0", bytes: numberedFrame($0)) })
+        a.outbox.append(
+            contentsOf: (0..<20_000).map { LinkFrame(target: "collector-edge-b-0", bytes: numberedFrame($0)) })
         let done = pump([a, b]) { a.outbox.isEmpty && b.received.count >= 20_000 }
         #expect(done, "acked \(20_000 - a.outbox.count), received \(b.received.count)")
         #expect(b.received == Array(0..<20_000))
@@ -44,7 +45,8 @@ import Testing
         }
         let frameBytes = frames[0].bytes.count
         #expect(firstSequence == 1)
-        #expect(taken == window / frameBytes, "took \(taken) frames of \(frameBytes) bytes into a \(window)-byte window")
+        #expect(
+            taken == window / frameBytes, "took \(taken) frames of \(frameBytes) bytes into a \(window)-byte window")
         #expect(b.received.count == taken)
         #expect(a.manager.status()[0].unacknowledgedBytes == taken * frameBytes)
         // The receiver writes them and acknowledges: the window opens again.
@@ -117,7 +119,9 @@ import Testing
         address.sin_port = in_port_t(UInt16(b.manager.listeningPort).bigEndian)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         #expect(connected == 0)
         _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
@@ -151,7 +155,10 @@ import Testing
         #expect(info.health == ["collector-edge-b-0": true])
         b.manager.announceHealth(["collector-edge-b-0": false])
         b.manager.updateRevision(9)
-        #expect(pump([a, b]) { a.events.contains(.health(peer: "edge-b", revision: 9, instances: ["collector-edge-b-0": false])) })
+        #expect(
+            pump([a, b]) {
+                a.events.contains(.health(peer: "edge-b", revision: 9, instances: ["collector-edge-b-0": false]))
+            })
         #expect(pump([a, b]) { a.manager.status()[0].peerRevision == 9 })
         a.manager.stop()
         b.manager.stop()
@@ -167,7 +174,9 @@ struct LinkTLSTests {
         let pki = try TestPKI()
         let b = try Node("edge-b", nodes: nodes, tls: try pki.issue(commonName: "edge-b", dnsNames: ["edge-b"]))
         // edge-a's name only in its common name: that counts too.
-        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes, tls: try pki.issue(commonName: "edge-a", dnsNames: []))
+        let a = try Node(
+            "edge-a", peers: ["edge-b": b.address], nodes: nodes, tls: try pki.issue(commonName: "edge-a", dnsNames: [])
+        )
         a.peer = "edge-b"
         a.outbox.append(contentsOf: (0..<2000).map { LinkFrame(target: "t", bytes: numberedFrame($0)) })
         #expect(pump([a, b]) { a.outbox.isEmpty && b.received.count == 2000 })
@@ -194,7 +203,8 @@ struct LinkTLSTests {
         let pki = try TestPKI()
         let b = try Node("edge-b", nodes: nodes, tls: try pki.issue(commonName: "edge-b", dnsNames: ["edge-b"]))
         let a = try Node(
-            "edge-a", peers: ["edge-b": b.address], nodes: nodes, tls: try pki.issue(commonName: "mallory", dnsNames: ["mallory"]))
+            "edge-a", peers: ["edge-b": b.address], nodes: nodes,
+            tls: try pki.issue(commonName: "mallory", dnsNames: ["mallory"]))
         #expect(pump([a, b], seconds: 3) { !b.refusals.isEmpty })
         #expect(b.refusals.first?.contains("mallory, which is no node of the spec") == true, "\(b.refusals)")
         #expect(!a.connected && !b.connected)
@@ -207,9 +217,11 @@ struct LinkTLSTests {
         // edge-b's address answers with edge-c's certificate (a node of the spec, but not the one dialed).
         let impostor = try Node("edge-b", nodes: nodes, tls: try pki.issue(commonName: "edge-c", dnsNames: ["edge-c"]))
         let a = try Node(
-            "edge-a", peers: ["edge-b": impostor.address], nodes: nodes, tls: try pki.issue(commonName: "edge-a", dnsNames: ["edge-a"]))
+            "edge-a", peers: ["edge-b": impostor.address], nodes: nodes,
+            tls: try pki.issue(commonName: "edge-a", dnsNames: ["edge-a"]))
         #expect(pump([a, impostor], seconds: 3) { !a.refusals.isEmpty })
-        #expect(a.refusals.first?.contains("dialed node edge-b, but its certificate names edge-c") == true, "\(a.refusals)")
+        #expect(
+            a.refusals.first?.contains("dialed node edge-b, but its certificate names edge-c") == true, "\(a.refusals)")
         #expect(!a.connected)
         a.manager.stop()
         impostor.manager.stop()
@@ -236,7 +248,9 @@ final class RawPeer {
         address.sin_port = in_port_t(UInt16(port).bigEndian)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard result == 0 else { throw CommandFailed(command: ["connect"], status: errno, output: "") }
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
@@ -360,7 +374,8 @@ final class RawPeer {
         #expect(pump([a, b]) { a.connected && b.connected })
         a.manager.stop()
         #expect(pump([b]) { !b.connected })
-        #expect(b.events.contains(.disconnected(peer: "edge-a", reason: "the peer said goodbye: node edge-a is stopping")))
+        #expect(
+            b.events.contains(.disconnected(peer: "edge-a", reason: "the peer said goodbye: node edge-a is stopping")))
         b.manager.stop()
     }
 

@@ -34,7 +34,9 @@ final class TestNetwork: @unchecked Sendable {
                 let ns = namespace(host)
                 try run(["ip", "netns", "add", ns])
                 namespaces.append(ns)
-                try run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", port(host), "netns", bridge])
+                try run([
+                    "ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", port(host), "netns", bridge,
+                ])
                 try run(["ip", "-n", bridge, "link", "set", port(host), "master", "br0", "up"])
                 try run(["ip", "-n", ns, "addr", "add", "\(subnet).\(index + 1)/24", "dev", "eth0"])
                 try run(["ip", "-n", ns, "link", "set", "eth0", "up"])
@@ -81,7 +83,9 @@ final class NamespacedProcess: @unchecked Sendable {
 
     var output: String { (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "" }
 
-    func lines(_ prefix: String) -> [String] { output.split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) } }
+    func lines(_ prefix: String) -> [String] {
+        output.split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) }
+    }
 
     /// A `key=value` of the last line starting with `prefix`.
     func value(_ prefix: String, _ key: String) -> Int? {
@@ -126,7 +130,8 @@ let canUseNamespaces = isRoot && commandExists("ip") && commandExists("openssl")
     .serialized,
     .enabled(
         if: canUseNamespaces,
-        "needs root, `ip` (iproute2) and openssl: it makes network namespaces of its own (scripts/setup installs both)"))
+        "needs root, `ip` (iproute2) and openssl: it makes network namespaces of its own (scripts/setup installs both)")
+)
 struct LinkNamespaceTests {
     @Test func acrossNamespaces_withTLS_aCutCableHeals_andNothingTheSenderHeldIsLost() throws {
         let network = try TestNetwork(hosts: ["a", "b"])
@@ -136,18 +141,24 @@ struct LinkNamespaceTests {
         let tlsA = try pki.issue(commonName: "edge-a", dnsNames: ["edge-a"])
         let tlsB = try pki.issue(commonName: "edge-b", dnsNames: ["edge-b"])
         let total = 20_000
-        let common = ["--nodes", "edge-a,edge-b", "--idle-timeout-ms", "1500", "--heartbeat-ms", "300", "--time-limit", "60"]
+        let common = [
+            "--nodes", "edge-a,edge-b", "--idle-timeout-ms", "1500", "--heartbeat-ms", "300", "--time-limit", "60",
+        ]
         let b = try NamespacedProcess(
             namespace: network.namespace("b"),
-            [linkProbe, "--node", "edge-b", "--listen", network.address(1) + ":7400", "--expect", "\(total)",
-             "--ca", tlsB.ca, "--cert", tlsB.certificate, "--key", tlsB.key] + common,
+            [
+                linkProbe, "--node", "edge-b", "--listen", network.address(1) + ":7400", "--expect", "\(total)",
+                "--ca", tlsB.ca, "--cert", tlsB.certificate, "--key", tlsB.key,
+            ] + common,
             output: directory.path + "/b.out")
         #expect(waitFor(seconds: 10) { !b.lines("listening").isEmpty }, "b: \(b.output)")
         let a = try NamespacedProcess(
             namespace: network.namespace("a"),
-            [linkProbe, "--node", "edge-a", "--listen", network.address(0) + ":7400",
-             "--peer", "edge-b=\(network.address(1)):7400", "--to", "edge-b", "--send", "\(total)", "--size", "128",
-             "--rate", "4000", "--ca", tlsA.ca, "--cert", tlsA.certificate, "--key", tlsA.key] + common,
+            [
+                linkProbe, "--node", "edge-a", "--listen", network.address(0) + ":7400",
+                "--peer", "edge-b=\(network.address(1)):7400", "--to", "edge-b", "--send", "\(total)", "--size", "128",
+                "--rate", "4000", "--ca", tlsA.ca, "--cert", tlsA.certificate, "--key", tlsA.key,
+            ] + common,
             output: directory.path + "/a.out")
         // A quarter across, then the cable is cut until both sides have noticed, and plugged back.
         #expect(waitFor(seconds: 20) { (a.value("progress", "acked") ?? 0) >= total / 4 }, "a: \(a.output)")
@@ -166,7 +177,9 @@ struct LinkNamespaceTests {
         let connects = a.lines("connected")
         #expect(connects.count >= 2, "a: \(a.output)")
         #expect((a.value("connected", "resume") ?? 0) > 0, "a: \(a.output)")
-        print("namespaces: sent \(total), \(b.value("received", "duplicates") ?? -1) duplicates, "
-            + "\(connects.count - 1) reconnects, \(a.output.split(separator: "\n").filter { $0.hasPrefix("sent-done") })")
+        print(
+            "namespaces: sent \(total), \(b.value("received", "duplicates") ?? -1) duplicates, "
+                + "\(connects.count - 1) reconnects, \(a.output.split(separator: "\n").filter { $0.hasPrefix("sent-done") })"
+        )
     }
 }

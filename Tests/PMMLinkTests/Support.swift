@@ -72,7 +72,8 @@ final class TestPKI: @unchecked Sendable {
             "-keyout", base + "-key.pem", "-out", base + ".csr", "-subj", "/CN=\(commonName)",
         ])
         var arguments = [
-            "openssl", "x509", "-req", "-in", base + ".csr", "-CA", ca, "-CAkey", directory.path + "/\(name)-ca-key.pem",
+            "openssl", "x509", "-req", "-in", base + ".csr", "-CA", ca, "-CAkey",
+            directory.path + "/\(name)-ca-key.pem",
             "-CAcreateserial", "-out", base + ".pem", "-days", "2",
         ]
         if !dnsNames.isEmpty {
@@ -126,7 +127,8 @@ final class Node: @unchecked Sendable {
 
     init(
         _ name: String, peers: [String: LinkAddress] = [:], nodes: Set<String>, tls: LinkTLS? = nil,
-        listen: LinkAddress = LinkAddress(host: "127.0.0.1", port: 0), configure: (inout LinkConfiguration) -> Void = { _ in }
+        listen: LinkAddress = LinkAddress(host: "127.0.0.1", port: 0),
+        configure: (inout LinkConfiguration) -> Void = { _ in }
     ) throws {
         var configuration = LinkConfiguration(
             node: name, listen: listen, peers: peers, knownNodes: nodes, revision: 1, tls: tls)

@@ -95,6 +95,8 @@ public final class LinkManager: Sendable {
 
     /// Takes what happened since the last call, oldest first, and clears `wakeDescriptor`.
     public func events() -> [LinkEvent] {
+        // After stop the descriptor is closed, and its number may belong to someone else.
+        if stopped.withLock({ $0 }) { return [] }
         var scratch = [UInt8](repeating: 0, count: 64)
         while read(wakeDescriptor, &scratch, scratch.count) > 0 {}
         return shared.state.withLock { state in
@@ -192,15 +194,13 @@ public final class LinkManager: Sendable {
     /// This node's instances and whether each is available: told to every peer now and in every Hello.
     public func announceHealth(_ instances: [String: Bool]) {
         shared.state.withLock { $0.health = instances }
-        let engine = self.engine
-        engine.eventLoop.execute { engine.value.broadcastHealth() }
+        onLoop { $0.broadcastHealth() }
     }
 
     /// The revision this node's router serves now: told to every peer now and in every Hello.
     public func updateRevision(_ revision: UInt64) {
         shared.state.withLock { $0.revision = revision }
-        let engine = self.engine
-        engine.eventLoop.execute { engine.value.broadcastHealth() }
+        onLoop { $0.broadcastHealth() }
     }
 
     /// Every peer's link, sorted by name.
@@ -235,8 +235,16 @@ public final class LinkManager: Sendable {
     }
 
     private func scheduleFlush(_ peer: String) {
-        let engine = self.engine
-        engine.eventLoop.execute { engine.value.flush(peer) }
+        onLoop { $0.flush(peer) }
+    }
+
+    /// Runs `body` on the links' event loop, unless the manager was stopped (its loop is gone).
+    private func onLoop(_ body: @escaping @Sendable (LinkEngine) -> Void) {
+        stopped.withLock { stopped in
+            guard !stopped else { return }
+            let engine = self.engine
+            engine.eventLoop.execute { body(engine.value) }
+        }
     }
 }
 

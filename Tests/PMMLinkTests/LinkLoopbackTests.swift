@@ -65,6 +65,20 @@ import Testing
         a.manager.stop()
     }
 
+    @Test func afterStop_everyCallIsHarmless() throws {
+        let b = try Node("edge-b", nodes: nodes)
+        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes)
+        #expect(pump([a, b]) { a.connected })
+        a.manager.stop()
+        a.manager.stop()
+        #expect(a.manager.send(to: "edge-b", frames: [LinkFrame(target: "t", bytes: numberedFrame(0))]).accepted == 0)
+        a.manager.acknowledge(peer: "edge-b", stream: 1, upTo: 1)
+        a.manager.announceHealth(["x": true])
+        a.manager.updateRevision(2)
+        #expect(a.manager.events().isEmpty)
+        b.manager.stop()
+    }
+
     @Test func aPeerThatDiesAndComesBack_isDialedAgain_andNothingHeldIsLost() throws {
         var b = try Node("edge-b", nodes: nodes)
         b.autoAcknowledge = false
@@ -365,6 +379,43 @@ final class RawPeer {
         message.batch.frames = [frame]
         second.send(message)
         #expect(pump([b]) { b.received == [5] })
+        b.manager.stop()
+    }
+
+    @Test func reconnect_helloSaysHowFarFramesWereAcknowledged_andAResendsRepeatsAreDropped() throws {
+        let b = try Node("edge-b", nodes: nodes)
+        b.autoAcknowledge = false
+        func batch(first: UInt64, _ numbers: [Int]) -> Pmm_V1_LinkMessage {
+            var message = Pmm_V1_LinkMessage()
+            message.batch.firstSequence = first
+            message.batch.frames = numbers.map { n in
+                var frame = Pmm_V1_LinkFrame()
+                frame.target = "t"
+                frame.frame = Data(numberedFrame(n))
+                return frame
+            }
+            return message
+        }
+        let first = try RawPeer(port: b.manager.listeningPort)
+        first.hello(node: "edge-a")
+        _ = first.readOne()
+        first.send(batch(first: 1, [1, 2, 3]))
+        #expect(pump([b]) { b.received == [1, 2, 3] })
+        // b's router wrote frames 1 and 2 only, then the connection was lost.
+        let stream = b.unacknowledged.first?.stream ?? 0
+        b.manager.acknowledge(peer: "edge-a", stream: stream, upTo: 2)
+        let second = try RawPeer(port: b.manager.listeningPort)
+        second.hello(node: "edge-a")  // the same incarnation (77): the numbering goes on
+        guard case .hello(let answer)? = second.readOne() else {
+            Issue.record("no hello back")
+            return
+        }
+        #expect(answer.receivedIncarnation == 77 && answer.receivedUpTo == 2)
+        // The sender resends from 3; frame 3 reached b's router already and is not handed over again.
+        second.send(batch(first: 3, [3, 4]))
+        #expect(pump([b]) { b.received == [1, 2, 3, 4] })
+        #expect(pump([b], seconds: 0.3) { false } == false)
+        #expect(b.received == [1, 2, 3, 4])
         b.manager.stop()
     }
 

@@ -22,7 +22,7 @@ public struct LinkFrame: Equatable, Sendable {
 /// else through SwiftProtobuf.
 public enum LinkInbound: Equatable, Sendable {
     case hello(Pmm_V1_LinkHello)
-    case batch(firstSequence: UInt64, frames: [LinkFrame])
+    case batch(firstSequence: UInt64, frames: LinkFrames)
     case ack(upTo: UInt64)
     case health(Pmm_V1_LinkHealth)
     case goodbye(reason: String)
@@ -108,10 +108,13 @@ public enum LinkCodec {
             frames.reserveCapacity(batch.frames.count)
             for (index, frame) in batch.frames.enumerated() {
                 let bytes = [UInt8](frame.frame)
-                try checkFrame(bytes, index: index)
+                let problem = bytes.withUnsafeBytes { raw in
+                    Result { () throws(LinkCodecError) in try checkFrame(raw, index: index) }
+                }
+                try problem.get()
                 frames.append(LinkFrame(target: frame.target, bytes: bytes))
             }
-            return .batch(firstSequence: batch.firstSequence, frames: frames)
+            return .batch(firstSequence: batch.firstSequence, frames: LinkFrames(frames))
         case .ack(let ack): return .ack(upTo: ack.upTo)
         case .health(let health): return .health(health)
         case .goodbye(let goodbye): return .goodbye(reason: goodbye.reason)
@@ -121,10 +124,11 @@ public enum LinkCodec {
 
     /// Decodes a `LinkBatch`'s fields by hand: field 1 first_sequence (varint), field 2 frames (LinkFrame,
     /// whose field 1 is the target and field 2 the frame bytes). Unknown fields are skipped, as protobuf does.
+    /// The batch's bytes are copied once into the `LinkFrames`' storage; frames are ranges of it.
     static func decodeBatch(_ bytes: UnsafeRawBufferPointer) throws(LinkCodecError) -> LinkInbound {
         var reader = FieldReader(bytes: bytes)
         var first: UInt64 = 0
-        var frames: [LinkFrame] = []
+        var entries: [LinkFrames.Entry] = []
         var lastTarget = ""
         while let field = try reader.next() {
             switch (field.number, field.value) {
@@ -132,7 +136,7 @@ public enum LinkCodec {
             case (2, .bytes(let range)):
                 var inner = FieldReader(bytes: UnsafeRawBufferPointer(rebasing: bytes[range]))
                 var target = ""
-                var frame: [UInt8] = []
+                var frame: Range<Int> = range.lowerBound..<range.lowerBound
                 while let f = try inner.next() {
                     switch (f.number, f.value) {
                     case (1, .bytes(let r)):
@@ -144,22 +148,22 @@ public enum LinkCodec {
                             target = String(decoding: raw, as: UTF8.self)
                             lastTarget = target
                         }
-                    case (2, .bytes(let r)): frame = [UInt8](UnsafeRawBufferPointer(rebasing: inner.bytes[r]))
+                    case (2, .bytes(let r)):
+                        frame = (range.lowerBound + r.lowerBound)..<(range.lowerBound + r.upperBound)
                     default: break
                     }
                 }
-                try checkFrame(frame, index: frames.count)
-                frames.append(LinkFrame(target: target, bytes: frame))
+                try checkFrame(UnsafeRawBufferPointer(rebasing: bytes[frame]), index: entries.count)
+                entries.append(LinkFrames.Entry(target: target, range: frame))
             default: break
             }
         }
-        return .batch(firstSequence: first, frames: frames)
+        return .batch(firstSequence: first, frames: LinkFrames(storage: [UInt8](bytes), entries: entries))
     }
 
     /// A frame must be exactly one pipe frame, so a peer can never tear or glue frames on our pipes.
-    static func checkFrame(_ frame: [UInt8], index: Int) throws(LinkCodecError) {
-        let decoded = frame.withUnsafeBytes { Varint.decode($0, at: 0) }
-        switch decoded {
+    static func checkFrame(_ frame: UnsafeRawBufferPointer, index: Int) throws(LinkCodecError) {
+        switch Varint.decode(frame, at: 0) {
         case .value(let length, let size):
             if length == 0 { throw .malformedFrame(index: index, reason: "an empty envelope") }
             if UInt64(frame.count - size) != length {

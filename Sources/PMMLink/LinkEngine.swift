@@ -289,22 +289,21 @@ final class LinkEngine {
         }
     }
 
-    func received(_ handler: LinkChannelHandler, firstSequence: UInt64, frames: [LinkFrame]) throws(ReceiveLedger
-        .Violation)
-    {
+    func received(
+        _ handler: LinkChannelHandler, firstSequence: UInt64, frames: LinkFrames
+    ) throws(ReceiveLedger.Violation) {
         guard let peer = handler.peer, links[peer] === handler else { return }
-        try shared.state.withLock { (state) throws(ReceiveLedger.Violation) in
-            let sizes = frames.map(\.bytes.count)
+        let sizes = frames.entries.map(\.range.count)
+        let (stream, duplicates) = try shared.state.withLock { (state) throws(ReceiveLedger.Violation) in
             let duplicates = try state.peers[peer]!.receiver.receive(firstSequence: firstSequence, sizes: sizes)
-            guard duplicates < frames.count else { return }
-            let stream = state.peers[peer]!.receiver.incarnation
-            state.post(
-                .received(
-                    peer: peer,
-                    LinkReceived(
-                        stream: stream, firstSequence: firstSequence + UInt64(duplicates),
-                        frames: duplicates == 0 ? frames : Array(frames[duplicates...]))))
+            return (state.peers[peer]!.receiver.incarnation, duplicates)
         }
+        guard duplicates < frames.count else { return }
+        // Only this loop thread changes the ledger and posts received events: two short locks keep their order.
+        let received = LinkReceived(
+            stream: stream, firstSequence: firstSequence + UInt64(duplicates),
+            frames: duplicates == 0 ? frames : frames.dropping(duplicates))
+        shared.state.withLock { $0.post(.received(peer: peer, received)) }
     }
 
     /// Returns false for an acknowledgement of frames never sent.

@@ -113,7 +113,7 @@ public struct LinkReceived: Equatable, Sendable {
     /// The peer's incarnation: pass it back to `acknowledge`.
     public var stream: UInt64
     public var firstSequence: UInt64
-    public var frames: [LinkFrame]
+    public var frames: LinkFrames
 
     public var lastSequence: UInt64 { firstSequence + UInt64(frames.count) - 1 }
 }

@@ -48,7 +48,7 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
         var reference: [UInt8] = []
         LinkCodec.encode(message, into: &reference)
         #expect(hand == reference)
-        #expect(try decodeAll(hand) == [.batch(firstSequence: 300, frames: frames)])
+        #expect(try decodeAll(hand) == [.batch(firstSequence: 300, frames: LinkFrames(frames))])
     }
 
     @Test func decode_readsEveryKind_throughSwiftProtobuf() throws {
@@ -87,7 +87,7 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
         #expect(decoded[2] == .goodbye(reason: "stopping"))
         #expect(decoded[3] == .heartbeat)
         #expect(decoded[4] == .health(health.health))
-        #expect(decoded[5] == .batch(firstSequence: 5, frames: [frames[0]]))
+        #expect(decoded[5] == .batch(firstSequence: 5, frames: LinkFrames([frames[0]])))
     }
 
     @Test func decode_dripFed_needsMoreUntilTheLastByte() throws {
@@ -156,5 +156,26 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
             body += (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
             _ = try? decodeAll(pipeFrame(body))
         }
+    }
+}
+
+@Suite struct LinkFramesTests {
+    @Test func decodedBatch_isOneBufferWithRanges_andDroppingSharesIt() throws {
+        let frames = (0..<5).map { LinkFrame(target: $0 < 3 ? "collector-edge-b-0" : "x", bytes: numberedFrame($0)) }
+        var bytes: [UInt8] = []
+        LinkCodec.encodeBatch(firstSequence: 10, frames: frames[...], into: &bytes)
+        guard case .batch(let first, let decoded)? = try decodeAll(bytes).first else {
+            Issue.record("no batch")
+            return
+        }
+        #expect(first == 10 && decoded.count == 5)
+        #expect(Array(decoded) == frames)
+        #expect(decoded.byteCount == frames.reduce(0) { $0 + $1.bytes.count })
+        #expect(decoded.withFrameBytes(at: 3) { Array($0) } == frames[3].bytes)
+        #expect(decoded.target(at: 4) == "x")
+        let rest = decoded.dropping(2)
+        #expect(Array(rest) == Array(frames[2...]))
+        #expect(rest.storage == decoded.storage)
+        #expect(LinkFrames(frames) == decoded)
     }
 }

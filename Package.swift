@@ -36,6 +36,9 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // Links between routers (issue 13): TCP and mutual TLS. swift-nio-ssl builds BoringSSL from source.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // Pure: spec model, diagnostics, naming, hashing, validation, planning. Standard library only.
@@ -78,6 +81,24 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+        // Links between routers: pmm.v1.LinkMessage over TCP (optionally mutual TLS) on one NIO event loop, met by
+        // the router's poll loop through mutex-guarded queues and an eventfd. The pure parts (codec, sequence and
+        // window bookkeeping, backoff, certificate name rules) import no NIO.
+        .target(
+            name: "PMMLink",
+            dependencies: [
+                "PMMWire", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
+        // A small program on one end of a link, for the tests across network namespaces and the link benchmark.
+        .executableTarget(
+            name: "link-probe",
+            dependencies: ["PMMLink", "PMMWire", .product(name: "Logging", package: "swift-log")],
+            path: "Examples/LinkProbe", swiftSettings: upcoming),
         // `pmm bench`: the routed path against direct FIFOs, with HdrHistogram latencies.
         .target(
             name: "PMMBench",
@@ -149,6 +170,11 @@ let package = Package(
             swiftSettings: upcoming),
         .testTarget(
             name: "PMMWireTests", dependencies: ["PMMWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            swiftSettings: upcoming),
+        // Links: codec and bookkeeping (pure), loopback sockets with real TLS, and two network namespaces (root).
+        .testTarget(
+            name: "PMMLinkTests",
+            dependencies: ["PMMLink", "PMMWire", "link-probe", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             swiftSettings: upcoming),
         .testTarget(
             name: "PMMSpecYAMLTests",

@@ -89,12 +89,7 @@ public final class Bench {
         let tally = Tally(producers: config.producers, count: config.count)
         let readers = paths.map { path in ConsumerThread(path: path, tally: tally, expected: config.producers * config.count) }
         for reader in readers { reader.start() }
-        let started = realtimeNanos()
-        let producers = paths.enumerated().map { index, path in ProducerThread(path: path, index: index, config: config) }
-        for producer in producers { producer.start() }
-        for producer in producers { producer.wait() }
-        tally.waitForAll(timeout: 30)
-        let seconds = Double(tally.lastArrival - started) / 1e9
+        let seconds = produce(into: paths, tally: tally)
         for reader in readers { reader.stop() }
         return tally.result(path: "direct FIFO", seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: nil)
     }
@@ -114,12 +109,7 @@ public final class Bench {
         for reader in readers { reader.start() }
         let relay = RelayThread(ingress: ingress, egress: egress)
         relay.start()
-        let started = realtimeNanos()
-        let producers = ingress.enumerated().map { index, path in ProducerThread(path: path, index: index, config: config) }
-        for producer in producers { producer.start() }
-        for producer in producers { producer.wait() }
-        tally.waitForAll(timeout: 30)
-        let seconds = Double(tally.lastArrival - started) / 1e9
+        let seconds = produce(into: ingress, tally: tally)
         let cpu = relay.wait()
         for reader in readers { reader.stop() }
         return tally.result(path: "relay (no routing)", seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (cpu, nil))
@@ -178,19 +168,24 @@ public final class Bench {
             return String(decoding: data, as: UTF8.self).components(separatedBy: "\"healthy\" : true").count - 1 >= self.config.consumers
         }
         let cpuBefore = processCPUSeconds(router.processIdentifier)
-        let started = realtimeNanos()
-        let producers = (0..<config.producers).map { p in
-            ProducerThread(path: directory + "/pipes/" + Naming.ingress(producer: "p\(p)", dataType: "bench", shard: 0), index: p, config: config)
-        }
-        for producer in producers { producer.start() }
-        for producer in producers { producer.wait() }
-        tally.waitForAll(timeout: 30)
-        let seconds = Double(tally.lastArrival - started) / 1e9
+        let seconds = produce(
+            into: (0..<config.producers).map { directory + "/pipes/" + Naming.ingress(producer: "p\($0)", dataType: "bench", shard: 0) }, tally: tally)
         let cpu = processCPUSeconds(router.processIdentifier) - cpuBefore
         let rss = peakRSSMiB(router.processIdentifier)
         kill(router.processIdentifier, SIGTERM)
         for reader in readers { reader.stop() }
         return tally.result(path: "routed (\(config.delivery.rawValue))", seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (cpu, rss))
+    }
+
+    /// Runs one producer per pipe in `paths` until each sent its count and every frame arrived (or 30 s passed);
+    /// the seconds from the first send to the last arrival.
+    func produce(into paths: [String], tally: Tally) -> Double {
+        let started = realtimeNanos()
+        let producers = paths.enumerated().map { index, path in ProducerThread(path: path, index: index, config: config) }
+        for producer in producers { producer.start() }
+        for producer in producers { producer.wait() }
+        tally.waitForAll(timeout: 30)
+        return Double(tally.lastArrival - started) / 1e9
     }
 
     func waitUntil(_ what: String, timeout: Double, _ condition: () -> Bool) throws {

@@ -72,6 +72,8 @@ public final class Router {
     let logger: Logger
     var core: RouterCore
     let root: PipeRoot
+    /// Opens of files in the root (inotify): a consumer that opens its egress pipe is probed at once.
+    let opens: OpenWatch?
     /// Read descriptors of ingress pipes, by the core's identifier.
     var ingressFDs: [PipeID: Held] = [:]
     /// Write descriptors of egress pipes (present while a reader is there).
@@ -115,6 +117,7 @@ public final class Router {
             throw FIFOError(.systemCall, path: layout.root, "the pipe root does not exist", hint: "run pmm apply first")
         }
         self.root = root
+        opens = OpenWatch(directory: layout.root)
         if let directory = options.spoolDirectory {
             try PipeRoot.makeDirectories(directory, mode: 0o700)
         }
@@ -164,6 +167,7 @@ public final class Router {
 
     enum Owner {
         case signal
+        case opens
         case ingress(PipeID)
         case egress(PipeID)
         case metricsListener
@@ -189,6 +193,10 @@ public final class Router {
             owners.removeAll(keepingCapacity: true)
             fds.append(pollfd(fd: signals.readFD, events: Int16(POLLIN), revents: 0))
             owners.append(.signal)
+            if let opens {
+                fds.append(pollfd(fd: opens.fd, events: Int16(POLLIN), revents: 0))
+                owners.append(.opens)
+            }
             var timeout: Int32 = 100
             if let wake = core.nextWake(after: now) { timeout = min(timeout, Int32(clamping: (wake - now) / 1_000_000 + 1)) }
             for slot in core.ingress.indices where core.wantsToRead(slot, now: now) {
@@ -229,6 +237,9 @@ public final class Router {
                         case .stop: stopRequested = true
                         }
                     }
+                case .opens:
+                    guard revents != 0, let opens else { continue }
+                    for name in opens.drain() where name.hasSuffix(".out") { core.egressOpenedByReader(named: name, now: now) }
                 case .ingress(let id):
                     guard let slot = core.ingressSlot(id) else { continue }
                     if revents != 0 || core.hasBufferedWork(slot) { readIngress(slot, budget: 4) }

@@ -148,6 +148,15 @@ extension RouterCore {
         actions.append(.openEgress(egress[slot].id, name: egress[slot].name, pipeSize: egress[slot].spec.pipeSize))
     }
 
+    /// Something opened the egress pipe `name` (the shell watches the root for opens): a reader may be back, so
+    /// an instance that is down is probed at the next tick instead of at the end of its backoff.
+    public mutating func egressOpenedByReader(named name: String, now: UInt64) {
+        for slot in egress.indices where egress[slot].name == name && !egress[slot].open && !egress[slot].probing {
+            egress[slot].backoff = options.probeBackoff.first
+            egress[slot].nextProbe = now
+        }
+    }
+
     /// Timers: probes of instances that are down, and closed pipes forgotten. The shell calls it once per loop pass, after the pass's I/O.
     public mutating func tick(now: UInt64) {
         for slot in egress.indices where !egress[slot].open && !egress[slot].probing && now >= egress[slot].nextProbe {

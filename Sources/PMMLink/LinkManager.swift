@@ -71,12 +71,21 @@ public final class LinkManager: Sendable {
         let loop = group.next()
         let shared = self.shared
         let incarnation = self.incarnation
-        let engine = try! loop.submit {
-            NIOLoopBound(
-                LinkEngine(
-                    configuration: configuration, logger: logger, shared: shared, loop: loop, ssl: ssl,
-                    incarnation: incarnation), eventLoop: loop)
-        }.wait()
+        let engine: NIOLoopBound<LinkEngine>
+        do {
+            engine = try loop.submit {
+                NIOLoopBound(
+                    LinkEngine(
+                        configuration: configuration, logger: logger, shared: shared, loop: loop, ssl: ssl,
+                        incarnation: incarnation), eventLoop: loop)
+            }.wait()
+        } catch {
+            // Only a loop that is already shut down refuses work; say so rather than trap.
+            try? group.syncShutdownGracefully()
+            close(fds[0])
+            close(fds[1])
+            throw .listen(address: configuration.listen.description, reason: "the event loop refused to start the link engine: \(error)")
+        }
         self.engine = engine
         do {
             listeningPort = try loop.flatSubmit { engine.value.listen() }.wait()

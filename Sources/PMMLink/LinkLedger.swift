@@ -10,15 +10,12 @@ public struct SendLedger: Equatable, Sendable {
     public let windowBytes: Int
     /// The number the next frame gets.
     public private(set) var nextSequence: UInt64 = 1
+    /// One run per `take`.
+    private var inFlight = InFlight()
     /// Everything up to here has been acknowledged.
-    public private(set) var acknowledgedUpTo: UInt64 = 0
+    public var acknowledgedUpTo: UInt64 { inFlight.acknowledgedUpTo }
     /// Bytes sent and not acknowledged.
-    public private(set) var unacknowledgedBytes = 0
-    /// One entry per `take`: the last sequence number it covered and its bytes. An acknowledgement in the middle
-    /// of an entry keeps the entry (its bytes count until the whole entry is acknowledged): conservative, never
-    /// more than the window.
-    private var entries: [(last: UInt64, bytes: Int)] = []
-    private var head = 0
+    public var unacknowledgedBytes: Int { inFlight.bytes }
 
     public init(windowBytes: Int) {
         precondition(windowBytes > 0, "a window needs room")
@@ -45,8 +42,7 @@ public struct SendLedger: Equatable, Sendable {
         let first = nextSequence
         guard count > 0 else { return first }
         nextSequence += UInt64(count)
-        unacknowledgedBytes += bytes
-        entries.append((nextSequence - 1, bytes))
+        inFlight.record(last: nextSequence - 1, bytes: bytes)
         return first
     }
 
@@ -55,16 +51,7 @@ public struct SendLedger: Equatable, Sendable {
     @discardableResult
     public mutating func acknowledge(upTo: UInt64) -> Bool {
         guard upTo < nextSequence else { return false }
-        guard upTo > acknowledgedUpTo else { return true }
-        acknowledgedUpTo = upTo
-        while head < entries.count && entries[head].last <= upTo {
-            unacknowledgedBytes -= entries[head].bytes
-            head += 1
-        }
-        if head > 64 && head * 2 > entries.count {
-            entries.removeFirst(head)
-            head = 0
-        }
+        inFlight.release(upTo: upTo)
         return true
     }
 
@@ -73,10 +60,7 @@ public struct SendLedger: Equatable, Sendable {
     public mutating func reconnected(resumeAfter: UInt64) -> UInt64 {
         let resume = min(resumeAfter, nextSequence - 1)
         nextSequence = resume + 1
-        acknowledgedUpTo = resume
-        unacknowledgedBytes = 0
-        entries.removeAll()
-        head = 0
+        inFlight = InFlight(acknowledgedUpTo: resume)
         return resume
     }
 
@@ -98,10 +82,10 @@ public struct ReceiveLedger: Equatable, Sendable {
     /// The sender's incarnation these numbers belong to (0: none yet).
     public private(set) var incarnation: UInt64 = 0
     public private(set) var highestReceived: UInt64 = 0
-    public private(set) var acknowledgedUpTo: UInt64 = 0
-    public private(set) var unacknowledgedBytes = 0
-    private var entries: [(last: UInt64, bytes: Int)] = []
-    private var head = 0
+    /// One run per batch received.
+    private var inFlight = InFlight()
+    public var acknowledgedUpTo: UInt64 { inFlight.acknowledgedUpTo }
+    public var unacknowledgedBytes: Int { inFlight.bytes }
 
     public init(limitBytes: Int) {
         self.limitBytes = limitBytes
@@ -146,8 +130,7 @@ public struct ReceiveLedger: Equatable, Sendable {
             throw .overrun(bytes: unacknowledgedBytes + bytes, limit: limitBytes)
         }
         highestReceived = firstSequence + UInt64(sizes.count) - 1
-        unacknowledgedBytes += bytes
-        entries.append((highestReceived, bytes))
+        inFlight.record(last: highestReceived, bytes: bytes)
         return duplicates
     }
 
@@ -156,20 +139,44 @@ public struct ReceiveLedger: Equatable, Sendable {
     public mutating func acknowledge(upTo: UInt64) -> UInt64? {
         let upTo = min(upTo, highestReceived)
         guard upTo > acknowledgedUpTo else { return nil }
-        acknowledgedUpTo = upTo
-        while head < entries.count && entries[head].last <= upTo {
-            unacknowledgedBytes -= entries[head].bytes
-            head += 1
-        }
-        if head > 64 && head * 2 > entries.count {
-            entries.removeFirst(head)
-            head = 0
-        }
+        inFlight.release(upTo: upTo)
         return upTo
     }
 
     public static func == (a: ReceiveLedger, b: ReceiveLedger) -> Bool {
         a.incarnation == b.incarnation && a.highestReceived == b.highestReceived
             && a.acknowledgedUpTo == b.acknowledgedUpTo && a.unacknowledgedBytes == b.unacknowledgedBytes
+    }
+}
+
+/// Bytes in flight on one link direction, by cumulative sequence number: runs of frames recorded as (the last
+/// number, their bytes), released by an acknowledgement up to a number. An acknowledgement in the middle of a
+/// run keeps the run (its bytes count until the whole run is acknowledged): conservative, never more than
+/// the window. The sending and the receiving ledger both keep one.
+struct InFlight: Sendable {
+    private(set) var acknowledgedUpTo: UInt64
+    private(set) var bytes = 0
+    private var runs: [(last: UInt64, bytes: Int)] = []
+    private var head = 0
+
+    init(acknowledgedUpTo: UInt64 = 0) { self.acknowledgedUpTo = acknowledgedUpTo }
+
+    mutating func record(last: UInt64, bytes: Int) {
+        self.bytes += bytes
+        runs.append((last, bytes))
+    }
+
+    /// Every frame up to `upTo` is acknowledged (nothing changes for an older acknowledgement).
+    mutating func release(upTo: UInt64) {
+        guard upTo > acknowledgedUpTo else { return }
+        acknowledgedUpTo = upTo
+        while head < runs.count && runs[head].last <= upTo {
+            bytes -= runs[head].bytes
+            head += 1
+        }
+        if head > 64 && head * 2 > runs.count {
+            runs.removeFirst(head)
+            head = 0
+        }
     }
 }

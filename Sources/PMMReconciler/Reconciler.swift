@@ -90,7 +90,7 @@ public final class Reconciler {
     /// A FIFO that an interrupted apply linked into place before recording it (its intent names this very inode)
     /// counts as pmm's: the next apply adopts it (`finishIntents`), and `diff` says what that apply will do.
     public func observe(root path: String) throws(PMMError) -> ObservedState {
-        do {
+        try systemOrRegistry {
             var inventory = try registry.inventory()
             guard let root = try PipeRoot.open(path) else {
                 return ObservedState(rootExists: false, files: [:], inventory: inventory)
@@ -100,12 +100,6 @@ public final class Reconciler {
                 if let file = files[intent.record.name], intent.record.matches(file) { inventory[intent.record.name] = intent.record }
             }
             return ObservedState(rootExists: true, files: files, inventory: inventory)
-        } catch let error as FIFOError {
-            throw .system(error)
-        } catch let error as RegistryError {
-            throw .registry(error)
-        } catch {
-            preconditionFailure("unexpected error \(error)")
         }
     }
 
@@ -254,13 +248,25 @@ public final class Reconciler {
     /// Carries out `plan` in `rootPath` (created if needed), recording each change in the inventory as it is made.
     func execute(_ plan: Plan, root rootPath: String) throws(PMMError) {
         do {
-            let root = try PipeRoot.openOrCreate(rootPath)
-            try root.removeLeftovers()
-            for change in plan.changes {
-                try execute(change, in: root)
+            try systemOrRegistry {
+                let root = try PipeRoot.openOrCreate(rootPath)
+                try root.removeLeftovers()
+                for change in plan.changes {
+                    try execute(change, in: root)
+                }
             }
+        } catch {
+            if case .system(let failure) = error { try? registry.event(kind: "apply-failed", message: failure.description, at: timestamp) }
+            throw error
+        }
+    }
+
+    /// Runs `body`, whose failures are the pipe root's (`FIFOError`) and the registry's (`RegistryError`), and
+    /// throws them as `PMMError`.
+    func systemOrRegistry<T>(_ body: () throws -> T) throws(PMMError) -> T {
+        do {
+            return try body()
         } catch let error as FIFOError {
-            try? registry.event(kind: "apply-failed", message: error.description, at: timestamp)
             throw .system(error)
         } catch let error as RegistryError {
             throw .registry(error)
@@ -365,7 +371,7 @@ public final class Reconciler {
     @discardableResult
     public func finishIntents() throws(PMMError) -> [String] {
         var done: [String] = []
-        do {
+        try systemOrRegistry {
             for intent in try registry.intents() {
                 let name = intent.record.name
                 let file = try PipeRoot.open(intent.root)?.stat(name)
@@ -380,12 +386,6 @@ public final class Reconciler {
                 try? registry.event(kind: "apply-recovered", message: line, at: timestamp)
                 done.append(line)
             }
-        } catch let error as FIFOError {
-            throw .system(error)
-        } catch let error as RegistryError {
-            throw .registry(error)
-        } catch {
-            preconditionFailure("unexpected error \(error)")
         }
         return done
     }

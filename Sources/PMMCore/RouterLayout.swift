@@ -38,6 +38,14 @@ public struct RouterLayout: Hashable, Sendable {
         /// The instance's expected volume (messages/s), which `least-loaded` weighs: what it registered with,
         /// else its binding's `capacity`; 0 when neither says.
         public var capacity: Int = 0
+        /// The node the instance runs on when that is not this router's node: frames for it travel over the
+        /// link to that node's router. Nil: a pipe of this node.
+        public var node: String? = nil
+        /// How near the instance is, for `locality: prefer-local`: 0 on this node, 1 in its zone, 2 elsewhere.
+        public var tier: Int = 0
+
+        /// The instance runs on another node (no pipe here; frames go over a link).
+        public var isRemote: Bool { node != nil }
     }
 
     /// Where one data type's frames go.
@@ -57,6 +65,8 @@ public struct RouterLayout: Hashable, Sendable {
         public var readers: [Int: Set<Int>]?
         /// The version each target service reads, by target index of `entry`.
         public var targetVersions: [Int?]
+        /// Which instances the route prefers in a multi-node mesh.
+        public var locality: Locality = .any
 
         /// Whether target `t` can read frames of `version`.
         public func target(_ t: Int, reads version: Int) -> Bool {
@@ -68,18 +78,31 @@ public struct RouterLayout: Hashable, Sendable {
 
     public var revision: Int
     public var root: String
+    /// The node this router serves in a multi-node mesh (nil: one host).
+    public var node: String?
+    /// Every other node of a multi-node mesh: its name and where its router listens for links.
+    public var peers: [MeshNode] = []
     public var ingress: [Ingress]
     public var egress: [Egress]
     /// Routes by data type name.
     public var routes: [String: Route]
 
-    /// - Parameter readers: per data type, writer version -> reader versions that can read it (the checked
-    ///   compatibility matrix); nil when no schema check ran.
-    public init(spec: MeshSpec, revision: Int, readers: [String: [Int: [Int]]]? = nil) {
+    /// - Parameters:
+    ///   - readers: per data type, writer version -> reader versions that can read it (the checked
+    ///     compatibility matrix); nil when no schema check ran.
+    ///   - node: in a multi-node mesh, the node this router serves: it reads the ingress pipes of that node,
+    ///     writes the egress pipes of the instances placed there, and knows every other node's instances as
+    ///     remote egress (reached over links). A service without `placement` runs its replicas on every node,
+    ///     and each node's router serves its own copies (they are local everywhere).
+    public init(spec: MeshSpec, revision: Int, readers: [String: [Int: [Int]]]? = nil, node: String? = nil) {
         self.revision = revision
         self.root = spec.root
+        self.node = node
+        let here = node.flatMap { spec.node(named: $0) }
+        self.peers = node == nil ? [] : spec.nodes.filter { $0.name != node }.sorted { $0.name < $1.name }
         var ingress: [Ingress] = []
         var egress: [Egress] = []
+        let local = Set(spec.desiredPipes(node: node).map(\.name))
         for pipe in spec.desiredPipes() {
             guard let dataType = spec.dataType(named: pipe.dataType), let service = spec.service(named: pipe.service) else { continue }
             let bindings = pipe.kind == .ingress ? service.produces : service.consumes
@@ -88,6 +111,7 @@ public struct RouterLayout: Hashable, Sendable {
             let version = binding?.version ?? dataType.latestVersion
             switch pipe.kind {
             case .ingress:
+                guard local.contains(pipe.name) else { continue }
                 ingress.append(
                     Ingress(
                         name: pipe.name, producer: pipe.service, dataType: pipe.dataType, shard: pipe.shard ?? 0, pipeSize: pipe.pipeSize, qos: qos,
@@ -97,12 +121,24 @@ public struct RouterLayout: Hashable, Sendable {
                 // Under `registration: required` an instance without a lease has no egress here: the router
                 // neither opens its pipe nor routes to it, and a reload that takes it away re-routes what it
                 // had not read (as for any egress a layout removes).
-                guard spec.isRouted(instance: instance, of: service) else { continue }
+                var remote: String?
+                var tier = 0
+                if node != nil && !local.contains(pipe.name) {
+                    // Only placed instances are remote: an unplaced service's copies are local on every node.
+                    // Leases live on the instance's own node: its router tells whether the instance is routed
+                    // (the health it announces over the link).
+                    guard let owner = service.node(of: instance) else { continue }
+                    remote = owner
+                    tier = here?.zone != nil && spec.node(named: owner)?.zone == here?.zone ? 1 : 2
+                } else {
+                    guard spec.isRouted(instance: instance, of: service) else { continue }
+                }
                 let registered = spec.leases[instance]?.capacity ?? 0
                 egress.append(
                     Egress(
                         name: pipe.name, instance: instance, service: pipe.service, dataType: pipe.dataType,
-                        pipeSize: pipe.pipeSize, qos: qos, version: version, capacity: registered > 0 ? registered : binding?.capacity ?? 0))
+                        pipeSize: pipe.pipeSize, qos: qos, version: version, capacity: registered > 0 ? registered : binding?.capacity ?? 0,
+                        node: remote, tier: tier))
             }
         }
         let egressByName = Dictionary(uniqueKeysWithValues: egress.enumerated().map { ($1.name, $0) })
@@ -119,7 +155,7 @@ public struct RouterLayout: Hashable, Sendable {
             routes[name] = Route(
                 dataType: name, policy: entry.policy, entry: entry, egressIndex: indices, qos: dataType.qos,
                 versions: Set(dataType.versions.map(\.version)), readers: readers?[name].map { $0.mapValues(Set.init) },
-                targetVersions: targetVersions)
+                targetVersions: targetVersions, locality: node == nil ? .any : spec.route(for: name)?.locality ?? .any)
         }
         self.ingress = ingress
         self.egress = egress

@@ -272,7 +272,7 @@ final class LinkEngine {
             hello.health = Self.healthList(state.health)
             if let peer, let p = state.peers[peer] {
                 hello.receivedIncarnation = p.receiver.incarnation
-                hello.receivedUpTo = p.receiver.acknowledgedUpTo
+                hello.receivedUpTo = p.receiver.highestReceived
             }
         }
         var message = Pmm_V1_LinkMessage()

@@ -15,11 +15,14 @@ import Synchronization
 ///
 /// Responsibility for frames: the manager keeps none. `send` takes frames only while the peer's window of
 /// unacknowledged bytes has room and says how many it took and their numbers; the router keeps every frame it
-/// handed over until an `acknowledged` event covers it, and after each `connected` event drops what
-/// `LinkPeer.resumeAfter` covers and sends the rest again (`LinkOutbox` is that bookkeeping). So a slow or dead
-/// peer back-pressures into the router's spool, never into memory here. On the receiving side the router
-/// acknowledges (`acknowledge`) frames once written to an egress pipe or its spool; frames a resend repeats
-/// are dropped here before they reach the router.
+/// handed over until an `acknowledged` event covers it. When a link drops, pmm's router routes every frame
+/// not acknowledged again (to the instances still up), so after a `connected` event it sends only new frames,
+/// numbered after `LinkPeer.resumeAfter` (the highest the peer received; those it has not acknowledged are
+/// still its to deliver). A router that keeps its frames across a drop instead drops what `resumeAfter` covers
+/// and sends the rest again (`LinkOutbox` is that bookkeeping). Either way a slow or dead peer back-pressures
+/// into the router's spool, never into memory here. On the receiving side the router acknowledges
+/// (`acknowledge`) frames once done with them; frames a resend repeats are dropped here before they reach the
+/// router.
 ///
 /// One link per pair of nodes: the node whose name sorts first dials, the other accepts. A dialer that lost its
 /// connection dials again with backoff (100 ms doubling to 5 s, with jitter); a connection silent for

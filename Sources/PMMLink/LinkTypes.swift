@@ -89,9 +89,11 @@ public struct LinkPeer: Equatable, Sendable {
     public var protocolVersion: UInt32
     /// The peer's instances and whether each is available.
     public var health: [String: Bool]
-    /// The peer acknowledged every frame this node sent it up to here, possibly on an earlier connection (0:
-    /// none, or the peer restarted and forgot). The router drops what it holds up to here and sends the rest
-    /// again; `send` numbers them from `resumeAfter + 1`.
+    /// The highest frame of this node's the peer received, possibly on an earlier connection (0: none, or the
+    /// peer restarted and forgot): `send` numbers from `resumeAfter + 1`. Frames up to here that the peer has
+    /// not acknowledged are still the peer's to deliver (it acknowledges them later); frames after it never
+    /// arrived. A router that routed again everything unacknowledged when the link dropped sends nothing
+    /// again; one that keeps its frames (`LinkOutbox`) drops what this covers and sends the rest.
     public var resumeAfter: UInt64
     let generation: UInt64
 
@@ -120,7 +122,7 @@ public struct LinkReceived: Equatable, Sendable {
 
 /// What happened on the links since the last `events()`.
 public enum LinkEvent: Equatable, Sendable {
-    /// A link came up (both Hellos exchanged). Drop what `peer.resumeAfter` covers, send the rest again.
+    /// A link came up (both Hellos exchanged); numbering resumes after `peer.resumeAfter`.
     case connected(peer: String, LinkPeer)
     /// A link went down: its instances are unavailable until it is back.
     case disconnected(peer: String, reason: String)

@@ -1,9 +1,13 @@
 import PMMWire
 
 /// Marks a frame whose delivery an at-least-once spool tracks: which spool ledger, and the frame's place in it.
+///
+/// A negative `spool` names the inbound ledger of a link instead (`-2 - peer`), and `stream` which numbering of
+/// that peer's frames the tag belongs to (a restarted peer numbers from 1 again).
 public struct SpoolTag: Equatable, Sendable {
     public var spool: Int32
     public var sequence: UInt64
+    public var stream: UInt32 = 0
 }
 
 /// What the router remembers of a queued frame besides its bytes: the route it was accepted on (a data type,
@@ -104,6 +108,33 @@ public struct FrameQueue: Sendable {
             // (compacting whenever half was free made memmove a fifth of the router's time with 4 KB frames).
             compact()
         }
+    }
+
+    /// Records that the oldest `frames` frames written are read whole (a link's cumulative acknowledgement):
+    /// calls `completed` with each one's tag.
+    public mutating func acknowledge(frames: Int, completed: (SpoolTag) -> Void) {
+        let last = min(head + frames, firstUnwritten) - 1
+        guard last >= head else { return }
+        acknowledge(unread: written - end(of: last), completed: completed)
+    }
+
+    /// Calls `body` with each whole frame not yet written, oldest first, until it returns false.
+    public func forEachUnwritten(_ body: (UnsafeRawBufferPointer) -> Bool) {
+        bytes.withUnsafeBytes { raw in
+            var index = firstUnwritten
+            while index < starts.count {
+                let start = max(starts[index], written)
+                guard body(UnsafeRawBufferPointer(rebasing: raw[start..<end(of: index)])) else { return }
+                index += 1
+            }
+        }
+    }
+
+    /// The bytes of the first `frames` frames not yet written.
+    public func unwrittenBytes(frames: Int) -> Int {
+        let last = min(firstUnwritten + frames, starts.count)
+        guard last > firstUnwritten else { return 0 }
+        return end(of: last - 1) - written
     }
 
     /// Drops the oldest frame not yet started; returns its metadata, or nil when every unwritten frame has

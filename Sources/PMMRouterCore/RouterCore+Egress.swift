@@ -151,7 +151,7 @@ extension RouterCore {
     /// Something opened the egress pipe `name` (the shell watches the root for opens): a reader may be back, so
     /// an instance that is down is probed at the next tick instead of at the end of its backoff.
     public mutating func egressOpenedByReader(named name: String, now: UInt64) {
-        for slot in egress.indices where egress[slot].name == name && !egress[slot].open && !egress[slot].probing {
+        for slot in egress.indices where egress[slot].name == name && !egress[slot].open && !egress[slot].probing && !egress[slot].spec.isRemote {
             egress[slot].backoff = options.probeBackoff.first
             egress[slot].nextProbe = now
         }
@@ -159,7 +159,7 @@ extension RouterCore {
 
     /// Timers: probes of instances that are down, and closed pipes forgotten. The shell calls it once per loop pass, after the pass's I/O.
     public mutating func tick(now: UInt64) {
-        for slot in egress.indices where !egress[slot].open && !egress[slot].probing && now >= egress[slot].nextProbe {
+        for slot in egress.indices where !egress[slot].open && !egress[slot].probing && now >= egress[slot].nextProbe && !egress[slot].spec.isRemote {
             if stopping && egress[slot].queue.isEmpty { continue }
             requestProbe(slot, now: now)
         }

@@ -44,7 +44,7 @@ extension RouterCore {
     public func nextWake(after now: UInt64) -> UInt64? {
         var wake: UInt64?
         for pipe in ingress where pipe.pausedUntil > now { wake = min(wake ?? .max, pipe.pausedUntil) }
-        for pipe in egress where !pipe.open && !pipe.probing && pipe.nextProbe > now { wake = min(wake ?? .max, pipe.nextProbe) }
+        for pipe in egress where !pipe.open && !pipe.probing && pipe.nextProbe > now && !pipe.spec.isRemote { wake = min(wake ?? .max, pipe.nextProbe) }
         return wake
     }
 

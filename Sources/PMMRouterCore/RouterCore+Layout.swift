@@ -53,11 +53,11 @@ extension RouterCore {
             let frames = detach(slot)
             if options.sabotage == .forgetRerouteOnRemovedEgress {
                 for frame in frames { if let tag = frame.meta.tag { complete(tag) } }
-                if egress[slot].open { actions.append(.closeEgress(egress[slot].id)) }
+                if egress[slot].open && !egress[slot].spec.isRemote { actions.append(.closeEgress(egress[slot].id)) }
                 continue
             }
             for frame in frames { orphans.append((frame, egress[slot].spec.dataType)) }
-            if egress[slot].open { actions.append(.closeEgress(egress[slot].id)) }
+            if egress[slot].open && !egress[slot].spec.isRemote { actions.append(.closeEgress(egress[slot].id)) }
         }
         egress = nextEgress
         egressSlots = [:]
@@ -154,7 +154,9 @@ extension RouterCore {
         layout = new
         epoch &+= 1
         if !initial && isReload { counters.reloads += 1 }
-        for pipe in egress where !pipe.open && !pipe.probing { requestProbe(egressSlots[pipe.id]!, now: now) }
+        installPeers(new, now: now)
+        for pipe in egress where !pipe.open && !pipe.probing && !pipe.spec.isRemote { requestProbe(egressSlots[pipe.id]!, now: now) }
+        for p in peers.indices { linkHealth(p, revision: peers[p].revision, instances: peers[p].health, now: now) }
         for (frame, dataType) in orphans { reroute(frame, dataType: dataType, now: now) }
     }
 

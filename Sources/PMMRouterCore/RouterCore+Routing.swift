@@ -113,7 +113,21 @@ extension RouterCore {
     func isAvailable(_ r: Int, _ target: Int, _ instance: Int, _ mask: [Bool]?) -> Bool {
         if let mask, !mask[target] { return false }
         let slot = routes[r].spec.egressIndex[target][instance]
-        return slot >= 0 && egress[slot].available
+        return slot >= 0 && egress[slot].available && egress[slot].spec.tier <= routes[r].allowedTier
+    }
+
+    /// Sets route `r`'s `allowedTier` for a choice now: under `prefer-local`, the nearest tier with an instance
+    /// available to `mask` (cached per `epoch` when there is no mask).
+    mutating func narrowToNearest(_ r: Int, mask: [Bool]?) {
+        guard routes[r].spec.locality == .preferLocal else { return }
+        if mask == nil && routes[r].tierEpoch == epoch { return }
+        var nearest = Int.max
+        let index = routes[r].spec.egressIndex
+        for t in index.indices where mask?[t] ?? true {
+            for slot in index[t] where slot >= 0 && egress[slot].available { nearest = min(nearest, egress[slot].spec.tier) }
+        }
+        routes[r].allowedTier = nearest
+        routes[r].tierEpoch = mask == nil ? epoch : .max
     }
 
     func targetAvailable(_ r: Int, _ t: Int, _ mask: [Bool]?) -> Bool {
@@ -123,6 +137,7 @@ extension RouterCore {
 
     /// The egress slot route `r`'s policy picks, or nil when no instance is available.
     mutating func choose(_ r: Int, key: UnsafeRawBufferPointer, mask: [Bool]?) -> Int? {
+        narrowToNearest(r, mask: mask)
         let entry = routes[r].spec.entry
         switch routes[r].spec.policy {
         case .shard where key.count > 0:

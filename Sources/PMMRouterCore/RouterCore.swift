@@ -39,6 +39,13 @@ package enum Sabotage: String, Sendable, CaseIterable {
     case completeAtWrite
     /// An egress a reload takes away (a lease ended, a replica removed) drops what its reader had not read.
     case forgetRerouteOnRemovedEgress
+    /// A link that drops forgets the at-least-once frames its peer had not acknowledged.
+    case forgetRerouteOnLinkDrop
+    /// A peer's acknowledgements are ignored: frames sent over a link are never done.
+    case ignoreLinkAcknowledgements
+
+    /// Breaks only a multi-node mesh can show (CrossNodeTests catches them, not the one-host simulation).
+    package var needsLinks: Bool { self == .forgetRerouteOnLinkDrop || self == .ignoreLinkAcknowledgements }
 }
 
 /// The router's decisions as a state machine: no syscalls, no clock, no randomness of its own.
@@ -66,6 +73,8 @@ public struct RouterCore: Sendable {
     public internal(set) var routes: [Route] = []
     public internal(set) var spools: [SpoolLedger?] = []
     public internal(set) var counters = Counters()
+    /// The other nodes' routers (a multi-node mesh), in the order they were first installed.
+    public internal(set) var peers: [Peer] = []
     /// Bytes held in egress and waiting queues.
     public internal(set) var heldBytes = 0
     /// Bytes of every spool not yet done (what a crash would replay), kept in step with the ledgers.
@@ -82,6 +91,8 @@ public struct RouterCore: Sendable {
     var egressSlots: [PipeID: Int] = [:]
     var routeSlots: [String: Int] = [:]
     var spoolSlots: [String: Int] = [:]
+    var peerSlots: [String: Int] = [:]
+    var egressByName: [String: Int] = [:]
     var nextID: UInt32 = 0
     var random: SplitMix
     var sabotageCount = 0
@@ -196,6 +207,11 @@ public struct RouterCore: Sendable {
         /// The capacity `least-loaded` assumes for an instance that declared none: the smallest declared by
         /// the route's instances (an unknown consumer is taken to be as slow as the slowest known), else 1.
         var fallbackCapacity = 1
+        /// `locality: prefer-local`: the nearest tier (0 this node, 1 its zone, 2 anywhere) with an available
+        /// instance; instances farther away are not chosen. `Int.max` for `any`.
+        var allowedTier = Int.max
+        /// The `epoch` `allowedTier` was computed at (`.max`: not cached).
+        var tierEpoch: UInt64 = .max
         var name: String { spec.dataType }
         var capacity: Int { spec.qos.buffer }
     }
@@ -275,6 +291,12 @@ public struct RouterCore: Sendable {
     }
 
     mutating func complete(_ tag: SpoolTag) {
+        if tag.spool < 0 {
+            // A frame that came over a link: done here, so the peer may forget it.
+            let p = Int(-2 - tag.spool)
+            if p >= 0 && p < peers.count { peers[p].inbound.complete(tag) }
+            return
+        }
         withSpool(Int(tag.spool)) { $0.complete(tag) }
     }
 

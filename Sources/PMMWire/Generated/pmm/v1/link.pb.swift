@@ -14,9 +14,10 @@
 ///
 /// A connection starts with a Hello from each side; nothing else is sent before it. Frames travel in Batches,
 /// numbered per direction: the sender numbers its frames 1, 2, 3, ... and the receiver acknowledges
-/// cumulatively (Ack.up_to) once its router has written them to the instance's egress pipe or its spool. The
-/// numbering goes on across reconnects: a Hello tells the other side how far its frames were acknowledged, and
-/// the sender resends what follows.
+/// cumulatively (Ack.up_to) once its router is done with them (read whole by the instance's consumer, or
+/// dead-lettered). The numbering goes on across reconnects: a Hello tells the other side the highest of its
+/// frames received, and numbering resumes after it. What was sent and not acknowledged before a link dropped,
+/// the sending router routes again (at-least-once: duplicates are possible, losses are not).
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -123,8 +124,10 @@ public nonisolated struct Pmm_V1_LinkHello: Sendable {
   /// Chosen at random when the sender's link manager starts: numbering restarts with a new incarnation.
   public var incarnation: UInt64 = 0
 
-  /// The incarnation of the receiver's that the sender last received frames from (0: none), and up to which
-  /// sequence number it acknowledged them. Valid only if it names the receiver's current incarnation.
+  /// The incarnation of the receiver's that the sender last received frames from (0: none), and the highest
+  /// sequence number it received from it: the receiver numbers what it sends next after it. Frames received and
+  /// not yet acknowledged stay the sender's to deliver, and are acknowledged as usual. Valid only if it names the
+  /// receiver's current incarnation.
   public var receivedIncarnation: UInt64 = 0
 
   public var receivedUpTo: UInt64 = 0

@@ -1,0 +1,299 @@
+import PMMCore
+import PMMWire
+
+/// Routing across nodes (DESIGN.md, "Beyond one host").
+///
+/// Every router builds the same layout from the same revision; an instance placed on another node is a remote
+/// egress here: routed to like any instance, but its frames go to that node's router over the link instead of
+/// into a pipe. The core keeps the bookkeeping, the shell moves the bytes (`LinkManager` in PMMLink):
+///
+/// - Sending: the shell takes a remote egress's unwritten frames (`forEachLinkFrame`), hands them to the link
+///   and reports how many it took (`linkSent`). They stay in the egress queue, counted as in the pipe, until the
+///   peer acknowledges them (`linkAcknowledged`): only then is an at-least-once frame done for its spool. A
+///   link whose window is full leaves the queue full, and the type's overflow policy applies (`block` holds the
+///   producers back, into the spool), so a slow or dead peer never grows memory.
+/// - Health: a remote instance is available while its link is up and its router says it is
+///   (`linkHealth`). A link that drops (`linkDisconnected`) takes every frame its instances had not
+///   acknowledged back and routes it again, exactly as a local consumer's death does: nothing is lost,
+///   duplicates are possible (at-least-once). An instance the peer reports down gives back what was not sent;
+///   what was sent is the peer's to route.
+/// - Receiving: a frame from a peer (`linkFrameReceived`) goes to the local instance it names when that
+///   instance is available, else wherever the route sends it. It is acknowledged to the peer
+///   (`linkAcknowledgements`) once done here: read whole by a consumer, dead-lettered, or dropped by policy, so
+///   a receiving router that dies leaves the frame with the sender.
+extension RouterCore {
+    /// Another node's router, as this core sees it. Peers are never removed (a reload that drops a node retires
+    /// it), so tags that name a peer's inbound ledger stay valid.
+    public struct Peer: Sendable {
+        public let name: String
+        /// The link is up (both Hellos exchanged).
+        public internal(set) var up = false
+        /// The peer is a node of the installed layout.
+        public internal(set) var inLayout = true
+        /// What the peer last said about its instances: egress pipe name -> available.
+        public internal(set) var health: [String: Bool] = [:]
+        /// The revision the peer's router serves (0: not known).
+        public internal(set) var revision: UInt64 = 0
+        public internal(set) var since: UInt64 = 0
+        /// Frames handed to the link and not yet acknowledged, as runs of one egress's frames, in order.
+        var runs: [(egress: PipeID, count: Int)] = []
+        var runsHead = 0
+        /// The sequence number of the first frame of `runs[runsHead]`.
+        var firstSequence: UInt64 = 1
+        /// Egress slots of the instances on this node.
+        var slots: [Int] = []
+        var inbound = InboundLedger()
+        public internal(set) var sentFrames: UInt64 = 0
+        public internal(set) var acknowledgedFrames: UInt64 = 0
+        public internal(set) var receivedFrames: UInt64 = 0
+        /// Frames taken back from the link and routed again (a drop, an instance down).
+        public internal(set) var rerouted: UInt64 = 0
+        public internal(set) var lastError: String?
+
+        /// Frames sent and not yet acknowledged.
+        public var unacknowledged: Int { runs[runsHead...].reduce(0) { $0 + $1.count } }
+    }
+
+    /// The frames received from one peer that are not yet done here, by sequence number, for the cumulative
+    /// acknowledgement.
+    struct InboundLedger: Sendable {
+        /// The peer's incarnation the numbering belongs to.
+        var stream: UInt64 = 0
+        /// Goes up with every new stream: tags of an earlier one complete nothing.
+        var generation: UInt32 = 0
+        /// Every frame before this sequence number is done.
+        var base: UInt64 = 1
+        /// For `base`, `base + 1`, …: done or not (`done[head...]`).
+        var done: [Bool] = []
+        var head = 0
+        /// The acknowledgement last handed to the shell.
+        var acknowledged: UInt64 = 0
+
+        /// The next sequence number expected.
+        var next: UInt64 { base + UInt64(done.count - head) }
+
+        /// Starts tracking frame `sequence` of `stream`; nil for a frame already seen.
+        mutating func track(stream: UInt64, sequence: UInt64, peer: Int) -> SpoolTag? {
+            if stream != self.stream {
+                self.stream = stream
+                generation &+= 1
+                base = sequence
+                done.removeAll()
+                head = 0
+                acknowledged = sequence &- 1
+            }
+            guard sequence >= next else { return nil }
+            // (A gap cannot happen: the link delivers in order. Were it to, the missing numbers count as done.)
+            while next < sequence { done.append(true) }
+            done.append(false)
+            advance()
+            return SpoolTag(spool: Int32(-2 - peer), sequence: sequence, stream: generation)
+        }
+
+        mutating func complete(_ tag: SpoolTag) {
+            guard tag.stream == generation, tag.sequence >= base, tag.sequence < next else { return }
+            done[head + Int(tag.sequence - base)] = true
+            advance()
+        }
+
+        private mutating func advance() {
+            while head < done.count && done[head] {
+                head += 1
+                base += 1
+            }
+            if head == done.count {
+                done.removeAll(keepingCapacity: true)
+                head = 0
+            } else if head > 4096 && head * 2 > done.count {
+                done.removeFirst(head)
+                head = 0
+            }
+        }
+    }
+
+    /// The peer named `name`, if the layout has that node.
+    public func peerSlot(_ name: String) -> Int? { peerSlots[name] }
+
+    /// Peers by the layout's nodes (kept across reloads by name; new ones appended), and each one's egress slots.
+    mutating func installPeers(_ layout: RouterLayout, now: UInt64) {
+        let names = Set(layout.peers.map(\.name))
+        for index in peers.indices { peers[index].inLayout = names.contains(peers[index].name); peers[index].slots = [] }
+        for node in layout.peers where peerSlots[node.name] == nil {
+            peers.append(Peer(name: node.name, since: now))
+            peerSlots[node.name] = peers.count - 1
+        }
+        for slot in egress.indices {
+            guard let node = egress[slot].spec.node, let p = peerSlots[node] else { continue }
+            peers[p].slots.append(slot)
+        }
+        egressByName = [:]
+        for (slot, pipe) in egress.enumerated() { egressByName[pipe.name] = slot }
+    }
+
+    /// The link to peer `p` came up: `resumeAfter` is how far the peer acknowledged this node's frames (what
+    /// follows is numbered from there); `health` its instances.
+    public mutating func linkConnected(_ p: Int, resumeAfter: UInt64, revision: UInt64, health: [String: Bool], now: UInt64) {
+        if peers[p].up || peers[p].runsHead < peers[p].runs.count {
+            // A new connection without a word about the old one: what the old one carried is taken back first.
+            linkDisconnected(p, reason: "reconnected", now: now)
+        }
+        peers[p].up = true
+        peers[p].since = now
+        peers[p].lastError = nil
+        peers[p].firstSequence = resumeAfter + 1
+        linkHealth(p, revision: revision, instances: health, now: now)
+    }
+
+    /// The link to peer `p` went down: its instances are unavailable, and every frame they had not acknowledged
+    /// is routed again (to instances that are up, or it waits for one).
+    public mutating func linkDisconnected(_ p: Int, reason: String, now: UInt64) {
+        let wasUp = peers[p].up
+        peers[p].up = false
+        peers[p].lastError = reason
+        if wasUp { peers[p].since = now }
+        peers[p].runs.removeAll()
+        peers[p].runsHead = 0
+        var frames: [DetachedFrame] = []
+        for slot in peers[p].slots {
+            if egress[slot].open { markRemote(slot, available: false, reason: "the link to \(peers[p].name) is down: \(reason)", now: now) }
+            let taken = detach(slot)
+            frames += taken
+        }
+        peers[p].rerouted += UInt64(frames.count)
+        if !frames.isEmpty { notice(.rerouting(pipe: "link to \(peers[p].name)", frames: frames.count)) }
+        if options.sabotage == .forgetRerouteOnLinkDrop {
+            for frame in frames { if let tag = frame.meta.tag { complete(tag) } }
+            return
+        }
+        for frame in frames { reroute(frame, now: now) }
+    }
+
+    /// Peer `p` told the availability of its instances (by egress pipe name), and the revision it serves.
+    public mutating func linkHealth(_ p: Int, revision: UInt64, instances: [String: Bool], now: UInt64) {
+        peers[p].revision = revision
+        peers[p].health = instances
+        for slot in peers[p].slots {
+            let available = peers[p].up && instances[egress[slot].name] == true
+            guard available != egress[slot].open else { continue }
+            markRemote(slot, available: available, reason: "down on \(peers[p].name)", now: now)
+        }
+    }
+
+    /// A remote instance became available or not. One that is not gives back the frames not yet sent; those
+    /// sent are the peer's to deliver or route (it acknowledges them when done).
+    mutating func markRemote(_ slot: Int, available: Bool, reason: String, now: UInt64) {
+        egress[slot].open = available
+        egress[slot].since = now
+        epoch &+= 1
+        if available {
+            egress[slot].lastError = nil
+            notice(.consumerHealthy(pipe: egress[slot].name))
+            releaseWaiting(routeSlots[egress[slot].spec.dataType] ?? -1, now: now)
+            return
+        }
+        egress[slot].failures += 1
+        egress[slot].lastError = reason
+        notice(.consumerDown(pipe: egress[slot].name, reason: reason))
+        let backlog = withEgressQueue(slot) { $0.takeUnstarted() }
+        egress[slot].rerouted += UInt64(backlog.count)
+        for frame in backlog { reroute(frame, now: now) }
+    }
+
+    /// Calls `body` with every frame waiting to go to peer `p` (its egress slot and bytes), oldest first per
+    /// instance, until `body` returns false. Nothing while the link is down.
+    public func forEachLinkFrame(_ p: Int, _ body: (Int, UnsafeRawBufferPointer) -> Bool) {
+        guard peers[p].up else { return }
+        for slot in peers[p].slots where egress[slot].open && egress[slot].queue.unwrittenBytes > 0 {
+            var more = true
+            egress[slot].queue.forEachUnwritten { frame in
+                more = body(slot, frame)
+                return more
+            }
+            if !more { return }
+        }
+    }
+
+    /// The link to peer `p` took frames numbered from `firstSequence`: `counts` says how many of each egress's
+    /// unwritten frames, in the order `forEachLinkFrame` gave them.
+    public mutating func linkSent(_ p: Int, firstSequence: UInt64, counts: [(slot: Int, frames: Int)]) {
+        if peers[p].runsHead == peers[p].runs.count { peers[p].firstSequence = firstSequence }
+        for (slot, count) in counts where count > 0 {
+            wrote(slot, count: egress[slot].queue.unwrittenBytes(frames: count))
+            peers[p].runs.append((egress[slot].id, count))
+            peers[p].sentFrames += UInt64(count)
+        }
+    }
+
+    /// Peer `p` acknowledged every frame up to `upTo`: they reached its consumers (or its dead letters), and
+    /// are done here.
+    public mutating func linkAcknowledged(_ p: Int, upTo: UInt64) {
+        if options.sabotage == .ignoreLinkAcknowledgements { return }
+        var done: [SpoolTag] = []
+        while peers[p].runsHead < peers[p].runs.count && peers[p].firstSequence <= upTo {
+            let run = peers[p].runs[peers[p].runsHead]
+            let count = Int(min(UInt64(run.count), upTo - peers[p].firstSequence + 1))
+            if let slot = egressSlots[run.egress] {
+                withEgressQueue(slot) { $0.acknowledge(frames: count) { done.append($0) } }
+            }
+            peers[p].firstSequence += UInt64(count)
+            peers[p].acknowledgedFrames += UInt64(count)
+            if count == run.count {
+                peers[p].runsHead += 1
+            } else {
+                peers[p].runs[peers[p].runsHead].count -= count
+            }
+        }
+        if peers[p].runsHead == peers[p].runs.count {
+            peers[p].runs.removeAll(keepingCapacity: true)
+            peers[p].runsHead = 0
+        }
+        for tag in done { complete(tag) }
+    }
+
+    /// A frame from peer `p` (number `sequence` of its `stream`) for the egress pipe `target`: queued for that
+    /// instance when it is here and available, else routed by its data type like any frame. Acknowledged to
+    /// the peer once done here.
+    public mutating func linkFrameReceived(
+        _ p: Int, stream: UInt64, sequence: UInt64, target: String, frame: UnsafeRawBufferPointer, now: UInt64
+    ) {
+        guard let tag = peers[p].inbound.track(stream: stream, sequence: sequence, peer: p) else { return }
+        peers[p].receivedFrames += 1
+        let source = "link from \(peers[p].name)"
+        guard case .value(let length, let prefix) = Varint.decode(frame, at: 0), prefix + Int(length) == frame.count,
+            let fields = try? EnvelopeScanner.scan(UnsafeRawBufferPointer(rebasing: frame[prefix...])), !fields.dataType.isEmpty
+        else {
+            deadLetter(frame, dataType: "", reason: .discarded, pipe: source, detail: "not a frame, for \(target)", tag: tag)
+            return
+        }
+        let dataType = String(decoding: frame[(prefix + fields.dataType.lowerBound)..<(prefix + fields.dataType.upperBound)], as: UTF8.self)
+        guard let route = routeSlots[dataType] else {
+            deadLetter(frame, dataType: dataType, reason: .noRoute, pipe: source, detail: "no service consumes '\(dataType)' here", tag: tag)
+            return
+        }
+        let meta = FrameMeta(route: Int32(route), version: Int32(clamping: fields.schemaVersion), tag: tag)
+        if let slot = egressByName[target], !egress[slot].spec.isRemote, egress[slot].available, egress[slot].spec.dataType == dataType {
+            withEgressQueue(slot) { $0.append(frame, meta: meta) }
+            return
+        }
+        let key = UnsafeRawBufferPointer(rebasing: frame[(prefix + fields.shardKey.lowerBound)..<(prefix + fields.shardKey.upperBound)])
+        counters.rerouted += 1
+        deliver(frame, key: key, meta: meta, now: now)
+    }
+
+    /// Calls `body(peer, stream, upTo)` for every peer whose frames are done further than last said.
+    public mutating func linkAcknowledgements(_ body: (String, UInt64, UInt64) -> Void) {
+        for p in peers.indices {
+            let upTo = peers[p].inbound.base &- 1
+            guard peers[p].inbound.stream != 0, upTo > peers[p].inbound.acknowledged else { continue }
+            peers[p].inbound.acknowledged = upTo
+            body(peers[p].name, peers[p].inbound.stream, upTo)
+        }
+    }
+
+    /// This node's instances and whether each is available now (egress pipe name -> available), for the peers.
+    public var localHealth: [String: Bool] {
+        var health: [String: Bool] = [:]
+        for pipe in egress where !pipe.spec.isRemote { health[pipe.name] = pipe.available }
+        return health
+    }
+}

@@ -73,7 +73,7 @@ let package = Package(
         .target(
             name: "PMMRouter",
             dependencies: [
-                "PMMCore", "PMMWire", "PMMSystem", "PMMRouterCore", .product(name: "Logging", package: "swift-log"),
+                "PMMCore", "PMMWire", "PMMSystem", "PMMRouterCore", "PMMLink", .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -174,7 +174,7 @@ let package = Package(
         // Links: codec and bookkeeping (pure), loopback sockets with real TLS, and two network namespaces (root).
         .testTarget(
             name: "PMMLinkTests",
-            dependencies: ["PMMLink", "PMMWire", "link-probe", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            dependencies: ["PMMLink", "PMMWire", "link-probe", "pmm", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             swiftSettings: upcoming),
         .testTarget(
             name: "PMMSpecYAMLTests",

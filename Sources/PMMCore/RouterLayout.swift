@@ -82,6 +82,10 @@ public struct RouterLayout: Hashable, Sendable {
     public var node: String?
     /// Every other node of a multi-node mesh: its name and where its router listens for links.
     public var peers: [MeshNode] = []
+    /// Where this node's router accepts links (`host:port`), in a multi-node mesh.
+    public var address: String?
+    /// Mutual TLS for the links, with `${NODE}` resolved for this node; nil: plaintext.
+    public var linkTLS: LinkTLS?
     public var ingress: [Ingress]
     public var egress: [Egress]
     /// Routes by data type name.
@@ -100,6 +104,8 @@ public struct RouterLayout: Hashable, Sendable {
         self.node = node
         let here = node.flatMap { spec.node(named: $0) }
         self.peers = node == nil ? [] : spec.nodes.filter { $0.name != node }.sorted { $0.name < $1.name }
+        self.address = here?.address
+        self.linkTLS = node.flatMap { node in spec.linkTLS?.resolved(for: node) }
         var ingress: [Ingress] = []
         var egress: [Egress] = []
         let local = Set(spec.desiredPipes(node: node).map(\.name))

@@ -64,6 +64,10 @@ final class LinkEngine {
         // The chain is checked against `ca`; the name is checked against the spec's nodes by the link itself.
         client.certificateVerification = .noHostnameVerification
         client.minimumTLSVersion = .tlsv12
+        // A link closed for silence (a cut cable) must not wait 5 s more for the peer's close_notify before the
+        // router hears it is down.
+        server.shutdownTimeout = .milliseconds(500)
+        client.shutdownTimeout = .milliseconds(500)
         do {
             return (try NIOSSLContext(configuration: server), try NIOSSLContext(configuration: client))
         } catch {

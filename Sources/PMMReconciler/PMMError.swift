@@ -17,8 +17,6 @@ public enum PMMError: Error, Sendable {
     case baseNotFound(String)
     /// A spec with `nodes:` and no `--node` (or `PMM_NODE`), or a node the spec does not declare.
     case node(given: String?, declared: [String])
-    /// The router was asked to serve a spec with `nodes:`; routing across nodes is not built yet.
-    case acrossNodes(nodes: [String])
 }
 
 extension PMMError: CustomStringConvertible {
@@ -34,8 +32,6 @@ extension PMMError: CustomStringConvertible {
             "node '\(given)' is not one of the spec's nodes (\(declared.joined(separator: ", "))); give --node or PMM_NODE one of them"
         case .node(nil, let declared):
             "the spec spans nodes (\(declared.joined(separator: ", "))): say which one this host is with --node NAME or PMM_NODE"
-        case .acrossNodes(let nodes):
-            "the applied spec spans nodes (\(nodes.joined(separator: ", "))), and this router does not route across nodes yet: pmm apply --node makes each node's pipes; the links between routers are not wired into routing"
         }
     }
 }

@@ -70,6 +70,16 @@ extension Router {
         for (reason, count) in core.counters.deadLetters {
             metrics.count("pmm_dead_letters_total", [("reason", reason.rawValue)], count)
         }
+        for peer in core.peers where peer.inLayout {
+            let labels = [("peer", peer.name)]
+            metrics.gauge("pmm_link_up", labels, peer.up ? 1 : 0)
+            metrics.gauge("pmm_link_peer_revision", labels, Double(peer.revision))
+            metrics.gauge("pmm_link_unacknowledged_frames", labels, Double(peer.unacknowledged))
+            metrics.count("pmm_link_sent_frames_total", labels, peer.sentFrames)
+            metrics.count("pmm_link_acknowledged_frames_total", labels, peer.acknowledgedFrames)
+            metrics.count("pmm_link_received_frames_total", labels, peer.receivedFrames)
+            metrics.count("pmm_link_rerouted_frames_total", labels, peer.rerouted)
+        }
         metrics.count("pmm_router_reloads_total", [], core.counters.reloads)
         metrics.count("pmm_router_failed_reloads_total", [], shellCounters.failedReloads)
         return metrics.render()

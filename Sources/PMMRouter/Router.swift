@@ -3,6 +3,7 @@ import Glibc
 public import Logging
 public import PMMCore
 public import PMMSystem
+import PMMLink
 import PMMRouterCore
 import PMMWire
 import SystemPackage
@@ -89,8 +90,15 @@ public final class Router {
     var lastCheckpoint: UInt64 = 0
     var shellCounters = ShellCounters()
     var rates: [PipeID: (frames: UInt64, rate: Double)] = [:]
+    var linkRates: [String: (frames: UInt64, rate: Double)] = [:]
     /// Nanoseconds to add to the monotonic clock for the wall clock (for status timestamps).
     let wallOffset: Int64
+    /// The node this router serves in a multi-node mesh (nil: one host).
+    public var servedNode: String? { core.layout.node }
+    /// The links to the other nodes' routers (a multi-node mesh), or nil.
+    var links: LinkManager?
+    /// The health last told to the peers.
+    var announcedHealth: [String: Bool] = [:]
 
     /// A descriptor and the inode it was opened on.
     struct Held {
@@ -145,6 +153,13 @@ public final class Router {
         }
         self.spoolFiles = spoolFiles
         performActions()
+        do {
+            links = try Self.startLinks(layout, logger: logger)
+        } catch {
+            throw FIFOError(
+                .systemCall, path: "node \(layout.node ?? "?")", "\(error)",
+                hint: "each node's router needs its own address from the spec's nodes, free to listen on")
+        }
     }
 
     /// Opens spool files for the core; `register` keeps each file.
@@ -168,6 +183,7 @@ public final class Router {
     enum Owner {
         case signal
         case opens
+        case links
         case ingress(PipeID)
         case egress(PipeID)
         case metricsListener
@@ -196,6 +212,10 @@ public final class Router {
             if let opens {
                 fds.append(pollfd(fd: opens.fd, events: Int16(POLLIN), revents: 0))
                 owners.append(.opens)
+            }
+            if let links {
+                fds.append(pollfd(fd: links.wakeDescriptor, events: Int16(POLLIN), revents: 0))
+                owners.append(.links)
             }
             var timeout: Int32 = 100
             if let wake = core.nextWake(after: now) { timeout = min(timeout, Int32(clamping: (wake - now) / 1_000_000 + 1)) }
@@ -237,6 +257,8 @@ public final class Router {
                         case .stop: stopRequested = true
                         }
                     }
+                case .links:
+                    continue  // drained by housekeeping, every pass
                 case .opens:
                     guard revents != 0, let opens else { continue }
                     for name in opens.drain() where name.hasSuffix(".out") { core.egressOpenedByReader(named: name, now: now) }
@@ -267,6 +289,15 @@ public final class Router {
             let new = try reload()
             install(new)
             logger.info("reloaded", metadata: ["revision": "\(new.revision)"])
+            if let links {
+                links.updateRevision(UInt64(max(0, new.revision)))
+                let configured = Set(links.configuration.peers.keys)
+                if configured != Set(new.peers.map(\.name)) {
+                    logger.warning(
+                        "the revision changes the mesh's nodes; links follow the nodes the router started with until it restarts",
+                        metadata: ["started_with": "\(configured.sorted())", "now": "\(new.peers.map(\.name))"])
+                }
+            }
         } catch {
             shellCounters.failedReloads += 1
             shellCounters.lastReloadError = "\(error)"
@@ -306,6 +337,7 @@ public final class Router {
     /// Timers: consumers' progress (acknowledgements, stalls), probes, pipes deleted or replaced underneath,
     /// spool checkpoints, the status file.
     func housekeeping(now: UInt64) {
+        pumpLinks(now: now)
         acknowledgeAll(now: now)
         core.tick(now: now)
         performActions()
@@ -417,6 +449,9 @@ public final class Router {
         for held in egressFDs.values { try? held.fd.close() }
         ingressFDs = [:]
         egressFDs = [:]
+        // Frames sent to peers and not acknowledged stay in the spool: the next router routes them again.
+        links?.stop()
+        links = nil
         logger.info("stopped")
         return .stopped(undelivered: undelivered)
     }

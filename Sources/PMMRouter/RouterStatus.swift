@@ -51,8 +51,30 @@ public struct RouterStatus: Codable, Sendable {
         public var lastError: String?
     }
 
+    /// A link to another node's router (a multi-node mesh).
+    public struct Link: Codable, Sendable {
+        public var peer: String
+        public var up: Bool
+        /// Since when `up` is what it is.
+        public var since: Date
+        /// The revision the peer's router serves (0: not known yet): skew during a rollout shows here.
+        public var peerRevision: UInt64
+        public var sentFrames: UInt64
+        public var acknowledgedFrames: UInt64
+        public var receivedFrames: UInt64
+        /// Frames sent and not yet acknowledged.
+        public var unacknowledged: Int
+        /// Frames taken back from the link and routed again (it dropped, or an instance there went down).
+        public var rerouted: UInt64
+        /// Frames per second sent, over the last status interval.
+        public var rate: Double
+        public var lastError: String?
+    }
+
     public var pid: Int32
     public var revision: Int
+    /// The node this router serves (a multi-node mesh).
+    public var node: String?
     public var root: String
     public var startedAt: Date
     public var updatedAt: Date
@@ -72,6 +94,8 @@ public struct RouterStatus: Codable, Sendable {
     public var heldBytes: Int?
     /// Undelivered bytes in the at-least-once spools; `--spool-limit` bounds it.
     public var spooledBytes: Int64?
+    /// Links to the other nodes' routers, by peer name (empty on one host).
+    public var links: [Link]?
 
     /// Reads a status file, or nil.
     public static func read(from path: String) -> RouterStatus? {
@@ -89,7 +113,7 @@ extension Router {
         var deadLetters: [String: UInt64] = [:]
         for (reason, count) in core.counters.deadLetters { deadLetters[reason.rawValue] = count }
         return RouterStatus(
-            pid: getpid(), revision: core.layout.revision, root: core.layout.root, startedAt: startedAt, updatedAt: Date(),
+            pid: getpid(), revision: core.layout.revision, node: core.layout.node, root: core.layout.root, startedAt: startedAt, updatedAt: Date(),
             stopping: false,
             ingress: core.ingress.filter { !$0.draining }.map {
                 RouterStatus.Ingress(
@@ -109,7 +133,13 @@ extension Router {
             waiting: core.waitingByType, deadLetters: deadLetters,
             dropped: core.counters.dropped + shellCounters.dropped,
             reloads: core.counters.reloads, failedReloads: shellCounters.failedReloads, lastReloadError: shellCounters.lastReloadError,
-            heldBytes: core.heldBytes, spooledBytes: core.spoolLive)
+            heldBytes: core.heldBytes, spooledBytes: core.spoolLive,
+            links: core.peers.filter(\.inLayout).map {
+                RouterStatus.Link(
+                    peer: $0.name, up: $0.up, since: wall($0.since), peerRevision: $0.revision, sentFrames: $0.sentFrames,
+                    acknowledgedFrames: $0.acknowledgedFrames, receivedFrames: $0.receivedFrames, unacknowledged: $0.unacknowledged,
+                    rerouted: $0.rerouted, rate: linkRates[$0.name]?.rate ?? 0, lastError: $0.lastError)
+            })
     }
 
     func writeStatus(force: Bool, stopping: Bool = false) {
@@ -125,6 +155,12 @@ extension Router {
                 next[id] = (frames, Double(frames &- last) / elapsed)
             }
             rates = next
+            var links: [String: (frames: UInt64, rate: Double)] = [:]
+            for peer in core.peers {
+                let last = linkRates[peer.name]?.frames ?? peer.sentFrames
+                links[peer.name] = (peer.sentFrames, Double(peer.sentFrames &- last) / elapsed)
+            }
+            linkRates = links
         }
         var status = self.status
         status.stopping = stopping

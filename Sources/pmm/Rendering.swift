@@ -86,7 +86,7 @@ func report(_ error: PMMError, exitCode: Int32, color: Bool) -> ExitCode {
         printError("error: there is no revision \(number)" + (latest.map { "; revisions run from 1 to \($0) (see pmm history)" } ?? "; nothing has been applied yet"))
     case .baseNotFound(let base):
         printError("error: --base \(base) is neither a file nor a git revision of the spec")
-    case .node, .acrossNodes:
+    case .node:
         printError("error: \(error)")
     }
     return ExitCode(exitCode)

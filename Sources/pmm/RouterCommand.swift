@@ -18,16 +18,21 @@ struct RouterCommand: ParsableCommand {
             drained first); SIGTERM or SIGINT stop reading, deliver what is queued (up to --drain-timeout) and \
             exit 0. Writes its pid to <state-dir>/router.pid and its counters to <state-dir>/router.json. \
             One router per state directory.
+
+            In a mesh with nodes, the router serves one node (--node, else PMM_NODE, else the node the revision \
+            was applied on): it listens on that node's address for the other routers, keeps a link to each, \
+            and sends frames for instances placed elsewhere over those links (mutual TLS with links.tls).
             """)
 
     @OptionGroup var state: StateOptions
     @OptionGroup var router: RouterFlags
+    @OptionGroup var node: NodeOptions
 
     func run() throws {
         let stateDirectory = state.directory
         let logger = makeLogger(label: "pmm.router", level: router.logLevel)
         do {
-            let service = try RouterService(state: stateDirectory, flags: router, logger: logger)
+            let service = try RouterService(state: stateDirectory, flags: router, node: node.name, logger: logger)
             let exit = try service.runAsDaemon(logger: logger)
             if case .stopped(let undelivered) = exit, undelivered > 0 { throw ExitCode(3) }
         } catch let error as PMMError {
@@ -113,16 +118,20 @@ final class RouterService {
     let lock: LockFile
     let logger: Logger
 
-    init(state: StateDirectory, flags: RouterFlags, logger: Logger) throws(PMMError) {
+    /// The node asked for (`--node`, `PMM_NODE`); nil: the node the revision was applied on.
+    let node: String?
+
+    init(state: StateDirectory, flags: RouterFlags, node: String? = nil, logger: Logger) throws(PMMError) {
         self.state = state
         self.logger = logger
+        self.node = node
         reconciler = try Reconciler(state: state)
         do {
             lock = try LockFile.acquire(at: state.routerLockPath, owner: "pmm router", now: ISO8601DateFormatter().string(from: Date()))
         } catch {
             throw .system(error)
         }
-        guard let layout = try Self.layout(reconciler) else {
+        guard let layout = try Self.layout(reconciler, node: node) else {
             throw .system(FIFOError(.systemCall, path: state.path, "nothing has been applied yet", hint: "run pmm apply -f mesh.yaml first"))
         }
         var options = flags.options
@@ -133,10 +142,16 @@ final class RouterService {
         _ = FileManager.default.createFile(atPath: state.routerPIDPath, contents: Data("\(getpid())\n".utf8))
     }
 
-    static func layout(_ reconciler: Reconciler) throws(PMMError) -> RouterLayout? {
+    /// The layout of the newest revision, for `node` (else the node it was applied on) when the spec has nodes.
+    static func layout(_ reconciler: Reconciler, node: String?) throws(PMMError) -> RouterLayout? {
         guard let (revision, spec) = try reconciler.currentRevision() else { return nil }
-        guard spec.nodes.isEmpty else { throw .acrossNodes(nodes: spec.nodes.map(\.name)) }
-        return RouterLayout(spec: spec, revision: revision.number, readers: reconciler.readers(of: revision))
+        var served: String?
+        if !spec.nodes.isEmpty {
+            let name = node ?? revision.node
+            guard let name, spec.node(named: name) != nil else { throw .node(given: name, declared: spec.nodes.map(\.name)) }
+            served = name
+        }
+        return RouterLayout(spec: spec, revision: revision.number, readers: reconciler.readers(of: revision), node: served)
     }
 
     /// Runs the router's poll loop as a `Service` in a `ServiceGroup` (graceful shutdown on SIGTERM and SIGINT,
@@ -150,8 +165,10 @@ final class RouterService {
     /// Runs until SIGTERM/SIGINT (or `signals.send(.stop)`).
     func run(signals: SignalPipe = SignalPipe()) -> RouterExit {
         defer { unlink(state.routerPIDPath) }
+        // A reload keeps serving the node the router started with.
+        let node = router.servedNode
         return router.run(signals: signals) { [reconciler] in
-            guard let layout = try Self.layout(reconciler) else { throw PMMError.noSuchRevision(1, latest: nil) }
+            guard let layout = try Self.layout(reconciler, node: node) else { throw PMMError.noSuchRevision(1, latest: nil) }
             return layout
         }
     }

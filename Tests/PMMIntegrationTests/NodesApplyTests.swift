@@ -83,13 +83,19 @@ struct NodesApplyTests {
         #expect(after.status == 0, "\(after.stdout)")
     }
 
-    @Test func router_onAMeshWithNodes_refusesWithTheReason() throws {
+    /// The router serves the node the revision was applied on (or --node): it listens on that node's address,
+    /// and says so plainly when it cannot (here: 10.250.0.1 is no address of this host). Routing across nodes
+    /// itself is tested in network namespaces (PMMLinkTests, MeshAcrossNodesTests).
+    @Test func router_onAMeshWithNodes_servesTheAppliedNode_andSaysWhyItCannotListen() throws {
         let dir = TemporaryDirectory()
         dir.write(twoNodeMesh(root: dir.root))
         let state = "--state-dir=\(dir.path)/state"
         #expect(try pmm("apply", "-f", dir.specPath, state, "--node", "edge-a").status == 0)
         let router = try pmm("router", state)
         #expect(router.status != 0)
-        #expect(router.stderr.contains("does not route across nodes yet"), "\(router.stderr)")
+        #expect(router.stderr.contains("node edge-a: cannot listen for links on 10.250.0.1:7400"), "\(router.stderr)")
+        let unknown = try pmm("router", state, "--node", "edge-z")
+        #expect(unknown.status != 0)
+        #expect(unknown.stderr.contains("edge-z") && unknown.stderr.contains("edge-b"), "names the nodes there are: \(unknown.stderr)")
     }
 }

@@ -1,0 +1,103 @@
+import Foundation
+import Logging
+import PMMCore
+import PMMLink
+import PMMRouterCore
+
+/// The shell's side of routing across nodes: it starts the `LinkManager`, turns its events into the core's
+/// link events, hands the core's remote frames to the links and the core's acknowledgements back, and tells
+/// the peers this node's health. The decisions are the core's (`RouterCore+Links.swift`).
+extension Router {
+    /// The links of a multi-node layout served on its node (nil on one host, or a node without peers).
+    static func startLinks(_ layout: RouterLayout, logger: Logger) throws(LinkError) -> LinkManager? {
+        guard let node = layout.node, !layout.peers.isEmpty else { return nil }
+        guard let text = layout.address, let listen = LinkAddress(text) else {
+            throw .configuration("node \(node) has no usable `address` (host:port) in the spec")
+        }
+        var peers: [String: LinkAddress] = [:]
+        for peer in layout.peers {
+            guard let address = LinkAddress(peer.address) else {
+                throw .configuration("node \(peer.name) has no usable `address` (host:port) in the spec")
+            }
+            peers[peer.name] = address
+        }
+        let tls = layout.linkTLS.map { PMMLink.LinkTLS(ca: $0.ca, certificate: $0.cert, key: $0.key) }
+        if tls == nil {
+            logger.warning("links are plaintext: the spec has no links.tls; anyone who can reach the port can send frames")
+        }
+        let configuration = LinkConfiguration(
+            node: node, listen: listen, peers: peers, knownNodes: Set(layout.peers.map(\.name) + [node]),
+            revision: UInt64(max(0, layout.revision)), tls: tls)
+        let manager = try LinkManager(configuration: configuration, logger: logger)
+        logger.info("links listening", metadata: ["node": "\(node)", "port": "\(manager.listeningPort)", "peers": "\(peers.keys.sorted())"])
+        return manager
+    }
+
+    /// Link events in, remote frames out, acknowledgements and health back. Once per loop pass.
+    func pumpLinks(now: UInt64) {
+        guard let links else { return }
+        for event in links.events() {
+            switch event {
+            case .connected(let peer, let info):
+                guard let p = core.peerSlot(peer) else { continue }
+                logger.info("link up", metadata: ["peer": "\(peer)", "peer_revision": "\(info.revision)"])
+                core.linkConnected(p, resumeAfter: info.resumeAfter, revision: info.revision, health: info.health, now: now)
+            case .disconnected(let peer, let reason):
+                guard let p = core.peerSlot(peer) else { continue }
+                logger.warning("link down; its instances are unavailable until it is back", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+                core.linkDisconnected(p, reason: reason, now: now)
+            case .received(let peer, let received):
+                guard let p = core.peerSlot(peer) else { continue }
+                let frames = received.frames
+                for index in frames.indices {
+                    frames.withFrameBytes(at: index) { bytes in
+                        core.linkFrameReceived(
+                            p, stream: received.stream, sequence: received.firstSequence + UInt64(index), target: frames.target(at: index),
+                            frame: bytes, now: now)
+                    }
+                }
+            case .acknowledged(let peer, let upTo):
+                guard let p = core.peerSlot(peer) else { continue }
+                core.linkAcknowledged(p, upTo: upTo)
+            case .health(let peer, let revision, let instances):
+                guard let p = core.peerSlot(peer) else { continue }
+                core.linkHealth(p, revision: revision, instances: instances, now: now)
+            case .refused(let peer, let remote, let reason):
+                logger.warning("link refused", metadata: ["peer": "\(peer ?? "unknown")", "remote": "\(remote)", "reason": "\(reason)"])
+            }
+            performActions()
+        }
+        sendLinkFrames(links)
+        core.linkAcknowledgements { peer, stream, upTo in links.acknowledge(peer: peer, stream: stream, upTo: upTo) }
+        let health = core.localHealth
+        if health != announcedHealth {
+            announcedHealth = health
+            links.announceHealth(health)
+        }
+    }
+
+    /// Hands every peer the frames routed to its instances, as many as its window takes; a queue whose frames
+    /// did not fit counts as blocked (its overflow policy applies once full).
+    func sendLinkFrames(_ links: LinkManager) {
+        for p in core.peers.indices where core.peers[p].up {
+            var frames: [LinkFrame] = []
+            var slots: [Int] = []
+            var bytes = 0
+            let egress = core.egress
+            core.forEachLinkFrame(p) { slot, frame in
+                frames.append(LinkFrame(target: egress[slot].name, bytes: Array(frame)))
+                slots.append(slot)
+                bytes += frame.count
+                return bytes < 1 << 20
+            }
+            guard !frames.isEmpty else { continue }
+            let result = links.send(to: core.peers[p].name, frames: frames)
+            var counts: [(slot: Int, frames: Int)] = []
+            for slot in slots.prefix(result.accepted) {
+                if let last = counts.last, last.slot == slot { counts[counts.count - 1].frames += 1 } else { counts.append((slot, 1)) }
+            }
+            core.linkSent(p, firstSequence: result.firstSequence, counts: counts)
+            for slot in Set(slots.dropFirst(result.accepted)) { core.egressWouldBlock(slot) }
+        }
+    }
+}

@@ -119,62 +119,182 @@ public final class Bench {
 
     /// The same producers and consumers with the router between them.
     public func routed() throws -> BenchResult {
-        let directory = workspace + "/routed"
+        let directory = try fresh("routed")
+        var services = ""
+        for p in 0..<config.producers { services += "  p\(p): {uid: \(geteuid()), gid: \(getegid()), produces: [{dataType: bench}]}\n" }
+        services += "  sink: {uid: \(geteuid()), gid: \(getegid()), replicas: \(config.consumers), consumes: [{dataType: bench}]}\n"
+        let state = directory + "/state"
+        try apply(spec(directory: directory, services: services), directory: directory, states: [(state, nil)])
+        let router = try startRouter(state: state, node: nil)
+        defer { stopRouter(router) }
+        let readers = try startReaders(directory: directory, instances: (0..<config.consumers).map { "sink-\($0)" }, statusPath: state + "/router.json")
+        return measure(
+            "routed (\(config.delivery.rawValue))", directory: directory, readers: readers.readers, tally: readers.tally, routers: [router])
+    }
+
+    // MARK: Across two nodes
+
+    /// The same workload across two nodes: the producers on node a, the consumers on node b, a router process
+    /// for each on loopback, linked over TCP (mutual TLS with certificates made now by openssl when `tls`):
+    /// producer pipe → router a → link → router b → consumer pipe.
+    public func linked(tls: Bool) throws -> BenchResult {
+        let directory = try fresh("linked")
+        let ports = try freePorts(2)
+        var links = ""
+        if tls {
+            let pki = directory + "/pki"
+            try makeCertificates(in: pki, nodes: ["a", "b"])
+            links = "links:\n  tls: {ca: \"\(pki)/ca.pem\", cert: \"\(pki)/${NODE}.pem\", key: \"\(pki)/${NODE}-key.pem\"}\n"
+        }
+        var services = ""
+        for p in 0..<config.producers {
+            services += "  p\(p): {uid: \(geteuid()), gid: \(getegid()), placement: {a: 1}, produces: [{dataType: bench}]}\n"
+        }
+        services += "  sink: {uid: \(geteuid()), gid: \(getegid()), placement: {b: \(config.consumers)}, consumes: [{dataType: bench}]}\n"
+        let nodes = "nodes:\n  a: {address: \"127.0.0.1:\(ports[0])\"}\n  b: {address: \"127.0.0.1:\(ports[1])\"}\n" + links
+        // One pipe root serves both nodes here: each applies only its own share (a the ingress pipes, b the egress).
+        let states = [(directory + "/state-a", "a"), (directory + "/state-b", "b")]
+        try apply(spec(directory: directory, services: services, nodes: nodes), directory: directory, states: states)
+        let a = try startRouter(state: states[0].0, node: "a")
+        defer { stopRouter(a) }
+        let b = try startRouter(state: states[1].0, node: "b")
+        defer { stopRouter(b) }
+        // Node a's status shows the remote instances healthy once the link is up and b's consumers read.
+        let readers = try startReaders(
+            directory: directory, instances: (0..<config.consumers).map { "sink-b-\($0)" }, statusPath: states[0].0 + "/router.json")
+        return measure(
+            "across nodes (\(tls ? "TLS" : "plaintext"))", directory: directory, readers: readers.readers, tally: readers.tally, routers: [a, b])
+    }
+
+    // MARK: Helpers
+
+    func fresh(_ name: String) throws -> String {
+        let directory = workspace + "/" + name
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let uid = geteuid()
-        let gid = getegid()
-        var services = ""
-        for p in 0..<config.producers { services += "  p\(p): {uid: \(uid), gid: \(gid), produces: [{dataType: bench}]}\n" }
-        services += "  sink: {uid: \(uid), gid: \(gid), replicas: \(config.consumers), consumes: [{dataType: bench}]}\n"
-        let spec = """
-            apiVersion: pmm/v1
-            kind: Mesh
-            name: bench
-            root: \(directory)/pipes
-            routerGroup: \(gid)
-            dataTypes:
-              bench:
-                qos: {delivery: \(config.delivery.rawValue), buffer: 1000000, pipeSize: 1MiB}
-            services:
-            \(services)routes:
-              bench: {policy: \(config.policy.rawValue), targets: [{service: sink}]}
+        return directory
+    }
 
-            """
+    func spec(directory: String, services: String, nodes: String = "") -> String {
+        """
+        apiVersion: pmm/v1
+        kind: Mesh
+        name: bench
+        root: \(directory)/pipes
+        routerGroup: \(getegid())
+        \(nodes)dataTypes:
+          bench:
+            qos: {delivery: \(config.delivery.rawValue), buffer: 1000000, pipeSize: 1MiB}
+        services:
+        \(services)routes:
+          bench: {policy: \(config.policy.rawValue), targets: [{service: sink}]}
+
+        """
+    }
+
+    /// Writes the spec and applies it into each state directory (for each node, when given).
+    func apply(_ spec: String, directory: String, states: [(String, String?)]) throws {
         let specPath = directory + "/mesh.yaml"
         try spec.write(toFile: specPath, atomically: true, encoding: .utf8)
-        let state = directory + "/state"
-        let apply = try runProcess(pmm, ["apply", "-f", specPath, "--state-dir", state])
-        guard apply == 0 else { throw BenchError("pmm apply failed (exit \(apply))") }
+        for (state, node) in states {
+            let status = try runProcess(pmm, ["apply", "-f", specPath, "--state-dir", state] + (node.map { ["--node", $0] } ?? []))
+            guard status == 0 else { throw BenchError("pmm apply\(node.map { " --node \($0)" } ?? "") failed (exit \(status))") }
+        }
+    }
+
+    func startRouter(state: String, node: String?) throws -> Process {
         let router = Process()
         router.executableURL = URL(fileURLWithPath: pmm)
-        router.arguments = ["router", "--state-dir", state, "--log-level", "error"]
+        router.arguments = ["router", "--state-dir", state, "--log-level", "error"] + (node.map { ["--node", $0] } ?? [])
         router.standardOutput = FileHandle.nullDevice
         try router.run()
-        defer {
-            if router.isRunning { kill(router.processIdentifier, SIGKILL) }
-            router.waitUntilExit()
-        }
         let statusPath = state + "/router.json"
-        try waitUntil("the router's status", timeout: 10) { FileManager.default.fileExists(atPath: statusPath) }
+        do {
+            try waitUntil("the router's status", timeout: 10) { FileManager.default.fileExists(atPath: statusPath) || !router.isRunning }
+        } catch {
+            stopRouter(router)
+            throw error
+        }
+        guard router.isRunning else { throw BenchError("the router\(node.map { " of node \($0)" } ?? "") exited (\(router.terminationStatus))") }
+        return router
+    }
 
+    func stopRouter(_ router: Process) {
+        if router.isRunning { kill(router.processIdentifier, SIGKILL) }
+        router.waitUntilExit()
+    }
+
+    /// Starts a consumer thread on each instance's egress pipe; returns once the router at `statusPath` counts
+    /// them all healthy.
+    func startReaders(directory: String, instances: [String], statusPath: String) throws -> (readers: [ConsumerThread], tally: Tally) {
         let tally = Tally(producers: config.producers, count: config.count)
-        let readers = (0..<config.consumers).map { i in
-            ConsumerThread(path: directory + "/pipes/" + Naming.egress(instance: "sink-\(i)", dataType: "bench"), tally: tally, expected: config.producers * config.count)
+        let readers = instances.map { instance in
+            ConsumerThread(path: directory + "/pipes/" + Naming.egress(instance: instance, dataType: "bench"), tally: tally, expected: config.producers * config.count)
         }
         for reader in readers { reader.start() }
-        try waitUntil("healthy consumers", timeout: 10) {
+        try waitUntil("healthy consumers", timeout: 20) {
             let data = FileManager.default.contents(atPath: statusPath) ?? Data()
-            return String(decoding: data, as: UTF8.self).components(separatedBy: "\"healthy\" : true").count - 1 >= self.config.consumers
+            return String(decoding: data, as: UTF8.self).components(separatedBy: "\"healthy\" : true").count - 1 >= instances.count
         }
-        let cpuBefore = processCPUSeconds(router.processIdentifier)
+        return (readers, tally)
+    }
+
+    /// Produces into the producers' ingress pipes and reports what the readers got, with the routers' CPU
+    /// seconds (added up) and the largest peak RSS.
+    func measure(_ path: String, directory: String, readers: [ConsumerThread], tally: Tally, routers: [Process]) -> BenchResult {
+        let cpuBefore = routers.map { processCPUSeconds($0.processIdentifier) }
         let seconds = produce(
             into: (0..<config.producers).map { directory + "/pipes/" + Naming.ingress(producer: "p\($0)", dataType: "bench", shard: 0) }, tally: tally)
-        let cpu = processCPUSeconds(router.processIdentifier) - cpuBefore
-        let rss = peakRSSMiB(router.processIdentifier)
-        kill(router.processIdentifier, SIGTERM)
+        let cpu = zip(routers, cpuBefore).reduce(0) { $0 + processCPUSeconds($1.0.processIdentifier) - $1.1 }
+        let rss = routers.compactMap { peakRSSMiB($0.processIdentifier) }.max()
+        for router in routers { kill(router.processIdentifier, SIGTERM) }
         for reader in readers { reader.stop() }
-        return tally.result(path: "routed (\(config.delivery.rawValue))", seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (cpu, rss))
+        return tally.result(path: path, seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (cpu, rss))
+    }
+
+    /// `count` TCP ports on 127.0.0.1 that nothing listens on now.
+    func freePorts(_ count: Int) throws -> [Int] {
+        var ports: [Int] = []
+        var sockets: [Int32] = []
+        defer { for fd in sockets { close(fd) } }
+        for _ in 0..<count {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { throw BenchError("socket(2) failed: errno \(errno)") }
+            sockets.append(fd)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            address.sin_port = 0
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafeMutablePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+            }
+            guard bound else { throw BenchError("cannot find a free port: errno \(errno)") }
+            ports.append(Int(UInt16(bigEndian: address.sin_port)))
+        }
+        return ports
+    }
+
+    /// A CA and a certificate per node (CN and DNS name = the node), made by openssl.
+    func makeCertificates(in directory: String, nodes: [String]) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let openssl = ["/usr/bin/openssl", "/bin/openssl"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let openssl else { throw BenchError("--link with TLS needs openssl (apt-get install openssl), or pass --link-plaintext") }
+        func run(_ arguments: [String]) throws {
+            let status = try runProcess(openssl, arguments)
+            guard status == 0 else { throw BenchError("openssl \(arguments.first ?? "") failed (exit \(status))") }
+        }
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        try run(["req", "-x509"] + ec + ["-keyout", directory + "/ca-key.pem", "-out", directory + "/ca.pem", "-days", "1", "-subj", "/CN=pmm-bench-ca"])
+        for node in nodes {
+            let base = directory + "/" + node
+            try run(["req"] + ec + ["-keyout", base + "-key.pem", "-out", base + ".csr", "-subj", "/CN=\(node)"])
+            try "subjectAltName=DNS:\(node)\n".write(toFile: base + ".ext", atomically: true, encoding: .utf8)
+            try run([
+                "x509", "-req", "-in", base + ".csr", "-CA", directory + "/ca.pem", "-CAkey", directory + "/ca-key.pem", "-CAcreateserial",
+                "-out", base + ".pem", "-days", "1", "-extfile", base + ".ext",
+            ])
+        }
     }
 
     /// Runs one producer per pipe in `paths` until each sent its count and every frame arrived (or 30 s passed);

@@ -18,6 +18,11 @@ struct BenchCommand: ParsableCommand {
             routed/direct and routed/relay. Every sequence number is checked: lost or duplicated \
             frames are reported. Use --rate for a paced latency run and --runs for medians (the machine is shared: \
             compare ratios, not absolutes).
+
+            --link adds a fourth path: the same workload across two nodes, producers on node a and consumers on \
+            node b, one router process per node on loopback, linked over TCP with mutual TLS (certificates made by \
+            openssl for the run; --link-plaintext without TLS), and reports the ratio across-nodes/routed and the \
+            latency the link adds.
             """)
 
     @Option(help: "Producer threads (each its own producing service and ingress pipe).")
@@ -46,6 +51,12 @@ struct BenchCommand: ParsableCommand {
             "How producers write: batch (many frames per write(2)), frame (one write(2) per frame), locked-frame (one per frame under the pipe's flock, as PipeMesh's Producer and pmm send do).",
             valueName: "mode"))
     var writes: String = "batch"
+
+    @Flag(help: "Also measure the routed path across two nodes (two routers linked over TCP with mutual TLS).")
+    var link = false
+
+    @Flag(help: "With --link: plaintext links instead of mutual TLS.")
+    var linkPlaintext = false
 
     @Option(help: "Repeat the pair of runs this many times and report medians.")
     var runs = 1
@@ -97,10 +108,14 @@ struct BenchCommand: ParsableCommand {
                 let direct = try bench.direct()
                 let relay = try bench.relay()
                 let routed = try bench.routed()
-                all.append([direct, routed, relay])
+                let linked = link ? try bench.linked(tls: !linkPlaintext) : nil
+                all.append([direct, routed, relay] + (linked.map { [$0] } ?? []))
                 if output == .text {
                     print("run \(run):")
-                    for result in [direct, relay, routed] { print("  " + line(result)) }
+                    for result in [direct, relay, routed] + (linked.map { [$0] } ?? []) { print("  " + line(result)) }
+                    if let linked {
+                        print(String(format: "  ratio across nodes/routed: %.2f× throughput, p50 %+.0f µs, p99 %+.0f µs", linked.messagesPerSecond / routed.messagesPerSecond, linked.p50Microseconds - routed.p50Microseconds, linked.p99Microseconds - routed.p99Microseconds))
+                    }
                     print(String(format: "  ratio routed/direct: %.2f× throughput, p50 +%.0f µs, p99 +%.0f µs", routed.messagesPerSecond / direct.messagesPerSecond, routed.p50Microseconds - direct.p50Microseconds, routed.p99Microseconds - direct.p99Microseconds))
                     print(String(format: "  ratio routed/relay:  %.2f× throughput, p50 %+.0f µs, p99 %+.0f µs", routed.messagesPerSecond / relay.messagesPerSecond, routed.p50Microseconds - relay.p50Microseconds, routed.p99Microseconds - relay.p99Microseconds))
                 }
@@ -113,7 +128,7 @@ struct BenchCommand: ParsableCommand {
             let sorted = values.sorted()
             return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
         }
-        let medians: [String: Double] = [
+        var medians: [String: Double] = [
             "directMessagesPerSecond": median(all.map { $0[0].messagesPerSecond }),
             "routedMessagesPerSecond": median(all.map { $0[1].messagesPerSecond }),
             "ratio": median(all.map { $0[1].messagesPerSecond / $0[0].messagesPerSecond }),
@@ -128,6 +143,14 @@ struct BenchCommand: ParsableCommand {
             "routerCPUSeconds": median(all.map { $0[1].routerCPUSeconds ?? 0 }),
             "routerPeakRSSMiB": median(all.map { $0[1].routerPeakRSSMiB ?? 0 }),
         ]
+        if link {
+            medians["linkedMessagesPerSecond"] = median(all.map { $0[3].messagesPerSecond })
+            medians["ratioLinkedToRouted"] = median(all.map { $0[3].messagesPerSecond / $0[1].messagesPerSecond })
+            medians["linkedP50Microseconds"] = median(all.map { $0[3].p50Microseconds })
+            medians["linkedP99Microseconds"] = median(all.map { $0[3].p99Microseconds })
+            medians["linkAddedP50Microseconds"] = median(all.map { $0[3].p50Microseconds - $0[1].p50Microseconds })
+            medians["linkedRouterCPUSeconds"] = median(all.map { $0[3].routerCPUSeconds ?? 0 })
+        }
         let lost = all.flatMap { $0 }.reduce(0) { $0 + $1.lost }
         if output == .json {
             try printJSON(Report(machine: machineLine(), workload: workload, runs: all, median: medians))
@@ -138,6 +161,11 @@ struct BenchCommand: ParsableCommand {
                     medians["routedP50Microseconds"]!, medians["directP99Microseconds"]!, medians["routedP99Microseconds"]!))
                 print(String(format: "median of %d: relay %.0f msg/s (p50 %.0f µs), routed/relay %.2f×", runs,
                     medians["relayMessagesPerSecond"]!, medians["relayP50Microseconds"]!, medians["ratioToRelay"]!))
+                if link {
+                    print(String(format: "median of %d: across nodes %.0f msg/s, across/routed %.2f×; p50 %.0f µs (+%.0f µs over routed), p99 %.0f µs", runs,
+                        medians["linkedMessagesPerSecond"]!, medians["ratioLinkedToRouted"]!, medians["linkedP50Microseconds"]!,
+                        medians["linkAddedP50Microseconds"]!, medians["linkedP99Microseconds"]!))
+                }
             }
             print(lost == 0 ? "nothing lost (every sequence number checked)." : "LOST \(lost) frames.")
         }

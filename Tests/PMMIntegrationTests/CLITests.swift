@@ -225,6 +225,20 @@ import Testing
         let median = report?["median"] as? [String: Double]
         #expect((median?["ratioToRelay"] ?? 0) > 0)
     }
+
+    /// Two router processes on loopback, one per node, linked with mutual TLS (certificates made by openssl for
+    /// the run): every frame crosses, none lost, and the ratio to the one-host routed path is reported.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl"), "needs openssl (scripts/setup installs it)"))
+    func benchLink_routesAcrossTwoNodesOverTLS_andReportsTheRatio() throws {
+        let outcome = try pmm("bench", "--link", "--count", "3000", "-o", "json")
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any]
+        let run = (report?["runs"] as? [[[String: Any]]])?.first ?? []
+        #expect(run.compactMap { $0["path"] as? String }.last == "across nodes (TLS)")
+        #expect(run.allSatisfy { ($0["frames"] as? Int) == 3000 && ($0["lost"] as? Int) == 0 && ($0["duplicated"] as? Int) == 0 }, "\(run)")
+        let median = report?["median"] as? [String: Double]
+        #expect((median?["ratioLinkedToRouted"] ?? 0) > 0)
+    }
 }
 
 /// Files that must stay in step with the code.

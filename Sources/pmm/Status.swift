@@ -101,7 +101,26 @@ struct Status: ParsableCommand {
         lines.append(r.paint("Mesh \(spec.name): revision \(revision)", "1") + " applied \(report.appliedAt ?? "") (sha256 \(report.specSHA256?.prefix(12) ?? "")\(report.gitCommit.map { ", git \($0.prefix(12))" } ?? "")), root \(spec.root)")
         if let pid = report.routerPID, let router = report.router {
             let behind = router.revision < revision ? r.paint("  (behind: run pmm apply again, or send SIGHUP)", "33") : ""
-            lines.append("Router: pid \(pid), serving revision \(router.revision)\(behind), up since \(ISO8601DateFormatter().string(from: router.startedAt))")
+            lines.append(
+                "Router: pid \(pid), serving revision \(router.revision)\(behind)\(router.node.map { " on node \($0)" } ?? ""), up since \(ISO8601DateFormatter().string(from: router.startedAt))")
+            if let links = router.links, !links.isEmpty {
+                lines.append("")
+                lines.append("LINK TO       STATE  SINCE                 PEER-REV   SENT/S      SENT     ACKED  UNACKED  RECEIVED  REROUTED")
+                for link in links.sorted(by: { $0.peer < $1.peer }) {
+                    let state = link.up ? r.paint("up", "32") : r.paint("down", "31")
+                    let skew = link.peerRevision != 0 && link.peerRevision != UInt64(router.revision) ? r.paint("*", "33") : " "
+                    lines.append(
+                        [
+                            pad(link.peer, 13), pad(state, 6 + (r.color ? 9 : 0)), pad(ISO8601DateFormatter().string(from: link.since), 21),
+                            rpad(link.peerRevision == 0 ? "-" : String(link.peerRevision), 8) + skew, rpad(String(format: "%.0f", link.rate), 6),
+                            rpad(String(link.sentFrames), 9), rpad(String(link.acknowledgedFrames), 9), rpad(String(link.unacknowledged), 8),
+                            rpad(String(link.receivedFrames), 9), rpad(String(link.rerouted), 9),
+                        ].joined(separator: " ") + (link.up ? "" : "  " + (link.lastError ?? "")))
+                }
+                if links.contains(where: { $0.peerRevision != 0 && $0.peerRevision != UInt64(router.revision) }) {
+                    lines.append(r.paint("* the peer serves another revision (a rollout in progress, or a node behind)", "33"))
+                }
+            }
             lines.append("")
             lines.append("INSTANCE              TYPE        HEALTH    SINCE                 OUT/S    FRAMES  QUEUED  IN-PIPE  DROPPED  DEAD  STALLS")
             for egress in router.egress.sorted(by: { $0.name < $1.name }) {

@@ -200,6 +200,11 @@ struct MeshAcrossNodesTests {
         let duplicated = fromB.count + fromC.count - delivered.count
         // The producer's spool empties: every frame was acknowledged over the links.
         #expect(waitFor(seconds: 20) { (mesh.status("a")["spooledBytes"] as? NSNumber)?.intValue == 0 }, "a's spool: \(mesh.status("a")["spooledBytes"] ?? "-")")
+        // pmm status on a shows both links up, what crossed them, and the revision each peer serves.
+        let status = try run(mesh.env("a") + [pmmBinary, "status"])
+        let linkLines = status.split(separator: "\n").filter { $0.hasPrefix("b ") || $0.hasPrefix("c ") }
+        #expect(status.contains("on node a") && status.contains("LINK TO") && linkLines.count == 2, "\(status)")
+        #expect(linkLines.allSatisfy { $0.contains(" up ") }, "\(status)")
         let f = { (seconds: Double) in String(format: "%.1f s", seconds) }
         print(
             "three nodes: sent \(total), delivered \(delivered.count) distinct (\(fromB.count) at b, \(fromC.count) at c), "

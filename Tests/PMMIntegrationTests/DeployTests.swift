@@ -108,6 +108,25 @@ import Yams
         #expect(help.stdout.contains("--node <name>"), "\(help.stdout)")
     }
 
+    /// `pmm up --node N` (the DaemonSet's command) applies node N's share only, and records N in the revision.
+    /// What the router does next with a spec that has nodes (today: refuses it) is not this test's business, so
+    /// the process is stopped once the apply is done.
+    @Test(.enabled(if: isRoot, "services run as uid 0 so the test can play them all"))
+    func up_withNode_appliesOnlyThatNodesPipes() throws {
+        let dir = TemporaryDirectory("pmm-up")
+        dir.write(twoNodeMesh(root: dir.root))
+        let up = try Self.spawn(["up", "-f", dir.specPath, "--state-dir", dir.path + "/state", "--node", "edge-b"], environment: [:], log: dir.path + "/up")
+        defer {
+            if up.isRunning { kill(up.processIdentifier, SIGTERM) }
+            up.waitUntilExit()
+        }
+        let log = { (try? String(contentsOfFile: dir.path + "/up", encoding: .utf8)) ?? "" }
+        try waitFor("pmm up to apply") { log().contains("Applied revision 1") || !up.isRunning }
+        #expect(log().contains("Applied revision 1"), "\(log())")
+        let pipes = ((try? FileManager.default.contentsOfDirectory(atPath: dir.root)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
+        #expect(pipes == ["api.metrics.s0.in", "api.metrics.s1.in", "collector-edge-b-0.metrics.out", "collector-edge-b-1.metrics.out"])
+    }
+
     // MARK: Debian package
 
     /// scripts/package on the debug binary (the release build is separate: README, "Packaging"), installed with

@@ -187,6 +187,8 @@ let package = Package(
             dependencies: [
                 "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "PMMRouterCore", "PipeMesh", "pmm",
                 "example-producer", "example-consumer",
+                // DeployTests parses the Kubernetes manifests.
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: upcoming
         ),

@@ -192,6 +192,7 @@ public final class ControlServer {
     ///   Likewise several SIGHUPs that arrive within one pass cause one reload.
     public func run(signals: SignalPipe, onChange: () -> Void) {
         logger.info("serving the control API", metadata: ["socket": "\(state.socketPath)"])
+        do { try ServiceManager.notifyReady() } catch { logger.warning("cannot tell the service manager pmm serve is ready: \(error)") }
         heal(onChange: noteChange)
         while true {
             if routerSignalPending {

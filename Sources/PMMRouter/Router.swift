@@ -201,6 +201,7 @@ public final class Router {
         logger.info(
             "router serving",
             metadata: ["revision": "\(core.layout.revision)", "ingress": "\(core.ingress.count)", "egress": "\(core.egress.count)"])
+        do { try ServiceManager.notifyReady() } catch { logger.warning("cannot tell the service manager the router is ready: \(error)") }
         var fds: [pollfd] = []
         var owners: [Owner] = []
         while true {

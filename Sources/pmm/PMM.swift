@@ -29,15 +29,16 @@ struct PMM: ParsableCommand {
               pmm deadletters list|replay   what the router could not deliver
               pmm schema check -f mesh.yaml which schema version can read which
               pmm demo                      a guided tour in a temporary directory
+              pmm version                   the version and the git commit this binary was built from
 
             Environment: PMM_ROOT overrides the spec's root, PMM_STATE_DIR the state directory \
             (default /var/lib/pmm), NO_COLOR turns colour off.
             """,
-        version: "0.1.0",
+        version: BuildInfo.summary,
         subcommands: [
             Validate.self, Diff.self, Apply.self, History.self, Rollback.self, Status.self, RouterCommand.self, Up.self,
             Serve.self, Register.self, Deregister.self, PipeNameCommand.self, RouteCommand.self, Send.self, Tail.self,
-            DeadLetters.self, SchemaCommand.self, BenchCommand.self, Demo.self,
+            DeadLetters.self, SchemaCommand.self, BenchCommand.self, Demo.self, Version.self,
         ]
     )
 }

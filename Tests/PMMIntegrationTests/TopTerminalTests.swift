@@ -30,8 +30,22 @@ struct TopTerminalTests {
             for fd: Int32 in 0...2 { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
             let argv: [UnsafeMutablePointer<CChar>?] = ([tmux] + arguments).map { strdup($0) } + [nil]
             defer { for pointer in argv { free(pointer) } }
+            // The test runner blocks signals the tmux server needs (SIGCHLD, SIGHUP, SIGTERM): start it with none
+            // blocked and default dispositions, as from a shell.
+            var attributes = posix_spawnattr_t()
+            posix_spawnattr_init(&attributes)
+            defer { posix_spawnattr_destroy(&attributes) }
+            var none = sigset_t()
+            sigemptyset(&none)
+            var all = sigset_t()
+            sigfillset(&all)
+            sigdelset(&all, SIGKILL)
+            sigdelset(&all, SIGSTOP)
+            posix_spawnattr_setsigmask(&attributes, &none)
+            posix_spawnattr_setsigdefault(&attributes, &all)
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
             var pid: pid_t = 0
-            let spawned = posix_spawn(&pid, tmux, &actions, nil, argv, environ)
+            let spawned = posix_spawn(&pid, tmux, &actions, &attributes, argv, environ)
             try #require(spawned == 0, "posix_spawn tmux: \(spawned)")
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}

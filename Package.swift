@@ -184,9 +184,12 @@ let package = Package(
             dependencies: ["PMMCore", "PMMSpecYAML"],
             swiftSettings: upcoming
         ),
-        // The renderings against golden text; docs/mesh.dot and deploy/grafana/pmm.json against the sources.
+        // The renderings against golden text; docs/mesh.dot, deploy/grafana/pmm.json and the PipeMesh DocC article
+        // against the sources.
         .testTarget(
-            name: "PMMViewsTests", dependencies: ["PMMViews", "PMMCore", "PMMSpecYAML", "PMMRouter"], exclude: ["Snapshots"],
+            name: "PMMViewsTests", dependencies: ["PMMViews", "PMMCore", "PMMSpecYAML", "PMMRouter", "PipeMesh", "ShopSchemas",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ], exclude: ["Snapshots"],
             swiftSettings: upcoming),
         // Real FIFOs, real SQLite, real uids (setpriv), and the built pmm binary.
         .testTarget(

@@ -20,7 +20,8 @@ struct Top: ParsableCommand {
             nodes' routers appear when the router reports them.
 
             q or Ctrl-C quits. The screen is redrawn in place only on a terminal; piped, each frame is printed \
-            after the last, and --once prints one frame and exits (for scripts). Colour only on a terminal, \
+            after the last, and --once prints one frame and exits (for scripts; with --quiet, nothing: \
+            only the exit code). Colour only on a terminal, \
             and never with NO_COLOR set.
 
             Exit codes: 0 done; 1 --once found no running router (the frame says so); 64 bad arguments.
@@ -31,11 +32,15 @@ struct Top: ParsableCommand {
     @Flag(help: "Print one frame and exit.")
     var once = false
 
+    @Flag(name: .shortAndLong, help: "With --once: print nothing; the exit code says whether a router runs.")
+    var quiet = false
+
     @Option(help: ArgumentHelp("Seconds between frames.", valueName: "seconds"))
     var interval: Double = 1
 
     func validate() throws {
         guard interval >= 0.1, interval <= 3600 else { throw ValidationError("--interval must be between 0.1 and 3600 seconds") }
+        if quiet && !once { throw ValidationError("--quiet needs --once (a live view that prints nothing shows nothing)") }
     }
 
     func run() throws {
@@ -43,7 +48,7 @@ struct Top: ParsableCommand {
         let color = useColor
         if once {
             let (lines, running) = frame(directory)
-            write(lines.joined(separator: "\n") + "\n")
+            if !quiet { write(lines.joined(separator: "\n") + "\n") }
             if !running { throw ExitCode(1) }
             return
         }

@@ -117,6 +117,9 @@ struct TopTerminalTests {
         let outcome = try pmm("top", "--once", h.stateArgument)
         #expect(outcome.status == 1)
         #expect(outcome.stdout.contains("No router status"), "\(outcome.stdout)")
+        let quiet = try pmm("top", "--once", "--quiet", h.stateArgument)
+        #expect(quiet.status == 1 && quiet.stdout.isEmpty)
+        #expect(try pmm("top", "--quiet", h.stateArgument).status == 64, "--quiet without --once is a usage error")
     }
 
     @Test func graphLive_colorsTheDownInstance_andWithoutARouterExits1() throws {

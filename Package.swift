@@ -132,11 +132,14 @@ let package = Package(
             dependencies: ["PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMSchema"],
             swiftSettings: upcoming
         ),
+        // Pure renderings for people: the mesh as a picture (`pmm graph`) and the router's status as a frame
+        // (`pmm top`). Values in, text out; the commands do the I/O.
+        .target(name: "PMMViews", dependencies: ["PMMCore", "PMMRouter"], swiftSettings: upcoming),
         .executableTarget(
             name: "pmm",
             dependencies: [
                 "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "PMMRouterCore", "PMMControl",
-                "PMMBench", "PipeMesh", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "PMMBench", "PipeMesh", "PMMViews", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -181,6 +184,13 @@ let package = Package(
             dependencies: ["PMMCore", "PMMSpecYAML"],
             swiftSettings: upcoming
         ),
+        // The renderings against golden text; docs/mesh.dot, deploy/grafana/pmm.json and the PipeMesh DocC article
+        // against the sources.
+        .testTarget(
+            name: "PMMViewsTests", dependencies: ["PMMViews", "PMMCore", "PMMSpecYAML", "PMMRouter", "PipeMesh", "ShopSchemas",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ], exclude: ["Snapshots"],
+            swiftSettings: upcoming),
         // Real FIFOs, real SQLite, real uids (setpriv), and the built pmm binary.
         .testTarget(
             name: "PMMIntegrationTests",

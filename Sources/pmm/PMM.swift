@@ -25,6 +25,8 @@ struct PMM: ParsableCommand {
               pmm router                    the data plane (pmm up: apply, then the router)
               pmm serve -f mesh.yaml        the control API (register, pipe-name, route set) and self-heal
               pmm status                    health, rates, dead letters, who holds each pipe
+              pmm top                       a live view of instances, health, msgs/s, queues (q quits)
+              pmm graph -f mesh.yaml        the mesh as a picture (Graphviz dot, or -o mermaid; --live)
               pmm send / pmm tail           write / read envelopes by hand
               pmm deadletters list|replay   what the router could not deliver
               pmm schema check -f mesh.yaml which schema version can read which
@@ -38,7 +40,7 @@ struct PMM: ParsableCommand {
         subcommands: [
             Validate.self, Diff.self, Apply.self, History.self, Rollback.self, Status.self, RouterCommand.self, Up.self,
             Serve.self, Register.self, Deregister.self, PipeNameCommand.self, RouteCommand.self, Send.self, Tail.self,
-            DeadLetters.self, SchemaCommand.self, BenchCommand.self, Demo.self, Version.self,
+            DeadLetters.self, SchemaCommand.self, BenchCommand.self, Demo.self, Graph.self, Top.self, Version.self,
         ]
     )
 }

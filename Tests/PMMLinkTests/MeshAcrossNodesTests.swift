@@ -205,6 +205,9 @@ struct MeshAcrossNodesTests {
         let linkLines = status.split(separator: "\n").filter { $0.hasPrefix("b ") || $0.hasPrefix("c ") }
         #expect(status.contains("on node a") && status.contains("LINK TO") && linkLines.count == 2, "\(status)")
         #expect(linkLines.allSatisfy { $0.contains(" up ") }, "\(status)")
+        // pmm top shows the same links, from the same router.json.
+        let top = try run(mesh.env("a") + ["NO_COLOR=1", pmmBinary, "top", "--once"])
+        #expect(top.contains("LINK") && top.split(separator: "\n").filter { $0.hasPrefix("b ") || $0.hasPrefix("c ") }.count == 2, "\(top)")
         let f = { (seconds: Double) in String(format: "%.1f s", seconds) }
         print(
             "three nodes: sent \(total), delivered \(delivered.count) distinct (\(fromB.count) at b, \(fromC.count) at c), "

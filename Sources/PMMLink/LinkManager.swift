@@ -142,6 +142,16 @@ public final class LinkManager: Sendable {
         return result
     }
 
+    /// The frame bytes `send` would take for `peer` now (its window's free room; a frame larger than the whole
+    /// window still goes alone when nothing is in flight): 0 while the link is down, or up but not yet handed to
+    /// the router. Lets a sender copy out only what will be taken.
+    public func room(for peer: String) -> Int {
+        shared.state.withLock { state in
+            guard let p = state.peers[peer], p.up, !p.awaitingRouter else { return 0 }
+            return max(0, p.sender.windowBytes - p.sender.unacknowledgedBytes)
+        }
+    }
+
     /// `send` for a whole array.
     public func send(to peer: String, frames: [LinkFrame]) -> LinkSendResult {
         send(to: peer, frames: frames[...])

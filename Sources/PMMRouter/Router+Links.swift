@@ -33,7 +33,7 @@ extension Router {
         return manager
     }
 
-    /// Link events in, remote frames out, acknowledgements and health back. Once per loop pass.
+    /// Link events in, remote frames out. Once per loop pass, before the pipes are written.
     func pumpLinks(now: UInt64) {
         guard let links else { return }
         for event in links.events() {
@@ -68,6 +68,12 @@ extension Router {
             performActions()
         }
         sendLinkFrames(links)
+    }
+
+    /// Tells the peers what this pass learned: frames of theirs now done here (acknowledgements), and this
+    /// node's instances' health when it changed. At the end of every pass, after the consumers' progress.
+    func tellPeers() {
+        guard let links else { return }
         core.linkAcknowledgements { peer, stream, upTo in links.acknowledge(peer: peer, stream: stream, upTo: upTo) }
         let health = core.localHealth
         if health != announcedHealth {
@@ -80,17 +86,29 @@ extension Router {
     /// did not fit counts as blocked (its overflow policy applies once full).
     func sendLinkFrames(_ links: LinkManager) {
         for p in core.peers.indices where core.peers[p].up {
+            // Copy out only what the window takes now (a full window would otherwise cost a copy of every
+            // waiting frame on every pass), and at most 1 MiB per pass.
+            let room = min(links.room(for: core.peers[p].name), 1 << 20)
             var frames: [LinkFrame] = []
             var slots: [Int] = []
             var bytes = 0
             let egress = core.egress
-            core.forEachLinkFrame(p) { slot, frame in
-                frames.append(LinkFrame(target: egress[slot].name, bytes: Array(frame)))
-                slots.append(slot)
-                bytes += frame.count
-                return bytes < 1 << 20
+            if room > 0 {
+                core.forEachLinkFrame(p) { slot, frame in
+                    frames.append(LinkFrame(target: egress[slot].name, bytes: Array(frame)))
+                    slots.append(slot)
+                    bytes += frame.count
+                    return bytes < room
+                }
             }
-            guard !frames.isEmpty else { continue }
+            guard !frames.isEmpty else {
+                // Nothing fits: queues of this peer's instances count as blocked (their overflow policy applies
+                // once full) until an acknowledgement makes room.
+                if room == 0 {
+                    for slot in core.linkSlots(p) where core.egress[slot].queue.unwrittenBytes > 0 { core.egressWouldBlock(slot) }
+                }
+                continue
+            }
             let result = links.send(to: core.peers[p].name, frames: frames)
             var counts: [(slot: Int, frames: Int)] = []
             for slot in slots.prefix(result.accepted) {

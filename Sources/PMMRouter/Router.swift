@@ -278,6 +278,9 @@ public final class Router {
             // Removed or replaced pipes are read without waiting for POLLIN (an empty pipe with a writer never
             // becomes readable), once per pass, and closed once empty at a frame boundary.
             for slot in core.ingress.indices where core.ingress[slot].draining { readIngress(slot, budget: 16) }
+            // Links before the pipes: what this pass routed to other nodes goes out now, and what came from them
+            // is written to its pipes in this pass's flush, not the next one's.
+            pumpLinks(now: monotonicNanos())
             flushAll()
             housekeeping(now: monotonicNanos())
             if stopRequested { return stop() }
@@ -338,7 +341,6 @@ public final class Router {
     /// Timers: consumers' progress (acknowledgements, stalls), probes, pipes deleted or replaced underneath,
     /// spool checkpoints, the status file.
     func housekeeping(now: UInt64) {
-        pumpLinks(now: now)
         acknowledgeAll(now: now)
         core.tick(now: now)
         performActions()
@@ -350,6 +352,7 @@ public final class Router {
             lastCheckpoint = now
             checkpointSpools()
         }
+        tellPeers()
         writeStatus(force: false)
     }
 
@@ -431,6 +434,7 @@ public final class Router {
         // frames are not replayed by the next router.
         let settle = monotonicNanos() + 1_000_000_000
         while monotonicNanos() < deadline {
+            pumpLinks(now: monotonicNanos())
             flushAll()
             housekeeping(now: monotonicNanos())
             if core.waitingFrames == 0 && (core.heldFrames == 0 || core.spools.isEmpty || monotonicNanos() > settle) { break }

@@ -199,6 +199,9 @@ extension RouterCore {
         for frame in backlog { reroute(frame, now: now) }
     }
 
+    /// The egress slots of peer `p`'s instances.
+    public func linkSlots(_ p: Int) -> [Int] { peers[p].slots }
+
     /// Calls `body` with every frame waiting to go to peer `p` (its egress slot and bytes), oldest first per
     /// instance, until `body` returns false. Nothing while the link is down.
     public func forEachLinkFrame(_ p: Int, _ body: (Int, UnsafeRawBufferPointer) -> Bool) {

@@ -139,7 +139,7 @@ let package = Package(
             name: "pmm",
             dependencies: [
                 "PMMCore", "PMMSpecYAML", "PMMSystem", "PMMRegistry", "PMMReconciler", "PMMWire", "PMMRouter", "PMMRouterCore", "PMMControl",
-                "PMMBench", "PipeMesh", "PMMViews", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "PMMBench", "PipeMesh", "PMMViews", .product(name: "Yams", package: "Yams"), .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

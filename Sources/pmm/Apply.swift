@@ -17,7 +17,7 @@ struct Apply: ParsableCommand {
             flag). Idempotent: a second apply changes nothing and records nothing. One apply runs at a time. \
             Files pmm did not create are never touched; pipes the spec no longer names are removed only with \
             --prune. A symlink, a foreign file or an unsafe root is refused before anything changes.
-            """)
+            """ + ExitStatus.help("0 applied, or nothing to change; 1 refused or failed (an invalid spec, a conflict, another apply holding the lock, --wait not answered in time); applying again converges"))
 
     @OptionGroup var spec: SpecOptions
     @OptionGroup var state: StateOptions
@@ -31,6 +31,9 @@ struct Apply: ParsableCommand {
 
     @OptionGroup var waiting: WaitOptions
 
+    @Flag(name: .shortAndLong, help: "Print nothing but errors (warnings and the plan are left out).")
+    var quiet = false
+
     func run() throws {
         let loaded = try readSpec(spec, failure: 1, node: node.name)
         let applied: ApplyReport
@@ -38,12 +41,14 @@ struct Apply: ParsableCommand {
             let reconciler = try Reconciler(state: state.directory)
             reconciler.node = node.name
             applied = try reconciler.apply(loaded, prune: prune, dryRun: dryRun)
-            printDiagnostics(loaded, color: useColor)  // warnings only: errors threw
-            print(ApplyOutput.text(applied, renderer: Renderer(color: useColor)))
+            if !quiet {
+                printDiagnostics(loaded, color: useColor)  // warnings only: errors threw
+                print(ApplyOutput.text(applied, renderer: Renderer(color: useColor)))
+            }
         } catch {
             throw report(error, exitCode: 1, color: useColor)
         }
-        if !dryRun { try waiting.notifyRouter(state: state.directory, report: applied) }
+        if !dryRun { try waiting.notifyRouter(state: state.directory, report: applied, quiet: quiet) }
     }
 }
 
@@ -57,7 +62,7 @@ struct WaitOptions: ParsableArguments {
 
     /// Sends SIGHUP to a running router when a revision was recorded; with --wait, polls its status file until
     /// it serves that revision.
-    func notifyRouter(state: StateDirectory, report: ApplyReport) throws {
+    func notifyRouter(state: StateDirectory, report: ApplyReport, quiet: Bool = false) throws {
         let target = report.revision?.number ?? report.previous?.number ?? 0
         guard let pid = state.runningRouterPID else {
             if wait {
@@ -74,7 +79,7 @@ struct WaitOptions: ParsableArguments {
                 if wait { throw ExitCode(1) }
                 return
             }
-            print("Signalled the router (pid \(signalled)) to load revision \(target).")
+            if !quiet { print("Signalled the router (pid \(signalled)) to load revision \(target).") }
         }
         guard wait else { return }
         let deadline = Date().addingTimeInterval(waitTimeout)
@@ -89,7 +94,7 @@ struct WaitOptions: ParsableArguments {
             usleep(50_000)
             status = RouterStatus.read(from: state.routerStatusPath)
         }
-        print("The router serves revision \(target).")
+        if !quiet { print("The router serves revision \(target).") }
     }
 }
 

@@ -48,7 +48,7 @@ struct DeadLetters: ParsableCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print dead letters, oldest first.")
+        static let configuration = CommandConfiguration(abstract: "Print dead letters, oldest first.", discussion: ExitStatus.help("0 listed; 1 the state directory cannot be read", lead: false))
 
         @OptionGroup var state: StateOptions
         @OptionGroup var filter: Filter
@@ -95,7 +95,7 @@ struct DeadLetters: ParsableCommand {
                 source), on the shard its key hashes to, so the router routes it as new. Frames without an envelope \
                 (`discarded` bytes) and frames whose source no longer produces the type stay in the spool, and so \
                 do unreadable bytes.
-                """)
+                """ + ExitStatus.help("0 replayed, or nothing to replay; 1 an error (what was not sent stays in the spool)"))
 
         @OptionGroup var state: StateOptions
         @OptionGroup var filter: Filter

@@ -17,7 +17,7 @@ struct Demo: ParsableCommand {
             shows pmm refuse and repair; changes routes, replicas and shards and shows the diff, the keys that \
             move, prune, history and rollback. Needs no root: run as another user, every service gets that \
             user's uid. Cleans up after itself unless --keep.
-            """)
+            """ + ExitStatus.help("0 the tour ran to its end; 1 a step failed (it says which)"))
 
     @Option(help: ArgumentHelp("Work in this new directory instead of a temporary one.", valueName: "dir"))
     var dir: String?

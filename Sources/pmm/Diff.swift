@@ -22,7 +22,7 @@ struct Diff: ParsableCommand {
             In a mesh with nodes, --node NAME (or PMM_NODE) compares that node's share of the pipes with this \
             host. Without it, every node's share is compared with the same node's share of the current \
             revision (this host cannot see the other nodes' pipes), one section per node.
-            """)
+            """ + ExitStatus.help("0 no differences; 1 differences; 2 an error, or a conflict apply would refuse (as kubectl diff)"))
 
     @OptionGroup var spec: SpecOptions
     @OptionGroup var state: StateOptions
@@ -37,12 +37,15 @@ struct Diff: ParsableCommand {
     @Flag(help: "Count pipes the spec no longer names as removals (as apply --prune would).")
     var prune = false
 
+    @Flag(name: .shortAndLong, help: "Print nothing (as git diff --quiet): the exit code alone says whether anything would change.")
+    var quiet = false
+
     func run() throws {
         let loaded = try readSpec(spec, failure: 2, schemas: .required, node: node.name)
         guard let desired = loaded.validSpec else {
             throw report(.invalidSpec(loaded), exitCode: 2, color: useColor)
         }
-        printDiagnostics(loaded, color: useColor)  // warnings
+        if !quiet { printDiagnostics(loaded, color: useColor) }  // warnings
         if !desired.nodes.isEmpty && node.name == nil && base == nil { return try everyNode(desired) }
         let result: DiffOutput
         do {
@@ -58,7 +61,8 @@ struct Diff: ParsableCommand {
         } catch {
             throw report(error, exitCode: 2, color: useColor)
         }
-        if output == .json {
+        if quiet {
+        } else if output == .json {
             try printJSON(result)
         } else {
             print(result.text(Renderer(color: useColor)))
@@ -80,7 +84,8 @@ struct Diff: ParsableCommand {
         } catch {
             throw report(error, exitCode: 2, color: useColor)
         }
-        if output == .json {
+        if quiet {
+        } else if output == .json {
             try printJSON(shares)
         } else {
             for meshNode in desired.nodes {

@@ -9,12 +9,12 @@ import PMMSystem
 struct History: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List the applied revisions, oldest first.",
-        discussion: "Each revision: number, time (UTC), sha256 of the spec, git commit (+ when dirty), origin and what changed.")
+        discussion: "Each revision: number, time (UTC), sha256 of the spec, git commit (+ when dirty), origin and what changed." + ExitStatus.help("0 listed; 1 the registry cannot be read"))
 
     @OptionGroup var state: StateOptions
 
-    @Option(name: .shortAndLong, help: "Output format: text or json.")
-    var output: OutputFormat = .text
+    @Option(name: .shortAndLong, help: "Output format: text, json or yaml.")
+    var output: StateOutputFormat = .text
 
     struct Entry: Encodable {
         var revision: Int
@@ -39,13 +39,13 @@ struct History: ParsableCommand {
         } catch {
             throw report(error, exitCode: 1, color: useColor)
         }
-        if output == .json {
-            try printJSON(
+        if output != .text {
+            try printDocument(
                 revisions.map {
                     Entry(
                         revision: $0.number, appliedAt: $0.appliedAt, specSHA256: $0.specSHA256, specFile: $0.specFile,
                         gitCommit: $0.gitCommit, gitDirty: $0.gitDirty, source: $0.source, summary: $0.summary)
-                })
+                }, as: output)
             return
         }
         guard !revisions.isEmpty else {

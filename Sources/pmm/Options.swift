@@ -51,6 +51,11 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case text, json
 }
 
+/// `-o` of the commands that print state, where kubectl also has yaml (`pmm status`, `pmm history`).
+enum StateOutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json, yaml
+}
+
 /// Whether standard output is a terminal that wants colour.
 var useColor: Bool {
     isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil

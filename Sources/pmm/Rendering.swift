@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Yams
 import PMMCore
 import PMMReconciler
 import PMMRegistry
@@ -97,6 +98,58 @@ func printDiagnostics(_ loaded: LoadedSpec, color: Bool) {
     guard !loaded.diagnostics.isEmpty else { return }
     let renderer = DiagnosticRenderer(sources: [loaded.file.displayPath: loaded.file.text], color: color)
     printError(renderer.render(loaded.diagnostics))
+}
+
+/// JSON or YAML for machines, by `-o`: the same document either way.
+func printDocument(_ value: some Encodable, as format: StateOutputFormat) throws {
+    guard format == .yaml else { return try printJSON(value) }
+    // Through JSON, so the keys are exactly those of `-o json`; dates in ISO 8601.
+    let encoder = JSONEncoder()
+    encoder.dateEncodingStrategy = .iso8601
+    let document = try JSONDecoder().decode(DocumentValue.self, from: try encoder.encode(value))
+    print(try Yams.serialize(node: document.node, sortKeys: true), terminator: "")
+}
+
+/// A JSON document as values, to be written as YAML.
+private enum DocumentValue: Decodable {
+    case null
+    case bool(Bool)
+    case int(Int)
+    case double(Double)
+    case string(String)
+    case array([DocumentValue])
+    case object([String: DocumentValue])
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() {
+            self = .null
+        } else if let value = try? container.decode(Bool.self) {
+            self = .bool(value)
+        } else if let value = try? container.decode(Int.self) {
+            self = .int(value)
+        } else if let value = try? container.decode(Double.self) {
+            self = .double(value)
+        } else if let value = try? container.decode(String.self) {
+            self = .string(value)
+        } else if let value = try? container.decode([DocumentValue].self) {
+            self = .array(value)
+        } else {
+            self = .object(try container.decode([String: DocumentValue].self))
+        }
+    }
+
+    var node: Yams.Node {
+        switch self {
+        case .null: return Node("null", Tag(.null))
+        case .bool(let value): return Node(value ? "true" : "false", Tag(.bool))
+        case .int(let value): return Node(String(value), Tag(.int))
+        case .double(let value): return Node(String(value), Tag(.float))
+        case .string(let value): return Node(value, Tag(.str), .doubleQuoted)
+        case .array(let values): return Node(values.map(\.node))
+        case .object(let values): return Node(values.keys.sorted().map { (Node($0), values[$0]!.node) })
+        }
+    }
 }
 
 /// JSON for machines: sorted keys, one document.

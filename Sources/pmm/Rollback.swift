@@ -9,7 +9,7 @@ import PMMSystem
 struct Rollback: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Apply revision N's spec again, as a new revision.",
-        discussion: "The revision's recorded spec text is applied as `pmm apply` would; see `pmm history` for numbers.")
+        discussion: "The revision's recorded spec text is applied as `pmm apply` would; see `pmm history` for numbers." + ExitStatus.help("0 applied; 1 no such revision, or refused or failed as apply can be"))
 
     @Argument(help: "The revision to return to.")
     var revision: Int

@@ -22,7 +22,7 @@ struct RouterCommand: ParsableCommand {
             In a mesh with nodes, the router serves one node (--node, else PMM_NODE, else the node the revision \
             was applied on): it listens on that node's address for the other routers, keeps a link to each, \
             and sends frames for instances placed elsewhere over those links (mutual TLS with links.tls).
-            """)
+            """ + ExitStatus.help("0 stopped by SIGTERM or SIGINT with every queued frame delivered; 1 cannot start (nothing applied, another router on this state directory, a node it cannot listen as); 3 stopped with frames still queued at the drain deadline (at-least-once frames stay in the spool for the next router)"))
 
     @OptionGroup var state: StateOptions
     @OptionGroup var router: RouterFlags

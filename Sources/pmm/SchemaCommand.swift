@@ -26,7 +26,7 @@ struct SchemaCommand: ParsableCommand {
                 keeps the oneof's last member), and fields of one oneof split apart backward only; a single field \
                 moved into a new oneof is compatible. Each violation says which direction breaks and why, with the \
                 .proto file and line of the field; a map field is named by its field, not its entry message.
-                """)
+                """ + ExitStatus.help("0 every declared version can be read as declared; 1 an incompatible change; 2 an error (protoc missing, an invalid spec)"))
 
         @OptionGroup var spec: SpecOptions
 

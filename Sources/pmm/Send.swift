@@ -17,7 +17,7 @@ struct Send: ParsableCommand {
             (repeated --count times) or, without it, one per line of standard input. The service defaults to \
             the one whose uid is yours. Every frame is written under an flock on the pipe, held until its last \
             byte, so frames never interleave with other writers (replicas, other pmm send) whatever their sizes.
-            """)
+            """ + ExitStatus.help("0 every envelope was written; 1 no such data type or service, or the pipe cannot be opened or written"))
 
     @OptionGroup var state: StateOptions
 

@@ -28,7 +28,7 @@ struct Serve: ParsableCommand {
             --max-connections-per-uid connections at once; events that clients cause (refusals, rate \
             limits, malformed requests, closed connections) are logged one by one at most once per 10 s per kind \
             and uid, the rest summed up in one event; the registry keeps the newest 10,000 events.
-            """)
+            """ + ExitStatus.help("0 stopped by SIGTERM or SIGINT; 1 cannot start (an invalid spec, the socket in use, the apply refused)"))
 
     @OptionGroup var spec: SpecOptions
     @OptionGroup var state: StateOptions
@@ -137,7 +137,7 @@ struct Register: ParsableCommand {
             and `pmm deregister` (by the service's uid, whoever registered) or the end of its lease takes it out \
             at once, its unread frames going to the other instances. --capacity gives the instance's expected \
             volume, which the `least-loaded` policy weighs.
-            """)
+            """ + ExitStatus.help("0 registered (the pipes are printed); 1 refused (the reason is printed) or pmm serve cannot be reached"))
 
     @OptionGroup var state: StateOptions
 
@@ -236,7 +236,7 @@ struct Deregister: ParsableCommand {
             The service's uid (or root) may end the lease of any of its instances, whoever registered it. Without \
             --instance: the leases the calling process holds, or else the service's only registered instance \
             (several: name one). Frames the instance had not read go to the service's other instances.
-            """)
+            """ + ExitStatus.help("0 the lease ended; 1 refused (the reason is printed) or pmm serve cannot be reached"))
 
     @OptionGroup var state: StateOptions
 
@@ -256,7 +256,7 @@ struct PipeNameCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pipe-name",
         abstract: "GetPipeName through pmm serve: print the ingress pipe for a data type and shard key.",
-        discussion: "The service is the caller's (by uid); root may name one with --service. Prints the path alone.")
+        discussion: "The service is the caller's (by uid); root may name one with --service. Prints the path alone." + ExitStatus.help("0 the path was printed; 1 refused (the reason is printed) or pmm serve cannot be reached"))
 
     @OptionGroup var state: StateOptions
 
@@ -287,7 +287,7 @@ struct RouteCommand: ParsableCommand {
             discussion: """
                 Takes effect in the router at once. `pmm diff` shows it as drift from the spec until the spec says \
                 the same; the next `pmm apply` of the spec clears it.
-                """)
+                """ + ExitStatus.help("0 the rule is recorded and the router uses it; 1 refused (the reason is printed) or pmm serve cannot be reached"))
 
         @OptionGroup var state: StateOptions
 

@@ -15,12 +15,12 @@ struct Status: ParsableCommand {
             Reads the registry, the router's status file and /proc. Holders (pid, uid, read/write) that the spec \
             does not allow on a pipe are flagged with '!': only the producer's uid may write an ingress pipe and \
             only the consumer's uid may read an egress pipe; the router may read ingress and write egress pipes.
-            """)
+            """ + ExitStatus.help("0 shown, whatever the health of the mesh; 1 the state directory cannot be read"))
 
     @OptionGroup var state: StateOptions
 
-    @Option(name: .shortAndLong, help: "Output format: text or json.")
-    var output: OutputFormat = .text
+    @Option(name: .shortAndLong, help: "Output format: text, json or yaml.")
+    var output: StateOutputFormat = .text
 
     struct Report: Encodable {
         struct Holder: Encodable {
@@ -88,7 +88,7 @@ struct Status: ParsableCommand {
                     service.instanceNames.filter { !current.spec.isRouted(instance: $0, of: service) }
                 }
             } ?? [])
-        if output == .json { return try printJSON(report) }
+        if output != .text { return try printDocument(report, as: output) }
         print(text(report, spec: current?.spec))
     }
 

@@ -14,7 +14,7 @@ struct Tail: ParsableCommand {
             Opens <root>/<instance>.<data-type>.out as the consumer would and prints each envelope, as text or \
             as JSON lines (-o json; payloads as UTF-8 when they are, else base64). While it runs, the router \
             counts the instance healthy; stop it and the router sends that instance's traffic elsewhere.
-            """)
+            """ + ExitStatus.help("0 stopped (--count reached, --idle-timeout, or interrupted); 1 the pipe does not exist or cannot be opened"))
 
     @OptionGroup var state: StateOptions
 

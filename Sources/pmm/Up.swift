@@ -10,7 +10,7 @@ struct Up: ParsableCommand {
             The same as `pmm apply -f FILE [--node N]` followed by `pmm router` (one ServiceGroup); SIGHUP and \
             SIGTERM behave as for `pmm router`. Under systemd (Type=notify) it reports READY=1 once the router \
             serves the applied revision.
-            """)
+            """ + ExitStatus.help("0 stopped by SIGTERM or SIGINT with every queued frame delivered; 1 the apply was refused or the router cannot start; 3 stopped with frames still queued at the drain deadline"))
 
     @OptionGroup var spec: SpecOptions
     @OptionGroup var state: StateOptions

@@ -8,7 +8,7 @@ struct Version: ParsableCommand {
             for its release build and restores it afterwards); a binary from a plain `swift build` prints \
             "unknown". `-dirty` means the work tree had uncommitted changes. `pmm --version` prints the same on \
             one line.
-            """)
+            """ + ExitStatus.help("0 printed"))
 
     @Option(name: .shortAndLong, help: "Output format: text or json.")
     var output: OutputFormat = .text

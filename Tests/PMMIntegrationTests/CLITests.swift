@@ -190,6 +190,68 @@ import Testing
         #expect(try pmm("diff", "--help").stdout.contains("--base"))
     }
 
+    /// Every command, subcommands included, ends its --help with its exit codes (issue 15's CLI conventions).
+    @Test func everyCommandsHelp_listsItsExitCodes() throws {
+        func subcommands(_ path: [String]) throws -> [String] {
+            let help = try pmm(path + ["--help"]).stdout
+            guard let range = help.range(of: "SUBCOMMANDS:\n") else { return [] }
+            // "  name   abstract", its continuation lines indented further, up to the first blank line.
+            let section = help[range.upperBound...].split(separator: "\n", omittingEmptySubsequences: false).prefix { !$0.isEmpty }
+            return section.compactMap { line -> String? in
+                guard line.hasPrefix("  "), !line.hasPrefix("   "), let name = line.split(separator: " ").first.map(String.init),
+                    name.allSatisfy({ $0.isLowercase || $0 == "-" }), name != "help"
+                else { return nil }
+                return name
+            }
+        }
+        var leaves: [[String]] = []
+        var queue = try subcommands([]).map { [$0] }
+        while let path = queue.popLast() {
+            try #require(path.count <= 3, "subcommands nest deeper than expected: \(path)")
+            let children = try subcommands(path)
+            if children.isEmpty { leaves.append(path) } else { queue += children.map { path + [$0] } }
+        }
+        #expect(leaves.count >= 20, "\(leaves)")
+        for path in leaves {
+            let help = try pmm(path + ["--help"]).stdout
+            #expect(help.contains("Exit codes: 0"), "pmm \(path.joined(separator: " ")) --help lists no exit codes")
+        }
+    }
+
+    @Test(.enabled(if: isRoot)) func diffAndApply_quiet_sayItWithTheExitCodeAlone() throws {
+        let dir = TemporaryDirectory()
+        dir.writeSpec()
+        let state = "--state-dir=\(dir.path)/state"
+        let before = try pmm("diff", "-f", "mesh.yaml", state, "-q", in: dir.path)
+        #expect(before.status == 1 && before.stdout.isEmpty, "differences, silently: \(before)")
+        let apply = try pmm("apply", "-f", "mesh.yaml", state, "--quiet", in: dir.path)
+        #expect(apply.status == 0 && apply.stdout.isEmpty, "\(apply)")
+        let after = try pmm("diff", "-f", "mesh.yaml", state, "--quiet", in: dir.path)
+        #expect(after.status == 0 && after.stdout.isEmpty, "\(after)")
+        // -o yaml where kubectl has it: the same document as -o json.
+        let history = try pmm("history", state, "-o", "yaml", in: dir.path)
+        #expect(history.status == 0 && history.stdout.contains("revision: 1") && history.stdout.contains("specSHA256: "), "\(history.stdout)")
+        let status = try pmm("status", state, "-o", "yaml", in: dir.path)
+        #expect(status.status == 0 && status.stdout.contains("revision: 1"), "\(status.stdout)")
+    }
+
+    @Test func validate_quietAndJSON_forScriptsAndEditors() throws {
+        let dir = TemporaryDirectory()
+        dir.writeSpec()
+        let quiet = try pmm("validate", "-f", "mesh.yaml", "--quiet", in: dir.path)
+        #expect(quiet.status == 0 && quiet.stdout.isEmpty && quiet.stderr.isEmpty, "\(quiet)")
+        let json = try pmm("validate", "-f", "mesh.yaml", "-o", "json", in: dir.path)
+        let valid = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        #expect(json.status == 0 && valid?["valid"] as? Bool == true && valid?["pipes"] as? Int == 4, "\(json.stdout)")
+        dir.write(meshYAML(root: dir.root).replacingOccurrences(of: "uid: 1001", with: "uid: api"))
+        #expect(try pmm("validate", "-f", "mesh.yaml", "-q", in: dir.path).status == 1)
+        let bad = try pmm("validate", "-f", "mesh.yaml", "-o", "json", in: dir.path)
+        let report = try JSONSerialization.jsonObject(with: Data(bad.stdout.utf8)) as? [String: Any]
+        let first = (report?["diagnostics"] as? [[String: Any]])?.first
+        #expect(bad.status == 1 && report?["valid"] as? Bool == false, "\(bad.stdout)")
+        #expect(first?["code"] as? String == "E005" && first?["line"] as? Int == 10 && first?["column"] as? Int == 10, "\(bad.stdout)")
+    }
+
     @Test func demo_runsTheTourAndCleansUp() throws {
         let dir = TemporaryDirectory()
         let outcome = try pmm("demo", "--dir", dir.path + "/demo")

@@ -3,14 +3,17 @@ import Glibc
 import PMMLink
 import Testing
 
-/// The built link-probe, beside this test bundle (or in the package's debug build directory).
-let linkProbe: String = {
+/// The built link-probe.
+let linkProbe = builtProduct("link-probe")
+
+/// A product of this package, beside this test bundle (or in the package's debug build directory).
+func builtProduct(_ name: String) -> String {
     let bundleDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().path
-    let candidates = [bundleDirectory.appendingPathComponent("link-probe").path, root + "/.build/debug/link-probe"]
+    let candidates = [bundleDirectory.appendingPathComponent(name).path, root + "/.build/debug/" + name]
     return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates[1]
-}()
+}
 
 /// Two test hosts in network namespaces of this test's own, joined by veth pairs to a bridge that lives in a
 /// third namespace of its own. Nothing is created in the host's namespace (each veth is made inside a test

@@ -2,14 +2,8 @@ import Foundation
 import Glibc
 import Testing
 
-/// The built pmm, beside this test bundle (or in the package's debug build directory).
-let pmmBinary: String = {
-    let bundleDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().path
-    let candidates = [bundleDirectory.appendingPathComponent("pmm").path, root + "/.build/debug/pmm"]
-    return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates[1]
-}()
+/// The built pmm.
+let pmmBinary = builtProduct("pmm")
 
 /// Three nodes of one mesh, each a network namespace of the test's own with its own pipe root and state
 /// directory, each running the real `pmm router --node`, linked with mutual TLS (certificates made now).

@@ -18,6 +18,37 @@ public struct LinkFrame: Equatable, Sendable {
     }
 }
 
+/// A frame to send whose bytes are lent by the caller (a router's queue): valid only for the duration of the
+/// `LinkManager.send(to:borrowing:)` call that encodes it, so no array is made per frame.
+public struct BorrowedLinkFrame {
+    /// The egress pipe the frame is for.
+    public var target: String
+    /// The whole frame, length prefix included.
+    public var bytes: UnsafeRawBufferPointer
+
+    public init(target: String, bytes: UnsafeRawBufferPointer) {
+        self.target = target
+        self.bytes = bytes
+    }
+}
+
+/// What the batch encoder needs of a frame, owned or borrowed.
+public protocol LinkFrameEncodable {
+    var target: String { get }
+    var byteCount: Int { get }
+    func withFrameBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R
+}
+
+extension LinkFrame: LinkFrameEncodable {
+    public var byteCount: Int { bytes.count }
+    public func withFrameBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R { try bytes.withUnsafeBytes(body) }
+}
+
+extension BorrowedLinkFrame: LinkFrameEncodable {
+    public var byteCount: Int { bytes.count }
+    public func withFrameBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R { try body(bytes) }
+}
+
 /// A message read off a link. Batches are decoded by hand (the hot path, no intermediate `Data`); everything
 /// else through SwiftProtobuf.
 public enum LinkInbound: Equatable, Sendable {
@@ -187,15 +218,15 @@ public enum LinkCodec {
 
     /// The encoded size of a batch's frame entry (field 2 of LinkBatch, with its tag and length).
     @inlinable
-    public static func frameEntrySize(_ frame: LinkFrame) -> Int {
+    public static func frameEntrySize(_ frame: some LinkFrameEncodable) -> Int {
         let inner = innerFrameSize(frame)
         return 1 + Varint.size(of: UInt64(inner)) + inner
     }
 
     @inlinable
-    static func innerFrameSize(_ frame: LinkFrame) -> Int {
+    static func innerFrameSize(_ frame: some LinkFrameEncodable) -> Int {
         let t = frame.target.utf8.count
-        let b = frame.bytes.count
+        let b = frame.byteCount
         return (t > 0 ? 1 + Varint.size(of: UInt64(t)) + t : 0) + 1 + Varint.size(of: UInt64(b)) + b
     }
 
@@ -220,13 +251,13 @@ public enum LinkCodec {
     }
 
     /// The bytes `encodeBatch` writes for these frames, length prefix included.
-    public static func encodedBatchSize(firstSequence: UInt64, frames: UnsafeBufferPointer<LinkFrame>) -> Int {
+    public static func encodedBatchSize<F: LinkFrameEncodable>(firstSequence: UInt64, frames: UnsafeBufferPointer<F>) -> Int {
         let messageSize = batchMessageSize(firstSequence: firstSequence, frames: frames).message
         return Varint.size(of: UInt64(messageSize)) + messageSize
     }
 
-    static func batchMessageSize(
-        firstSequence: UInt64, frames: UnsafeBufferPointer<LinkFrame>
+    static func batchMessageSize<F: LinkFrameEncodable>(
+        firstSequence: UInt64, frames: UnsafeBufferPointer<F>
     ) -> (message: Int, batch: Int) {
         var batchSize = firstSequence == 0 ? 0 : 1 + Varint.size(of: firstSequence)
         for i in frames.indices { batchSize += frameEntrySize(frames[i]) }
@@ -235,8 +266,8 @@ public enum LinkCodec {
 
     /// Writes a length-delimited LinkMessage holding one LinkBatch into `out` (at least `encodedBatchSize`
     /// bytes), encoded by hand: the same bytes as SwiftProtobuf writes (a test checks). Returns the bytes written.
-    public static func encodeBatch(
-        firstSequence: UInt64, frames: UnsafeBufferPointer<LinkFrame>, into out: UnsafeMutableRawBufferPointer
+    public static func encodeBatch<F: LinkFrameEncodable>(
+        firstSequence: UInt64, frames: UnsafeBufferPointer<F>, into out: UnsafeMutableRawBufferPointer
     ) -> Int {
         let (messageSize, batchSize) = batchMessageSize(firstSequence: firstSequence, frames: frames)
         precondition(out.count >= Varint.size(of: UInt64(messageSize)) + messageSize, "room for the batch")
@@ -259,8 +290,8 @@ public enum LinkCodec {
                 target.withUTF8 { w.bytes(UnsafeRawBufferPointer($0)) }
             }
             w.byte(0x12)  // LinkFrame.frame = 2
-            w.varint(UInt64(frames[i].bytes.count))
-            frames[i].bytes.withUnsafeBytes { w.bytes($0) }
+            w.varint(UInt64(frames[i].byteCount))
+            frames[i].withFrameBytes { w.bytes($0) }
         }
         return w.offset
     }

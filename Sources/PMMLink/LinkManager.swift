@@ -159,13 +159,25 @@ public final class LinkManager: Sendable {
 
     private static let allocator = ByteBufferAllocator()
 
-    private static func take(
-        _ p: inout LinkShared.Peer, frames: UnsafeBufferPointer<LinkFrame>, batchBytes: Int
+    /// `send` over frames the caller lends (a router's queue): no array per frame; the bytes are copied once,
+    /// into the batches, before this returns.
+    public func send(to peer: String, borrowing frames: UnsafeBufferPointer<BorrowedLinkFrame>) -> LinkSendResult {
+        let batchBytes = configuration.batchBytes
+        let (result, wake) = shared.state.withLock { state -> (LinkSendResult, Bool) in
+            guard state.peers[peer] != nil else { return (LinkSendResult(accepted: 0, firstSequence: 1), false) }
+            return Self.take(&state.peers[peer]!, frames: frames, batchBytes: batchBytes)
+        }
+        if wake { scheduleFlush(peer) }
+        return result
+    }
+
+    private static func take<F: LinkFrameEncodable>(
+        _ p: inout LinkShared.Peer, frames: UnsafeBufferPointer<F>, batchBytes: Int
     ) -> (LinkSendResult, Bool) {
         guard p.up, !p.awaitingRouter, !frames.isEmpty else {
             return (LinkSendResult(accepted: 0, firstSequence: p.sender.nextSequence), false)
         }
-        let (count, bytes) = p.sender.fitting(frames.lazy.map { $0.bytes.count })
+        let (count, bytes) = p.sender.fitting(frames.lazy.map { $0.byteCount })
         // (fitting stops at the first frame that does not fit: it never walks a long backlog.)
         guard count > 0 else { return (LinkSendResult(accepted: 0, firstSequence: p.sender.nextSequence), false) }
         let first = p.sender.take(count: count, bytes: bytes)
@@ -176,8 +188,8 @@ public final class LinkManager: Sendable {
             var n = 0
             var size = 0
             var end = index
-            while n < remaining && (n == 0 || size + frames[end].bytes.count <= batchBytes) {
-                size += frames[end].bytes.count
+            while n < remaining && (n == 0 || size + frames[end].byteCount <= batchBytes) {
+                size += frames[end].byteCount
                 frames.formIndex(after: &end)
                 n += 1
             }

@@ -89,27 +89,30 @@ extension Router {
             // Copy out only what the window takes now (a full window would otherwise cost a copy of every
             // waiting frame on every pass), and at most 1 MiB per pass.
             let room = min(links.room(for: core.peers[p].name), 1 << 20)
-            var frames: [LinkFrame] = []
-            var slots: [Int] = []
-            var bytes = 0
-            let egress = core.egress
-            if room > 0 {
-                core.forEachLinkFrame(p) { slot, frame in
-                    frames.append(LinkFrame(target: egress[slot].name, bytes: Array(frame)))
-                    slots.append(slot)
-                    bytes += frame.count
-                    return bytes < room
-                }
-            }
-            guard !frames.isEmpty else {
+            guard room > 0 else {
                 // Nothing fits: queues of this peer's instances count as blocked (their overflow policy applies
                 // once full) until an acknowledgement makes room.
-                if room == 0 {
-                    for slot in core.linkSlots(p) where core.egress[slot].queue.unwrittenBytes > 0 { core.egressWouldBlock(slot) }
-                }
+                for slot in core.linkSlots(p) where core.egress[slot].queue.unwrittenBytes > 0 { core.egressWouldBlock(slot) }
                 continue
             }
-            let result = links.send(to: core.peers[p].name, frames: frames)
+            let name = core.peers[p].name
+            // The frames are lent by their queues and copied once, into the link's batches, inside `send`.
+            let (result, slots) = core.withLinkFrames(p, limit: room) { slots, frames -> (LinkSendResult, [Int]) in
+                guard !frames.isEmpty else { return (LinkSendResult(accepted: 0, firstSequence: 0), []) }
+                var borrowed: [BorrowedLinkFrame] = []
+                borrowed.reserveCapacity(frames.count)
+                var slot = -1
+                var target = ""
+                for i in frames.indices {
+                    if slots[i] != slot {  // frames come grouped by instance
+                        slot = slots[i]
+                        target = core.egress[slot].name
+                    }
+                    borrowed.append(BorrowedLinkFrame(target: target, bytes: frames[i]))
+                }
+                return (borrowed.withUnsafeBufferPointer { links.send(to: name, borrowing: $0) }, slots)
+            }
+            guard !slots.isEmpty else { continue }
             var counts: [(slot: Int, frames: Int)] = []
             for slot in slots.prefix(result.accepted) {
                 if let last = counts.last, last.slot == slot { counts[counts.count - 1].frames += 1 } else { counts.append((slot, 1)) }

@@ -118,15 +118,21 @@ public struct FrameQueue: Sendable {
         acknowledge(unread: written - end(of: last), completed: completed)
     }
 
-    /// Calls `body` with each whole frame not yet written, oldest first, until it returns false.
-    public func forEachUnwritten(_ body: (UnsafeRawBufferPointer) -> Bool) {
-        bytes.withUnsafeBytes { raw in
+    /// Calls `body` with the whole frames not yet written, oldest first, up to about `limit` bytes (at least
+    /// one when there is one), borrowed from the queue: valid only during the call.
+    public func withUnwrittenFrames<R>(limit: Int, _ body: ([UnsafeRawBufferPointer]) throws -> R) rethrows -> R {
+        try bytes.withUnsafeBytes { raw in
+            var frames: [UnsafeRawBufferPointer] = []
+            var total = 0
             var index = firstUnwritten
-            while index < starts.count {
+            while index < starts.count && (frames.isEmpty || total < limit) {
                 let start = max(starts[index], written)
-                guard body(UnsafeRawBufferPointer(rebasing: raw[start..<end(of: index)])) else { return }
+                let frame = UnsafeRawBufferPointer(rebasing: raw[start..<end(of: index)])
+                frames.append(frame)
+                total += frame.count
                 index += 1
             }
+            return try body(frames)
         }
     }
 

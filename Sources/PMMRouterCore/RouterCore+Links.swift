@@ -7,7 +7,7 @@ import PMMWire
 /// egress here: routed to like any instance, but its frames go to that node's router over the link instead of
 /// into a pipe. The core keeps the bookkeeping, the shell moves the bytes (`LinkManager` in PMMLink):
 ///
-/// - Sending: the shell takes a remote egress's unwritten frames (`forEachLinkFrame`), hands them to the link
+/// - Sending: the shell borrows a remote egress's unwritten frames (`withLinkFrames`), hands them to the link
 ///   and reports how many it took (`linkSent`). They stay in the egress queue, counted as in the pipe, until the
 ///   peer acknowledges them (`linkAcknowledged`): only then is an at-least-once frame done for its spool. A
 ///   link whose window is full leaves the queue full, and the type's overflow policy applies (`block` holds the
@@ -202,22 +202,28 @@ extension RouterCore {
     /// The egress slots of peer `p`'s instances.
     public func linkSlots(_ p: Int) -> [Int] { peers[p].slots }
 
-    /// Calls `body` with every frame waiting to go to peer `p` (its egress slot and bytes), oldest first per
-    /// instance, until `body` returns false. Nothing while the link is down.
-    public func forEachLinkFrame(_ p: Int, _ body: (Int, UnsafeRawBufferPointer) -> Bool) {
-        guard peers[p].up else { return }
-        for slot in peers[p].slots where egress[slot].open && egress[slot].queue.unwrittenBytes > 0 {
-            var more = true
-            egress[slot].queue.forEachUnwritten { frame in
-                more = body(slot, frame)
-                return more
+    /// Calls `body` with the frames waiting to go to peer `p`, up to about `limit` bytes: for each, its egress
+    /// slot and its bytes, borrowed from the queues (valid only during the call; nothing is copied). Oldest
+    /// first per instance; nothing while the link is down.
+    public func withLinkFrames<R>(_ p: Int, limit: Int, _ body: (_ slots: [Int], _ frames: [UnsafeRawBufferPointer]) -> R) -> R {
+        let ready = peers[p].up ? peers[p].slots.filter { egress[$0].open && egress[$0].queue.unwrittenBytes > 0 } : []
+        var owners: [Int] = []
+        var frames: [UnsafeRawBufferPointer] = []
+        // Each queue lends its bytes only inside its own closure: the queues are visited nested, and `body`
+        // runs in the innermost, while every one of them is lent.
+        func visit(_ i: Int, _ remaining: Int) -> R {
+            guard i < ready.count, remaining > 0 else { return body(owners, frames) }
+            return egress[ready[i]].queue.withUnwrittenFrames(limit: remaining) { lent in
+                owners.append(contentsOf: repeatElement(ready[i], count: lent.count))
+                frames.append(contentsOf: lent)
+                return visit(i + 1, remaining - lent.reduce(0) { $0 + $1.count })
             }
-            if !more { return }
         }
+        return visit(0, limit)
     }
 
     /// The link to peer `p` took frames numbered from `firstSequence`: `counts` says how many of each egress's
-    /// unwritten frames, in the order `forEachLinkFrame` gave them.
+    /// unwritten frames, in the order `withLinkFrames` gave them.
     public mutating func linkSent(_ p: Int, firstSequence: UInt64, counts: [(slot: Int, frames: Int)]) {
         if peers[p].runsHead == peers[p].runs.count { peers[p].firstSequence = firstSequence }
         for (slot, count) in counts where count > 0 {

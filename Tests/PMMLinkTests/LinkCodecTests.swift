@@ -51,6 +51,26 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
         #expect(try decodeAll(hand) == [.batch(firstSequence: 300, frames: LinkFrames(frames))])
     }
 
+    /// Frames lent by a router's queue encode to the very bytes of the same frames owned.
+    @Test func encodeBatch_ofBorrowedFrames_writesTheSameBytes() throws {
+        var owned: [UInt8] = []
+        LinkCodec.encodeBatch(firstSequence: 7, frames: frames[...], into: &owned)
+        let storage = frames.flatMap(\.bytes)
+        let borrowedBytes = storage.withUnsafeBytes { raw -> [UInt8] in
+            var offset = 0
+            let borrowed = frames.map { frame -> BorrowedLinkFrame in
+                defer { offset += frame.bytes.count }
+                return BorrowedLinkFrame(target: frame.target, bytes: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + frame.bytes.count)]))
+            }
+            return borrowed.withUnsafeBufferPointer { frames in
+                var out = [UInt8](repeating: 0, count: LinkCodec.encodedBatchSize(firstSequence: 7, frames: frames))
+                let written = out.withUnsafeMutableBytes { LinkCodec.encodeBatch(firstSequence: 7, frames: frames, into: $0) }
+                return Array(out.prefix(written))
+            }
+        }
+        #expect(borrowedBytes == owned)
+    }
+
     @Test func decode_readsEveryKind_throughSwiftProtobuf() throws {
         var bytes: [UInt8] = []
         var hello = Pmm_V1_LinkMessage()

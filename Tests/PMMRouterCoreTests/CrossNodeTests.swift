@@ -220,10 +220,10 @@ struct CrossNodeWorld {
         let p = nodes[x].core.peerSlot(nodes[y].name)!
         let room = window - Int(wires[key]!.nextSequence - 1 - wires[key]!.acknowledged)
         guard room > 0 else { return }
-        var taken: [(slot: Int, bytes: [UInt8])] = []
-        nodes[x].core.forEachLinkFrame(p) { slot, frame in
-            taken.append((slot, Array(frame)))
-            return taken.count < room
+        // As the router does: the frames lent by their queues, the link taking a prefix (here, by its window in
+        // frames).
+        let taken: [(slot: Int, bytes: [UInt8])] = nodes[x].core.withLinkFrames(p, limit: .max) { slots, frames in
+            zip(slots, frames).prefix(room).map { ($0, Array($1)) }
         }
         guard !taken.isEmpty else { return }
         var counts: [(slot: Int, frames: Int)] = []

@@ -259,7 +259,7 @@ public final class Router {
                         }
                     }
                 case .links:
-                    continue  // drained by housekeeping, every pass
+                    continue  // drained by pumpLinks, every pass
                 case .opens:
                     guard revents != 0, let opens else { continue }
                     for name in opens.drain() where name.hasSuffix(".out") { core.egressOpenedByReader(named: name, now: now) }

@@ -34,6 +34,9 @@ struct Apply: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Print nothing but errors (warnings and the plan are left out).")
     var quiet = false
 
+    @Option(name: .shortAndLong, help: "Output format: text or json (what changed, and the revision recorded).")
+    var output: OutputFormat = .text
+
     func run() throws {
         let loaded = try readSpec(spec, failure: 1, node: node.name)
         let applied: ApplyReport
@@ -41,14 +44,17 @@ struct Apply: ParsableCommand {
             let reconciler = try Reconciler(state: state.directory)
             reconciler.node = node.name
             applied = try reconciler.apply(loaded, prune: prune, dryRun: dryRun)
-            if !quiet {
-                printDiagnostics(loaded, color: useColor)  // warnings only: errors threw
-                print(ApplyOutput.text(applied, renderer: Renderer(color: useColor)))
-            }
         } catch {
             throw report(error, exitCode: 1, color: useColor)
         }
-        if !dryRun { try waiting.notifyRouter(state: state.directory, report: applied, quiet: quiet) }
+        if quiet {
+        } else if output == .json {
+            try printJSON(ApplyOutput.JSON(applied))
+        } else {
+            printDiagnostics(loaded, color: useColor)  // warnings only: errors threw
+            print(ApplyOutput.text(applied, renderer: Renderer(color: useColor)))
+        }
+        if !dryRun { try waiting.notifyRouter(state: state.directory, report: applied, quiet: quiet || output == .json) }
     }
 }
 
@@ -99,6 +105,26 @@ struct WaitOptions: ParsableArguments {
 }
 
 enum ApplyOutput {
+    /// `apply -o json`: the changes in the shape `diff -o json` gives them, and the revision recorded.
+    struct JSON: Encodable {
+        var dryRun: Bool
+        /// The revision recorded (nil: nothing changed, or a dry run).
+        var revision: Int?
+        /// The revision that was current before.
+        var previous: Int?
+        var changes: DiffOutput
+        /// Runtime routing rules this apply cleared.
+        var clearedRules: Int
+
+        init(_ report: ApplyReport) {
+            dryRun = report.dryRun
+            revision = report.revision?.number
+            previous = report.previous?.number
+            changes = DiffOutput(root: report.root, base: nil, plan: report.plan, specChanges: report.specChanges, movement: [])
+            clearedRules = report.clearedRules.count
+        }
+    }
+
     static func text(_ report: ApplyReport, renderer r: Renderer) -> String {
         let root = report.root
         var lines: [String] = []

@@ -224,8 +224,15 @@ import Testing
         let state = "--state-dir=\(dir.path)/state"
         let before = try pmm("diff", "-f", "mesh.yaml", state, "-q", in: dir.path)
         #expect(before.status == 1 && before.stdout.isEmpty, "differences, silently: \(before)")
+        let dry = try pmm("apply", "-f", "mesh.yaml", state, "--dry-run", "-o", "json", in: dir.path)
+        let plan = try JSONSerialization.jsonObject(with: Data(dry.stdout.utf8)) as? [String: Any]
+        let creates = ((plan?["changes"] as? [String: Any])?["pipes"] as? [[String: Any]])?.filter { $0["action"] as? String == "create" }
+        #expect(dry.status == 0 && plan?["dryRun"] as? Bool == true && creates?.count == 4, "\(dry.stdout)")
         let apply = try pmm("apply", "-f", "mesh.yaml", state, "--quiet", in: dir.path)
         #expect(apply.status == 0 && apply.stdout.isEmpty, "\(apply)")
+        let again = try pmm("apply", "-f", "mesh.yaml", state, "-o", "json", in: dir.path)
+        let nothing = try JSONSerialization.jsonObject(with: Data(again.stdout.utf8)) as? [String: Any]
+        #expect(again.status == 0 && nothing?["revision"] == nil && nothing?["previous"] as? Int == 1, "idempotent: \(again.stdout)")
         let after = try pmm("diff", "-f", "mesh.yaml", state, "--quiet", in: dir.path)
         #expect(after.status == 0 && after.stdout.isEmpty, "\(after)")
         // -o yaml where kubectl has it: the same document as -o json.

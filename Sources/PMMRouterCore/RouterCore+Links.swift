@@ -153,12 +153,13 @@ extension RouterCore {
         if wasUp { peers[p].since = now }
         peers[p].runs.removeAll()
         peers[p].runsHead = 0
-        var frames: [DetachedFrame] = []
-        for slot in peers[p].slots {
-            if egress[slot].open { markRemote(slot, available: false, reason: "the link to \(peers[p].name) is down: \(reason)", now: now) }
-            let taken = detach(slot)
-            frames += taken
+        // Every instance of the node down first, then their frames taken back: none is routed to a sibling on
+        // the same dead link on the way.
+        for slot in peers[p].slots where egress[slot].open {
+            markRemote(slot, available: false, reason: "the link to \(peers[p].name) is down: \(reason)", now: now)
         }
+        var frames: [DetachedFrame] = []
+        for slot in peers[p].slots { frames += detach(slot) }
         peers[p].rerouted += UInt64(frames.count)
         if !frames.isEmpty { notice(.rerouting(pipe: "link to \(peers[p].name)", frames: frames.count)) }
         if options.sabotage == .forgetRerouteOnLinkDrop {
@@ -172,15 +173,22 @@ extension RouterCore {
     public mutating func linkHealth(_ p: Int, revision: UInt64, instances: [String: Bool], now: UInt64) {
         peers[p].revision = revision
         peers[p].health = instances
+        // Every change first, then what the instances that went down had not sent is routed again, so none of it
+        // goes to another instance this same message takes down.
+        var down: [Int] = []
         for slot in peers[p].slots {
             let available = peers[p].up && instances[egress[slot].name] == true
             guard available != egress[slot].open else { continue }
             markRemote(slot, available: available, reason: "down on \(peers[p].name)", now: now)
+            if !available { down.append(slot) }
         }
+        for slot in down { rerouteUnsent(slot, now: now) }
+        for slot in peers[p].slots where egress[slot].open { releaseWaiting(routeSlots[egress[slot].spec.dataType] ?? -1, now: now) }
     }
 
-    /// A remote instance became available or not. One that is not gives back the frames not yet sent; those
-    /// sent are the peer's to deliver or route (it acknowledges them when done).
+    /// A remote instance became available or not. The caller routes again, once every change of its batch is
+    /// made, what one that is not had not sent (`rerouteUnsent`); what it sent is the peer's to deliver or route
+    /// (it acknowledges it when done).
     mutating func markRemote(_ slot: Int, available: Bool, reason: String, now: UInt64) {
         egress[slot].open = available
         egress[slot].since = now
@@ -188,12 +196,15 @@ extension RouterCore {
         if available {
             egress[slot].lastError = nil
             notice(.consumerHealthy(pipe: egress[slot].name))
-            releaseWaiting(routeSlots[egress[slot].spec.dataType] ?? -1, now: now)
             return
         }
         egress[slot].failures += 1
         egress[slot].lastError = reason
         notice(.consumerDown(pipe: egress[slot].name, reason: reason))
+    }
+
+    /// Routes again the frames of egress `slot` not yet sent.
+    mutating func rerouteUnsent(_ slot: Int, now: UInt64) {
         let backlog = withEgressQueue(slot) { $0.takeUnstarted() }
         egress[slot].rerouted += UInt64(backlog.count)
         for frame in backlog { reroute(frame, now: now) }

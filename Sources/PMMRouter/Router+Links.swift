@@ -75,6 +75,9 @@ extension Router {
     func tellPeers() {
         guard let links else { return }
         core.linkAcknowledgements { peer, stream, upTo in links.acknowledge(peer: peer, stream: stream, upTo: upTo) }
+        // Availability changes bump the core's epoch: the health is looked at only then, not on every pass.
+        guard core.epoch != announcedEpoch else { return }
+        announcedEpoch = core.epoch
         let health = core.localHealth
         if health != announcedHealth {
             announcedHealth = health
@@ -113,11 +116,7 @@ extension Router {
                 return (borrowed.withUnsafeBufferPointer { links.send(to: name, borrowing: $0) }, slots)
             }
             guard !slots.isEmpty else { continue }
-            var counts: [(slot: Int, frames: Int)] = []
-            for slot in slots.prefix(result.accepted) {
-                if let last = counts.last, last.slot == slot { counts[counts.count - 1].frames += 1 } else { counts.append((slot, 1)) }
-            }
-            core.linkSent(p, firstSequence: result.firstSequence, counts: counts)
+            core.linkSent(p, firstSequence: result.firstSequence, slots: slots.prefix(result.accepted))
             for slot in Set(slots.dropFirst(result.accepted)) { core.egressWouldBlock(slot) }
         }
     }

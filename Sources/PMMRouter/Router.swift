@@ -97,8 +97,9 @@ public final class Router {
     public var servedNode: String? { core.layout.node }
     /// The links to the other nodes' routers (a multi-node mesh), or nil.
     var links: LinkManager?
-    /// The health last told to the peers.
+    /// The health last told to the peers, and the core's epoch it was looked at.
     var announcedHealth: [String: Bool] = [:]
+    var announcedEpoch: UInt64 = .max
 
     /// A descriptor and the inode it was opened on.
     struct Held {

@@ -175,15 +175,16 @@ extension RouterCore {
         peers[p].health = instances
         // Every change first, then what the instances that went down had not sent is routed again, so none of it
         // goes to another instance this same message takes down.
-        var down: [Int] = []
+        var changed: [Int] = []
         for slot in peers[p].slots {
             let available = peers[p].up && instances[egress[slot].name] == true
             guard available != egress[slot].open else { continue }
             markRemote(slot, available: available, reason: "down on \(peers[p].name)", now: now)
-            if !available { down.append(slot) }
+            changed.append(slot)
         }
-        for slot in down { rerouteUnsent(slot, now: now) }
-        for slot in peers[p].slots where egress[slot].open { releaseWaiting(routeSlots[egress[slot].spec.dataType] ?? -1, now: now) }
+        for slot in changed where !egress[slot].open { rerouteUnsent(slot, now: now) }
+        // Frames that waited for an instance go out once, to the instances that came up.
+        for slot in changed where egress[slot].open { releaseWaiting(routeSlots[egress[slot].spec.dataType] ?? -1, now: now) }
     }
 
     /// A remote instance became available or not. The caller routes again, once every change of its batch is
@@ -233,11 +234,20 @@ extension RouterCore {
         return visit(0, limit)
     }
 
-    /// The link to peer `p` took frames numbered from `firstSequence`: `counts` says how many of each egress's
-    /// unwritten frames, in the order `withLinkFrames` gave them.
-    public mutating func linkSent(_ p: Int, firstSequence: UInt64, counts: [(slot: Int, frames: Int)]) {
+    /// The link to peer `p` took frames numbered from `firstSequence`: the first of those `withLinkFrames` gave,
+    /// named by their egress slots, in that order.
+    public mutating func linkSent(_ p: Int, firstSequence: UInt64, slots: some Collection<Int>) {
+        guard !slots.isEmpty else { return }
         if peers[p].runsHead == peers[p].runs.count { peers[p].firstSequence = firstSequence }
-        for (slot, count) in counts where count > 0 {
+        var index = slots.startIndex
+        while index != slots.endIndex {
+            // Frames come grouped by instance: one run per group.
+            let slot = slots[index]
+            var count = 0
+            while index != slots.endIndex && slots[index] == slot {
+                count += 1
+                slots.formIndex(after: &index)
+            }
             wrote(slot, count: egress[slot].queue.unwrittenBytes(frames: count))
             peers[p].runs.append((egress[slot].id, count))
             peers[p].sentFrames += UInt64(count)

@@ -226,14 +226,12 @@ struct CrossNodeWorld {
             zip(slots, frames).prefix(room).map { ($0, Array($1)) }
         }
         guard !taken.isEmpty else { return }
-        var counts: [(slot: Int, frames: Int)] = []
         let first = wires[key]!.nextSequence
         for (slot, bytes) in taken {
-            if let last = counts.last, last.slot == slot { counts[counts.count - 1].frames += 1 } else { counts.append((slot, 1)) }
             wires[key]!.frames.append((wires[key]!.nextSequence, nodes[x].core.egress[slot].name, bytes))
             wires[key]!.nextSequence += 1
         }
-        nodes[x].core.linkSent(p, firstSequence: first, counts: counts)
+        nodes[x].core.linkSent(p, firstSequence: first, slots: taken.map(\.slot))
     }
 
     mutating func deliver(_ x: Int, _ y: Int, count: Int) {

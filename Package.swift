@@ -49,10 +49,12 @@ let package = Package(
             dependencies: ["PMMCore", .product(name: "Yams", package: "Yams")],
             swiftSettings: upcoming
         ),
-        // The operating-system layer: FIFOs under a held directory descriptor, spec files, git.
+        // epoll(7), which Swift's Glibc module does not import (C, a few lines).
+        .target(name: "CPMMLinux"),
+        // The operating-system layer: FIFOs under a held directory descriptor, spec files, git, epoll, inotify.
         .target(
             name: "PMMSystem",
-            dependencies: ["PMMCore", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["PMMCore", "CPMMLinux", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: upcoming
         ),
         // The SQLite registry: revisions, the inventory of pipes pmm made, events.

@@ -1,7 +1,7 @@
 import Glibc
 import PMMSystem
 
-/// A minimal HTTP/1.1 endpoint inside the router's poll loop: every request gets the Prometheus text
+/// A minimal HTTP/1.1 endpoint inside the router's loop: every request gets the Prometheus text
 /// exposition of the router's counters, then the connection closes. No thread, no event loop of its own.
 ///
 /// Bounded: at most 64 clients, 8 KiB of request each; anything beyond is closed.
@@ -38,10 +38,12 @@ final class MetricsEndpoint {
         close(listener)
     }
 
-    func accept() {
+    /// Accepts every pending connection; returns the new clients' descriptors (to watch for their requests).
+    func accept() -> [Int32] {
+        var accepted: [Int32] = []
         while true {
             let fd = Glibc.accept(listener, nil, nil)
-            guard fd >= 0 else { return }
+            guard fd >= 0 else { return accepted }
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             if clients.count >= 64 {
@@ -49,6 +51,7 @@ final class MetricsEndpoint {
                 continue
             }
             clients[fd] = []
+            accepted.append(fd)
         }
     }
 

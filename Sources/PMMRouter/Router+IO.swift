@@ -117,7 +117,8 @@ extension Router {
                 }
                 try? old.fd.close()
             }
-            ingressFDs[id] = Held(fd: fd, inode: file.inode, device: file.device, capacity: 0)
+            ingressFDs[id] = Held(fd: fd, inode: file.inode, device: file.device, capacity: 0, armed: true)
+            epoll.add(raw, interest: Epoll.readable, token: Token.ingress | UInt64(id.raw))
             if let slot = core.ingressSlot(id), let ledger = core.spool(of: slot) { spoolFiles[ledger.pipe]?.source = file.inode }
             core.ingressOpened(id)
         case .missing:
@@ -173,13 +174,21 @@ extension Router {
 
     // MARK: Egress
 
+    /// Writes every egress pipe that has frames to write (only instances in the core's `activeEgress`).
     func flushAll() {
-        for slot in core.egress.indices where core.hasUnwritten(slot) { flush(slot) }
+        var index = 0
+        while index < core.activeEgress.count {
+            let slot = core.activeEgress[index]
+            index += 1
+            if core.hasUnwritten(slot) { flush(slot) }
+        }
     }
 
     /// Writes as much of egress `slot`'s queue as the pipe surely takes, as whole frames, in one write(2).
     func flush(_ slot: Int) {
-        guard let held = egressFDs[core.egress[slot].id] else { return }
+        let id = core.egress[slot].id
+        guard let held = egressFDs[id] else { return }
+        defer { if !core.hasUnwritten(slot) { armEgress(id, false) } }
         while core.hasUnwritten(slot) {
             let unread = unreadBytes(held.fd)
             // A pipe holds `capacity / 4096` pages; what it holds may use one page more than its bytes
@@ -193,13 +202,11 @@ extension Router {
                 core.wrote(slot, count: n)
                 continue
             }
-            if n == 0 {
-                core.egressWouldBlock(slot)  // no whole frame fits now; POLLOUT says when the reader made room
-                return
-            }
             let error = errno
-            if n < 0 && (error == EAGAIN || error == EWOULDBLOCK) {
+            if n == 0 || error == EAGAIN || error == EWOULDBLOCK {
+                // No whole frame fits now: EPOLLOUT says when the reader made room.
                 core.egressWouldBlock(slot)
+                armEgress(id, true)
                 return
             }
             if n < 0 && error == EINTR { continue }
@@ -223,7 +230,9 @@ extension Router {
             let fd = FileDescriptor(rawValue: raw)
             if let old = egressFDs[id] { try? old.fd.close() }
             setPipeSize(fd, pipeSize, name: name)
-            egressFDs[id] = Held(fd: fd, inode: file.inode, device: file.device, capacity: pipeCapacity(fd))
+            egressFDs[id] = Held(fd: fd, inode: file.inode, device: file.device, capacity: pipeCapacity(fd), armed: false)
+            // Interest 0: only an error or hang-up (the reader went away) is reported until a write blocks.
+            epoll.add(raw, interest: 0, token: Token.egress | UInt64(id.raw))
             core.egressOpened(id, now: now)
         case .noReader:
             core.egressUnavailable(id, .noReader, now: now)
@@ -250,7 +259,9 @@ extension Router {
         case .openIngress(let id, let name, let pipeSize):
             openIngress(id, name: name, pipeSize: pipeSize)
         case .moveIngress(let from, let to):
-            ingressFDs[to] = ingressFDs.removeValue(forKey: from)
+            guard let held = ingressFDs.removeValue(forKey: from) else { return }
+            ingressFDs[to] = held
+            if held.armed { epoll.modify(held.fd.rawValue, interest: Epoll.readable, token: Token.ingress | UInt64(to.raw)) }
         case .closeIngress(let id):
             if let held = ingressFDs.removeValue(forKey: id) { try? held.fd.close() }
         case .resetIngress(let id, let pending, let spooled, let dataType, let error):

@@ -56,7 +56,7 @@ public enum RouterExit: Sendable, Equatable {
     case stopped(undelivered: Int)
 }
 
-/// The data plane's shell: one thread, one `poll(2)` loop that turns readiness, reads, writes and timers into
+/// The data plane's shell: one thread, one epoll loop that turns readiness, reads, writes and timers into
 /// events for the `RouterCore` and performs the actions it returns (DESIGN.md, "Routing", "Flow control and
 /// delivery").
 ///
@@ -64,7 +64,7 @@ public enum RouterExit: Sendable, Equatable {
 /// is the core's; this class owns every descriptor and does the system calls. Many frames per read(2), one
 /// write(2) per egress pipe per batch, no lock and no task hop per frame. Frames are forwarded byte for byte.
 ///
-/// A reload (SIGHUP) or stop (SIGTERM) is acted on between poll passes, never inside one, and pipes are named
+/// A reload (SIGHUP) or stop (SIGTERM) is acted on between passes, never inside one, and pipes are named
 /// by the core's `PipeID`s, so a pass never reaches a pipe through a stale index.
 ///
 /// Not thread-safe: `run` owns the object until it returns.
@@ -73,12 +73,30 @@ public final class Router {
     let logger: Logger
     var core: RouterCore
     let root: PipeRoot
-    /// Opens of files in the root (inotify): a consumer that opens its egress pipe is probed at once.
-    let opens: OpenWatch?
+    /// Opens, creations and removals in the root (inotify): a consumer that opens its egress pipe is probed at
+    /// once, a pipe deleted or replaced is noticed at once.
+    let watch: RootWatch?
+    /// Every descriptor the loop waits on, registered once (an idle pipe costs nothing per pass).
+    let epoll: Epoll
     /// Read descriptors of ingress pipes, by the core's identifier.
     var ingressFDs: [PipeID: Held] = [:]
     /// Write descriptors of egress pipes (present while a reader is there).
     var egressFDs: [PipeID: Held] = [:]
+    /// Ingress pipes that need a look on every pass without an event of their own: frames buffered unrouted,
+    /// spooled bytes to read back, or readiness switched off because the core does not want them read now (a
+    /// rate pause, the memory limit, a blocked route): level-triggered epoll would otherwise wake at once.
+    var attention = PipeList()
+    /// Removed or replaced ingress pipes still being drained: read on every pass (an empty pipe whose writer
+    /// is still there never becomes readable, and they close only once read empty at a frame boundary).
+    var drainingIngress = PipeList()
+    /// Names inotify reported created, deleted or moved, checked at the next housekeeping.
+    var changedNames: Set<String> = []
+    var checkEverything = false
+    /// The core's timers are looked at (O(pipes)) when one is due, when the core's epoch moved, or every
+    /// `sweepInterval` at the latest; not on every pass.
+    var nextTimer: UInt64 = 0
+    var nextSweep: UInt64 = 0
+    var sweptEpoch: UInt64 = .max
     /// Spool files by ingress pipe name.
     var spoolFiles: [String: SpoolFile] = [:]
     let deadLetters: DeadLetterSpool?
@@ -86,8 +104,12 @@ public final class Router {
     let routerMetrics = RouterMetrics()
     var startedAt = Date()
     var lastStatus: UInt64 = 0
+    /// What the status file last written showed (`statusSignature`), and whether any rate in it was not 0.
+    var writtenStatus: (signature: Int, hadRates: Bool) = (0, true)
     var lastCheck: UInt64 = 0
     var lastCheckpoint: UInt64 = 0
+    /// The core's `spoolRevision` at the last checkpoint: idle spools are not looked at.
+    var checkpointedSpools: UInt64 = .max
     var shellCounters = ShellCounters()
     var rates: [PipeID: (frames: UInt64, rate: Double)] = [:]
     var linkRates: [String: (frames: UInt64, rate: Double)] = [:]
@@ -108,6 +130,43 @@ public final class Router {
         var device: UInt64
         /// The pipe's capacity in bytes (F_GETPIPE_SZ), for egress pipes.
         var capacity: Int
+        /// Ingress: EPOLLIN is on. Egress: EPOLLOUT is on (a write found the pipe full).
+        var armed: Bool
+    }
+
+    /// Identifiers in the order they joined, each once.
+    struct PipeList {
+        var ids: [PipeID] = []
+        var members: Set<PipeID> = []
+        var isEmpty: Bool { ids.isEmpty }
+        mutating func insert(_ id: PipeID) {
+            if members.insert(id).inserted { ids.append(id) }
+        }
+        /// Empties the list and returns what it held (to visit it while the list may be added to).
+        mutating func take() -> [PipeID] {
+            guard !ids.isEmpty else { return [] }
+            defer {
+                ids = []
+                members.removeAll(keepingCapacity: true)
+            }
+            return ids
+        }
+        mutating func removeAll() {
+            ids.removeAll(keepingCapacity: true)
+            members.removeAll(keepingCapacity: true)
+        }
+    }
+
+    /// What an epoll token names: the kind in the top byte, a `PipeID` or a descriptor below it.
+    enum Token {
+        static let signal: UInt64 = 1 << 56
+        static let watch: UInt64 = 2 << 56
+        static let links: UInt64 = 3 << 56
+        static let ingress: UInt64 = 4 << 56
+        static let egress: UInt64 = 5 << 56
+        static let metricsListener: UInt64 = 6 << 56
+        static let metricsClient: UInt64 = 7 << 56
+        static let kind: UInt64 = 0xff << 56
     }
 
     struct ShellCounters {
@@ -126,7 +185,14 @@ public final class Router {
             throw FIFOError(.systemCall, path: layout.root, "the pipe root does not exist", hint: "run pmm apply first")
         }
         self.root = root
-        opens = OpenWatch(directory: layout.root)
+        let descriptors = raiseDescriptorLimit()
+        if descriptors < layout.ingress.count + layout.egress.count + 64 {
+            logger.warning(
+                "the limit on open descriptors is below the mesh's pipes; some pipes will fail to open",
+                metadata: ["limit": "\(descriptors)", "pipes": "\(layout.ingress.count + layout.egress.count)"])
+        }
+        watch = RootWatch(directory: layout.root)
+        epoll = try Epoll()
         if let directory = options.spoolDirectory {
             try PipeRoot.makeDirectories(directory, mode: 0o700)
         }
@@ -181,17 +247,12 @@ public final class Router {
 
     // MARK: The loop
 
-    enum Owner {
-        case signal
-        case opens
-        case links
-        case ingress(PipeID)
-        case egress(PipeID)
-        case metricsListener
-        case metricsClient(Int32)
-    }
-
     /// Runs until SIGTERM or SIGINT arrives on `signals`; SIGHUP calls `reload` and installs its layout.
+    ///
+    /// Each pass waits on epoll for what is ready (descriptors are registered once, when opened), reads the
+    /// ingress pipes that are readable, writes the egress pipes that got frames, and looks at the core's timers.
+    /// Work per pass follows what moved, not the size of the mesh; only a sweep every `sweepInterval` touches
+    /// every pipe.
     ///
     /// - Parameters:
     ///   - signals: the read end of a `SignalPipe`.
@@ -203,82 +264,55 @@ public final class Router {
             "router serving",
             metadata: ["revision": "\(core.layout.revision)", "ingress": "\(core.ingress.count)", "egress": "\(core.egress.count)"])
         do { try ServiceManager.notifyReady() } catch { logger.warning("cannot tell the service manager the router is ready: \(error)") }
-        var fds: [pollfd] = []
-        var owners: [Owner] = []
+        epoll.add(signals.readFD, interest: Epoll.readable, token: Token.signal)
+        if let watch { epoll.add(watch.fd, interest: Epoll.readable, token: Token.watch) }
+        if let links { epoll.add(links.wakeDescriptor, interest: Epoll.readable, token: Token.links) }
+        if let metrics { epoll.add(metrics.listener, interest: Epoll.readable, token: Token.metricsListener) }
+        rescanIngress()
         while true {
-            let now = monotonicNanos()
-            fds.removeAll(keepingCapacity: true)
-            owners.removeAll(keepingCapacity: true)
-            fds.append(pollfd(fd: signals.readFD, events: Int16(POLLIN), revents: 0))
-            owners.append(.signal)
-            if let opens {
-                fds.append(pollfd(fd: opens.fd, events: Int16(POLLIN), revents: 0))
-                owners.append(.opens)
-            }
-            if let links {
-                fds.append(pollfd(fd: links.wakeDescriptor, events: Int16(POLLIN), revents: 0))
-                owners.append(.links)
-            }
-            var timeout: Int32 = 100
-            if let wake = core.nextWake(after: now) { timeout = min(timeout, Int32(clamping: (wake - now) / 1_000_000 + 1)) }
-            for slot in core.ingress.indices where core.wantsToRead(slot, now: now) {
-                let id = core.ingress[slot].id
-                if core.hasBufferedWork(slot) { timeout = 0 }
-                guard let held = ingressFDs[id] else { continue }
-                fds.append(pollfd(fd: held.fd.rawValue, events: Int16(POLLIN), revents: 0))
-                owners.append(.ingress(id))
-            }
-            for slot in core.egress.indices {
-                guard let held = egressFDs[core.egress[slot].id] else { continue }
-                // Always watched: POLLERR tells that the reader went away even when nothing is queued.
-                fds.append(pollfd(fd: held.fd.rawValue, events: core.hasUnwritten(slot) ? Int16(POLLOUT) : 0, revents: 0))
-                owners.append(.egress(core.egress[slot].id))
-            }
-            if let metrics {
-                fds.append(pollfd(fd: metrics.listener, events: Int16(POLLIN), revents: 0))
-                owners.append(.metricsListener)
-                for client in metrics.clients.keys {
-                    fds.append(pollfd(fd: client, events: Int16(POLLIN), revents: 0))
-                    owners.append(.metricsClient(client))
-                }
-            }
-            let ready = poll(&fds, nfds_t(fds.count), timeout)
-            if ready < 0 && errno != EINTR {
-                logger.critical("poll failed", metadata: ["errno": "\(errno)"])
-            }
             var reloadRequested = false
             var stopRequested = false
-            for (slot, owner) in owners.enumerated() {
-                let revents = Int32(fds[slot].revents)
-                switch owner {
-                case .signal:
-                    guard revents != 0 else { continue }
+            let ready = epoll.wait(timeout: waitTimeout(now: monotonicNanos())) { event in
+                let value = event.token & ~Token.kind
+                switch event.token & Token.kind {
+                case Token.signal:
                     for signal in signals.drain() {
                         switch signal {
                         case .reload: reloadRequested = true
                         case .stop: stopRequested = true
                         }
                     }
-                case .links:
-                    continue  // drained by pumpLinks, every pass
-                case .opens:
-                    guard revents != 0, let opens else { continue }
-                    for name in opens.drain() where name.hasSuffix(".out") { core.egressOpenedByReader(named: name, now: now) }
-                case .ingress(let id):
-                    guard let slot = core.ingressSlot(id) else { continue }
-                    if revents != 0 || core.hasBufferedWork(slot) { readIngress(slot, budget: 4) }
-                case .egress(let id):
-                    guard revents & (POLLERR | POLLHUP) != 0, let slot = core.egressSlot(id) else { continue }
-                    egressFailed(slot, reason: "the reader went away")
-                case .metricsListener:
-                    if revents != 0 { metrics?.accept() }
-                case .metricsClient(let fd):
-                    if revents != 0 { metrics?.respond(fd) { self.metricsText() } }
+                case Token.watch:
+                    watchChanged()
+                case Token.ingress:
+                    ingressReady(PipeID(raw: UInt32(truncatingIfNeeded: value)))
+                case Token.egress:
+                    let id = PipeID(raw: UInt32(truncatingIfNeeded: value))
+                    guard let slot = core.egressSlot(id) else { return }
+                    if event.failed {
+                        egressFailed(slot, reason: "the reader went away")
+                    } else if event.writable {
+                        flush(slot)
+                    }
+                case Token.metricsListener:
+                    for client in metrics?.accept() ?? [] {
+                        epoll.add(client, interest: Epoll.readable, token: Token.metricsClient | UInt64(UInt32(bitPattern: client)))
+                    }
+                case Token.metricsClient:
+                    metrics?.respond(Int32(bitPattern: UInt32(truncatingIfNeeded: value))) { self.metricsText() }
+                default:
+                    break  // links: drained by pumpLinks, every pass
                 }
             }
-            // Removed or replaced pipes are read without waiting for POLLIN (an empty pipe with a writer never
-            // becomes readable), once per pass, and closed once empty at a frame boundary.
-            for slot in core.ingress.indices where core.ingress[slot].draining { readIngress(slot, budget: 16) }
+            if ready < 0 { logger.critical("epoll_wait failed", metadata: ["errno": "\(errno)"]) }
+            serviceAttention()
+            // Removed or replaced pipes are read without waiting for readiness, once per pass, and closed once
+            // empty at a frame boundary.
+            for id in drainingIngress.take() {
+                guard let slot = core.ingressSlot(id), core.ingress[slot].draining else { continue }
+                readIngress(slot, budget: 16)
+                if core.ingressSlot(id) != nil { drainingIngress.insert(id) }
+            }
             // Links before the pipes: what this pass routed to other nodes goes out now, and what came from them
             // is written to its pipes in this pass's flush, not the next one's.
             pumpLinks(now: monotonicNanos())
@@ -286,6 +320,95 @@ public final class Router {
             housekeeping(now: monotonicNanos())
             if stopRequested { return stop() }
             if reloadRequested { reloadLayout(reload) }
+        }
+    }
+
+    /// How long the next wait may last: not at all while buffered frames wait to be routed, else until the
+    /// earliest timer (a paused pipe, a probe, a sweep), 100 ms at most.
+    func waitTimeout(now: UInt64) -> Int32 {
+        var wake = min(nextTimer, nextSweep, now + 100_000_000)
+        for id in attention.ids {
+            guard let slot = core.ingressSlot(id) else { continue }
+            if core.hasBufferedWork(slot) && core.wantsToRead(slot, now: now) { return 0 }
+            let paused = core.ingress[slot].pausedUntil
+            if paused > now { wake = min(wake, paused) }
+        }
+        return wake <= now ? 0 : Int32(clamping: (wake - now + 999_999) / 1_000_000)
+    }
+
+    /// An ingress pipe is readable: read it if the core wants it read, else switch its readiness off until the
+    /// core does (`serviceAttention`).
+    func ingressReady(_ id: PipeID) {
+        guard let slot = core.ingressSlot(id) else { return }
+        if core.wantsToRead(slot, now: monotonicNanos()) {
+            readIngress(slot, budget: 4)
+            if let slot = core.ingressSlot(id), core.hasBufferedWork(slot) { attention.insert(id) }
+        } else {
+            armIngress(id, false)
+            attention.insert(id)
+        }
+    }
+
+    /// Ingress pipes in `attention`: buffered work is done when the core allows it, readiness switched back on
+    /// when it wants the pipe read again; a pipe leaves once it has neither.
+    func serviceAttention() {
+        for id in attention.take() {
+            guard let slot = core.ingressSlot(id) else { continue }
+            guard core.wantsToRead(slot, now: monotonicNanos()) else {
+                attention.insert(id)
+                continue
+            }
+            if ingressFDs[id]?.armed == false { armIngress(id, true) }
+            if core.hasBufferedWork(slot) { readIngress(slot, budget: 4) }
+            guard let slot = core.ingressSlot(id) else { continue }
+            if core.hasBufferedWork(slot) || ingressFDs[id]?.armed == false { attention.insert(id) }
+        }
+    }
+
+    /// Watches ingress `id` for reading again, or stops watching it. Off means out of the epoll set, not
+    /// interest 0: a pipe whose writer left reports EPOLLHUP whatever the interest, and would wake every wait.
+    func armIngress(_ id: PipeID, _ on: Bool) {
+        guard let held = ingressFDs[id], held.armed != on else { return }
+        if on {
+            epoll.add(held.fd.rawValue, interest: Epoll.readable, token: Token.ingress | UInt64(id.raw))
+        } else {
+            epoll.remove(held.fd.rawValue)
+        }
+        ingressFDs[id]?.armed = on
+    }
+
+    /// Switches EPOLLOUT of egress `id` on (a write found the pipe full) or off. Errors and hang-ups are
+    /// reported either way.
+    func armEgress(_ id: PipeID, _ on: Bool) {
+        guard let held = egressFDs[id], held.armed != on else { return }
+        epoll.modify(held.fd.rawValue, interest: on ? Epoll.writable : 0, token: Token.egress | UInt64(id.raw))
+        egressFDs[id]?.armed = on
+    }
+
+    /// Looks at every ingress pipe once (after the layout changed): which have buffered work or are draining.
+    func rescanIngress() {
+        attention.removeAll()
+        drainingIngress.removeAll()
+        for slot in core.ingress.indices {
+            let id = core.ingress[slot].id
+            if core.ingress[slot].draining { drainingIngress.insert(id) }
+            if core.hasBufferedWork(slot) || ingressFDs[id]?.armed == false { attention.insert(id) }
+        }
+    }
+
+    /// inotify: opens wake probes of instances that are down; creations, removals and renames are checked at
+    /// the next housekeeping.
+    func watchChanged() {
+        guard let changes = watch?.drain() else { return }
+        let now = monotonicNanos()
+        for name in changes.opened where name.hasSuffix(".out") {
+            core.egressOpenedByReader(named: name, now: now)
+            nextTimer = now
+        }
+        changedNames.formUnion(changes.changed)
+        if changes.overflowed {
+            logger.notice("the root's inotify queue overflowed; checking every pipe")
+            checkEverything = true
         }
     }
 
@@ -337,39 +460,67 @@ public final class Router {
             openSpool: Self.spoolOpener(options.spoolDirectory, root: root, logger: logger) { opened.append($0) })
         for file in opened { spoolFiles[file.pipe] = file }
         performActions()
+        rescanIngress()
     }
 
     /// Timers: consumers' progress (acknowledgements, stalls), probes, pipes deleted or replaced underneath,
     /// spool checkpoints, the status file.
     func housekeeping(now: UInt64) {
         acknowledgeAll(now: now)
-        core.tick(now: now)
-        performActions()
-        if now - lastCheck >= UInt64(options.checkInterval * 1e9) {
-            lastCheck = now
-            checkPipes(now: now)
+        if now >= nextTimer || now >= nextSweep || core.epoch != sweptEpoch || !drainingIngress.isEmpty {
+            core.tick(now: now)
+            performActions()
+            if now >= nextSweep { nextSweep = now + Self.sweepInterval }
+            nextTimer = core.nextWake(after: now) ?? .max
+            sweptEpoch = core.epoch
         }
-        if now - lastCheckpoint >= 50_000_000 {
+        let fullCheck = watch == nil ? options.checkInterval : max(options.checkInterval, Self.watchedCheckInterval)
+        if checkEverything || now - lastCheck >= UInt64(fullCheck * 1e9) {
+            lastCheck = now
+            checkEverything = false
+            changedNames = []
+            checkPipes(now: now)
+        } else if !changedNames.isEmpty {
+            let names = changedNames
+            changedNames = []
+            checkPipes(now: now, only: names)
+        }
+        if core.spoolRevision != checkpointedSpools && now - lastCheckpoint >= 50_000_000 {
             lastCheckpoint = now
             checkpointSpools()
+            checkpointedSpools = core.spoolRevision
         }
         tellPeers()
         writeStatus(force: false)
     }
 
-    /// Tells the core how much every open egress pipe still holds (FIONREAD).
+    /// How often the core's timers are looked at when none is due and nothing changed (they cost O(pipes)).
+    /// Every timer the core sets is either seen then (a probe's backoff: set with a change of epoch, or by a
+    /// probe in the sweep itself) or by the shell on its own (a paused pipe is in `attention`), so this is a
+    /// safety net, not a clock.
+    static let sweepInterval: UInt64 = 1_000_000_000
+    /// With inotify watching the root, every pipe's inode is still checked this often (seconds), in case an
+    /// event was missed.
+    static let watchedCheckInterval: Double = 30
+
+    /// Tells the core how much the pipes of instances that await progress still hold (FIONREAD); instances
+    /// with nothing queued and nothing unread are not asked.
     func acknowledgeAll(now: UInt64) {
-        for slot in core.egress.indices {
+        var index = 0
+        while index < core.activeEgress.count {
+            let slot = core.activeEgress[index]
+            index += 1
             guard let held = egressFDs[core.egress[slot].id] else { continue }
             core.egressUnread(slot, unread: unreadBytes(held.fd), now: now)
         }
+        core.settleActiveEgress()
         performActions()
     }
 
     /// Writes every spool's watermark; frees what is delivered.
     func checkpointSpools() {
-        for pipe in core.ingress where pipe.spool >= 0 && !pipe.draining {
-            if let held = ingressFDs[pipe.id], let ledger = core.spools[pipe.spool] { spoolFiles[ledger.pipe]?.source = held.inode }
+        for slot in core.ingress.indices where core.ingress[slot].spool >= 0 && !core.ingress[slot].draining {
+            if let held = ingressFDs[core.ingress[slot].id], let pipe = core.spoolPipe(of: slot) { spoolFiles[pipe]?.source = held.inode }
         }
         for index in core.spools.indices {
             guard let ledger = core.spools[index], let file = spoolFiles[ledger.pipe] else { continue }
@@ -385,15 +536,19 @@ public final class Router {
 
     /// A pipe deleted under the router, or replaced behind its back: ingress pipes are reopened (the old inode
     /// drained), egress pipes closed (their frames go elsewhere) and probed again.
-    func checkPipes(now: UInt64) {
+    ///
+    /// - Parameter only: the names to check (inotify saw them change); nil checks every pipe.
+    func checkPipes(now: UInt64, only names: Set<String>? = nil) {
         var replaced: Set<String> = []
-        for pipe in core.ingress where !pipe.draining {
+        for slot in core.ingress.indices where !core.ingress[slot].draining {
+            let pipe = (id: core.ingress[slot].id, name: core.ingress[slot].name)
+            if let names, !names.contains(pipe.name) { continue }
             guard let file = try? root.stat(pipe.name), file.kind == .fifo else {
                 core.ingressUnavailable(pipe.id, missing: true, error: "missing")
                 continue
             }
             guard let held = ingressFDs[pipe.id] else {
-                openIngress(pipe.id, name: pipe.name, pipeSize: pipe.spec.pipeSize)
+                openIngress(pipe.id, name: pipe.name, pipeSize: core.ingress[slot].spec.pipeSize)
                 continue
             }
             if file.inode != held.inode || file.device != held.device {
@@ -402,17 +557,22 @@ public final class Router {
             }
         }
         for slot in core.egress.indices {
-            let pipe = core.egress[slot]
-            guard let held = egressFDs[pipe.id] else { continue }
-            if let file = try? root.stat(pipe.name), file.inode == held.inode, file.device == held.device { continue }
+            let id = core.egress[slot].id
+            guard let held = egressFDs[id] else { continue }
+            let name = core.egress[slot].name
+            if let names, !names.contains(name) { continue }
+            if let file = try? root.stat(name), file.inode == held.inode, file.device == held.device { continue }
             egressFailed(slot, reason: "its pipe was deleted or replaced underneath")
         }
         if !replaced.isEmpty {
             core.install(core.layout, replacedIngress: replaced, now: now, isReload: false)
             performActions()
+            rescanIngress()
         }
-        for slot in core.ingress.indices where core.ingress[slot].pendingBytes == 0 {
-            core.shrinkIfIdle(slot)  // an idle pipe costs no memory
+        if names == nil {
+            for slot in core.ingress.indices where core.ingress[slot].pendingBytes == 0 {
+                core.shrinkIfIdle(slot)  // an idle pipe costs no memory
+            }
         }
     }
 

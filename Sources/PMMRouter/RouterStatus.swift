@@ -5,9 +5,11 @@ import PMMCore
 import PMMRouterCore
 
 /// What the router reports in `<state-dir>/router.json`: what it serves and its counters. Written atomically
-/// (a temporary file renamed over the old one) every second and after every reload.
-public struct RouterStatus: Codable, Sendable {
-    public struct Ingress: Codable, Sendable {
+/// (a temporary file renamed over the old one) after every reload and every second when anything in it changed;
+/// when nothing did, the router renews the file's modification time instead (an idle mesh of thousands of
+/// pipes is not re-encoded every second), and `read` takes the later of the two as `updatedAt`.
+public struct RouterStatus: Codable, Sendable, Equatable {
+    public struct Ingress: Codable, Sendable, Equatable {
         public var name: String
         public var producer: String
         public var dataType: String
@@ -25,7 +27,7 @@ public struct RouterStatus: Codable, Sendable {
         public var lastError: String?
     }
 
-    public struct Egress: Codable, Sendable {
+    public struct Egress: Codable, Sendable, Equatable {
         public var name: String
         public var instance: String
         public var dataType: String
@@ -52,7 +54,7 @@ public struct RouterStatus: Codable, Sendable {
     }
 
     /// A link to another node's router (a multi-node mesh).
-    public struct Link: Codable, Sendable {
+    public struct Link: Codable, Sendable, Equatable {
         public var peer: String
         public var up: Bool
         /// Since when `up` is what it is.
@@ -102,7 +104,14 @@ public struct RouterStatus: Codable, Sendable {
         guard let data = FileManager.default.contents(atPath: path) else { return nil }
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
-        return try? decoder.decode(RouterStatus.self, from: data)
+        guard var status = try? decoder.decode(RouterStatus.self, from: data) else { return nil }
+        // The router renews the modification time when it confirms an unchanged status.
+        var info = stat()
+        if stat(path, &info) == 0 {
+            let modified = Date(timeIntervalSince1970: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9)
+            if modified > status.updatedAt { status.updatedAt = modified }
+        }
+        return status
     }
 }
 
@@ -148,11 +157,22 @@ extension Router {
         guard force || now - lastStatus >= UInt64(options.statusInterval * 1e9) else { return }
         let elapsed = Double(now - lastStatus) / 1e9
         lastStatus = now
+        let signature = statusSignature
+        if !force && signature == writtenStatus.signature && !writtenStatus.hadRates {
+            // Nothing changed (and the rates written were already 0): the file stays, its time is renewed.
+            // The rates' baseline stays too: the frame counts did not move since they were written.
+            if utimensat(AT_FDCWD, path, nil, 0) == 0 { return }
+        }
         if elapsed > 0.2 {
             var next: [PipeID: (frames: UInt64, rate: Double)] = [:]
-            for (id, frames) in core.ingress.map({ ($0.id, $0.frames) }) + core.egress.map({ ($0.id, $0.frames) }) {
-                let last = rates[id]?.frames ?? frames
-                next[id] = (frames, Double(frames &- last) / elapsed)
+            next.reserveCapacity(core.ingress.count + core.egress.count)
+            for slot in core.ingress.indices {
+                let (id, frames) = (core.ingress[slot].id, core.ingress[slot].frames)
+                next[id] = (frames, Double(frames &- (rates[id]?.frames ?? frames)) / elapsed)
+            }
+            for slot in core.egress.indices {
+                let (id, frames) = (core.egress[slot].id, core.egress[slot].frames)
+                next[id] = (frames, Double(frames &- (rates[id]?.frames ?? frames)) / elapsed)
             }
             rates = next
             var links: [String: (frames: UInt64, rate: Double)] = [:]
@@ -164,13 +184,61 @@ extension Router {
         }
         var status = self.status
         status.stopping = stopping
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        guard let data = try? encoder.encode(status) else { return }
+        let data = StatusJSON.encode(status)
         let temporary = path + ".tmp"
-        if FileManager.default.createFile(atPath: temporary, contents: data) {
-            rename(temporary, path)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return }
+        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        guard written == data.count, rename(temporary, path) == 0 else { return }
+        writtenStatus = (signature, rates.values.contains { $0.rate != 0 } || linkRates.values.contains { $0.rate != 0 })
+    }
+
+    /// A hash of everything the status file shows but the time and the rates: equal signatures, nothing to
+    /// rewrite. O(pipes), without allocating.
+    var statusSignature: Int {
+        var hasher = Hasher()
+        hasher.combine(core.layout.revision)
+        hasher.combine(core.epoch)
+        hasher.combine(core.heldBytes)
+        hasher.combine(core.spoolLive)
+        hasher.combine(core.counters)
+        hasher.combine(shellCounters.dropped)
+        hasher.combine(shellCounters.failedReloads)
+        hasher.combine(shellCounters.lastReloadError)
+        hasher.combine(ingressFDs.count)
+        for slot in core.ingress.indices {
+            hasher.combine(core.ingress[slot].frames)
+            hasher.combine(core.ingress[slot].resets)
+            hasher.combine(core.ingress[slot].misaddressed)
+            hasher.combine(core.ingress[slot].replayed)
+            hasher.combine(core.ingress[slot].lastError)
+            hasher.combine(core.ingress[slot].spool >= 0 ? core.spools[core.ingress[slot].spool]?.unread ?? 0 : 0)
         }
+        for slot in core.egress.indices {
+            hasher.combine(core.egress[slot].frames)
+            hasher.combine(core.egress[slot].available)
+            hasher.combine(core.egress[slot].stalled)
+            hasher.combine(core.egress[slot].since)
+            hasher.combine(core.egress[slot].queue.count)
+            hasher.combine(core.egress[slot].queue.inPipe)
+            hasher.combine(core.egress[slot].dropped)
+            hasher.combine(core.egress[slot].deadLettered)
+            hasher.combine(core.egress[slot].failures)
+            hasher.combine(core.egress[slot].rerouted)
+            hasher.combine(core.egress[slot].lastError)
+        }
+        for peer in core.peers {
+            hasher.combine(peer.up)
+            hasher.combine(peer.since)
+            hasher.combine(peer.revision)
+            hasher.combine(peer.sentFrames)
+            hasher.combine(peer.acknowledgedFrames)
+            hasher.combine(peer.receivedFrames)
+            hasher.combine(peer.unacknowledged)
+            hasher.combine(peer.rerouted)
+            hasher.combine(peer.lastError)
+        }
+        return hasher.finalize()
     }
 }

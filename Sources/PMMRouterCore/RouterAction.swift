@@ -4,6 +4,8 @@
 public struct PipeID: Hashable, Sendable, CustomStringConvertible {
     public let raw: UInt32
     public var description: String { "#\(raw)" }
+    /// For the shell, which carries identifiers through epoll tokens; only the core makes new ones.
+    package init(raw: UInt32) { self.raw = raw }
 }
 
 /// Why a frame went to the dead-letter spool.

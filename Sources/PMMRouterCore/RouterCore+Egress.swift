@@ -11,6 +11,7 @@ extension RouterCore {
         egress[slot].since = now
         egress[slot].lastProgress = now
         egress[slot].consumed = egress[slot].bytes
+        egress[slot].progressPending = false
         egress[slot].lastError = nil
         egress[slot].backoff = options.probeBackoff.first
         epoch &+= 1
@@ -56,6 +57,7 @@ extension RouterCore {
     public mutating func wrote(_ slot: Int, count: Int) {
         guard count > 0 else { return }
         egress[slot].flushBlocked = false
+        if egress[slot].consumed == egress[slot].bytes { egress[slot].progressPending = true }
         egress[slot].bytes += UInt64(count)
         egress[slot].frames += UInt64(egress[slot].queue.wrote(count))
         if options.sabotage == .completeAtWrite {
@@ -74,6 +76,10 @@ extension RouterCore {
     /// backlog goes elsewhere); it recovers once it has emptied its pipe.
     public mutating func egressUnread(_ slot: Int, unread: Int, now: UInt64) {
         guard egress[slot].open else { return }
+        if egress[slot].progressPending {
+            egress[slot].progressPending = false
+            egress[slot].lastProgress = now
+        }
         acknowledge(slot, unread: unread)
         let consumed = egress[slot].bytes - UInt64(min(max(0, unread), Int(clamping: egress[slot].bytes)))
         if consumed > egress[slot].consumed || (unread == 0 && egress[slot].queue.unwrittenBytes == 0) {
@@ -136,6 +142,7 @@ extension RouterCore {
         egress[slot].failures += 1
         egress[slot].lastError = reason
         egress[slot].stalled = false
+        egress[slot].progressPending = false
         egress[slot].since = now
         egress[slot].backoff = options.probeBackoff.first
         egress[slot].nextProbe = now + egress[slot].backoff

@@ -43,8 +43,11 @@ extension RouterCore {
     /// Earliest time a paused pipe may be read again, for the poll timeout.
     public func nextWake(after now: UInt64) -> UInt64? {
         var wake: UInt64?
-        for pipe in ingress where pipe.pausedUntil > now { wake = min(wake ?? .max, pipe.pausedUntil) }
-        for pipe in egress where !pipe.open && !pipe.probing && pipe.nextProbe > now && !pipe.spec.isRemote { wake = min(wake ?? .max, pipe.nextProbe) }
+        // By index, not `for pipe in`: a copy of each pipe per call would cost more than the check itself.
+        for slot in ingress.indices where ingress[slot].pausedUntil > now { wake = min(wake ?? .max, ingress[slot].pausedUntil) }
+        for slot in egress.indices where !egress[slot].open && !egress[slot].probing && egress[slot].nextProbe > now && !egress[slot].spec.isRemote {
+            wake = min(wake ?? .max, egress[slot].nextProbe)
+        }
         return wake
     }
 

@@ -158,6 +158,7 @@ extension RouterCore {
         for pipe in egress where !pipe.open && !pipe.probing && !pipe.spec.isRemote { requestProbe(egressSlots[pipe.id]!, now: now) }
         for p in peers.indices { linkHealth(p, revision: peers[p].revision, instances: peers[p].health, now: now) }
         for (frame, dataType) in orphans { reroute(frame, dataType: dataType, now: now) }
+        reindexActiveEgress()
     }
 
     /// Takes over a spool left by an earlier router for an ingress pipe the layout no longer names (a crash
@@ -213,6 +214,7 @@ extension RouterCore {
         guard let ledger = openSpool(pipe) else { return -1 }
         if ledger.unread > 0 { notice(.replaying(pipe: pipe, bytes: ledger.unread)) }
         spools.append(ledger)
+        spoolRevision &+= 1
         spoolLive += ledger.live
         spoolSlots[pipe] = spools.count - 1
         return spools.count - 1

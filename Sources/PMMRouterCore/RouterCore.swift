@@ -79,12 +79,18 @@ public struct RouterCore: Sendable {
     public internal(set) var heldBytes = 0
     /// Bytes of every spool not yet done (what a crash would replay), kept in step with the ledgers.
     public internal(set) var spoolLive: Int64 = 0
+    /// Goes up whenever a spool ledger changes: the shell checkpoints the spools only when it moved.
+    public internal(set) var spoolRevision: UInt64 = 0
     /// Goes up whenever the layout or an instance's availability changes (for stickiness checks).
     public internal(set) var epoch: UInt64 = 0
     public internal(set) var stopping = false
 
     /// What the shell must do, in order. The shell empties it with `takeActions()`.
     public internal(set) var actions: [RouterAction] = []
+    /// Egress slots that may need the shell: frames to write, frames written and not yet read whole, or a
+    /// stalled reader. Only these are written and asked for their progress, so an idle instance costs nothing
+    /// per pass. A slot joins when a frame is queued to it and leaves at `settleActiveEgress()`.
+    public internal(set) var activeEgress: [Int] = []
 
     var buckets: [Bucket] = []
     var ingressSlots: [PipeID: Int] = [:]
@@ -99,7 +105,7 @@ public struct RouterCore: Sendable {
     /// A queue reached its buffer while the pipe might still take frames: parsing pauses for the shell to write.
     var needsFlush = false
 
-    public struct Counters: Sendable, Equatable {
+    public struct Counters: Sendable, Hashable {
         public var deadLetters: [DeadLetterReason: UInt64] = [:]
         /// Frames shed by `drop-oldest`.
         public var dropped: UInt64 = 0
@@ -176,6 +182,11 @@ public struct RouterCore: Sendable {
         var consumed: UInt64 = 0
         /// The last write found the pipe full: a full queue now means the consumer is behind.
         var flushBlocked = false
+        /// In `activeEgress`.
+        var listed = false
+        /// Bytes were written to a pipe its reader had emptied: the stall clock starts at the next progress
+        /// check, not at the last one (an idle instance is not checked while it is idle).
+        var progressPending = false
 
         public internal(set) var frames: UInt64 = 0
         public internal(set) var bytes: UInt64 = 0
@@ -280,7 +291,41 @@ public struct RouterCore: Sendable {
         let before = egress[slot].queue.heldBytes
         let result = body(&egress[slot].queue)
         heldBytes += egress[slot].queue.heldBytes - before
+        if !egress[slot].listed && egress[slot].queue.count > 0 {
+            egress[slot].listed = true
+            activeEgress.append(slot)
+        }
         return result
+    }
+
+    /// Whether egress `slot` has anything the shell must still do or watch.
+    func awaitsShell(_ slot: Int) -> Bool {
+        egress[slot].queue.count > 0 || egress[slot].queue.inPipe > 0 || egress[slot].stalled || egress[slot].progressPending
+    }
+
+    /// Drops from `activeEgress` the instances with nothing queued, nothing unread in their pipe, and no stall.
+    /// The shell calls it after the pass's progress checks.
+    public mutating func settleActiveEgress() {
+        var kept = 0
+        for index in activeEgress.indices {
+            let slot = activeEgress[index]
+            if awaitsShell(slot) {
+                activeEgress[kept] = slot
+                kept += 1
+            } else {
+                egress[slot].listed = false
+            }
+        }
+        activeEgress.removeLast(activeEgress.count - kept)
+    }
+
+    /// Rebuilds `activeEgress` after `egress` changed shape (slots moved).
+    mutating func reindexActiveEgress() {
+        activeEgress.removeAll(keepingCapacity: true)
+        for slot in egress.indices {
+            egress[slot].listed = awaitsShell(slot)
+            if egress[slot].listed { activeEgress.append(slot) }
+        }
     }
 
     mutating func withWaiting<R>(_ route: Int, _ body: (inout FrameQueue) -> R) -> R {
@@ -303,6 +348,7 @@ public struct RouterCore: Sendable {
     mutating func withSpool<R>(_ index: Int, _ body: (inout SpoolLedger) -> R) -> R? {
         guard index >= 0 && index < spools.count, spools[index] != nil else { return nil }
         let before = spools[index]!.live
+        spoolRevision &+= 1
         let result = body(&spools[index]!)
         spoolLive += spools[index]!.live - before
         return result

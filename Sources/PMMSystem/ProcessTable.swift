@@ -18,6 +18,17 @@ public enum ProcessTable {
         return UInt64(fields[19])
     }
 
+    /// CPU seconds (user + system) process `pid` has used (`/proc/PID/stat`, fields 14 and 15), 0 when there is
+    /// no such process.
+    public static func cpuSeconds(of pid: Int32) -> Double {
+        guard pid > 0, let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else {
+            return 0
+        }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
     /// The real and effective uid of process `pid` (`/proc/PID/status`), or nil when there is no such process.
     public static func uids(of pid: Int32) -> (real: UInt32, effective: UInt32)? {
         guard pid > 0, let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }

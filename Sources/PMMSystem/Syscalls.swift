@@ -218,3 +218,17 @@ public enum ProcessSignals {
         pthread_sigmask(SIG_SETMASK, &set, nil)
     }
 }
+
+/// Raises this process's soft limit on open descriptors to its hard limit (a router of a big mesh holds one per
+/// pipe, past the usual soft limit of 1,024). Returns the soft limit now in force.
+@discardableResult
+public func raiseDescriptorLimit() -> Int {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+    if limit.rlim_cur < limit.rlim_max {
+        var raised = limit
+        raised.rlim_cur = limit.rlim_max
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { return Int(clamping: raised.rlim_cur) }
+    }
+    return Int(clamping: limit.rlim_cur)
+}

@@ -6,11 +6,12 @@ import ServiceLifecycle
 import Synchronization
 import UnixSignals
 
-/// A blocking poll loop (the router's, the control server's) run as a swift-service-lifecycle `Service`.
+/// A blocking loop (the router's epoll loop, the control server's poll loop) run as a swift-service-lifecycle
+/// `Service`.
 ///
-/// The loop keeps a thread of its own: it blocks in poll(2) and must not hold one of the cooperative pool's few
+/// The loop keeps a thread of its own: it blocks in epoll_wait(2) or poll(2) and must not hold one of the cooperative pool's few
 /// threads. The service turns graceful shutdown (SIGTERM, SIGINT, through the `ServiceGroup`) into `.stop` and
-/// SIGHUP (a `UnixSignalsSequence`) into `.reload` on the loop's `SignalPipe`, which the loop polls with its
+/// SIGHUP (a `UnixSignalsSequence`) into `.reload` on the loop's `SignalPipe`, which the loop waits on with its
 /// pipes; the loop itself stays the single-threaded hot path it was.
 final class PollLoopService<Outcome: Sendable>: Service {
     let name: String

@@ -154,7 +154,7 @@ final class RouterService {
         return RouterLayout(spec: spec, revision: revision.number, readers: reconciler.readers(of: revision), node: served)
     }
 
-    /// Runs the router's poll loop as a `Service` in a `ServiceGroup` (graceful shutdown on SIGTERM and SIGINT,
+    /// Runs the router's loop as a `Service` in a `ServiceGroup` (graceful shutdown on SIGTERM and SIGINT,
     /// SIGHUP reloads) until it stops.
     func runAsDaemon(logger: Logger) throws -> RouterExit {
         let handed = Handed(value: self)

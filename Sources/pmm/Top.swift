@@ -12,7 +12,8 @@ struct Top: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A live view of the router: instances, health, msgs/s in and out, queues, stalls, dead letters.",
         discussion: """
-            Reads the router's status (<state-dir>/router.json, rewritten every second) and redraws it every \
+            Reads the router's status (<state-dir>/router.json, rewritten every second while anything changes, \
+            confirmed every second while nothing does) and redraws it every \
             --interval seconds, like kubectl top or nats-top: one row per consumer instance and data type \
             (health and since when, msgs/s out, frames, queued, in its pipe, stalls, failures, re-routed, dead \
             letters, dropped), one per producer and type (open pipes, msgs/s in, resets, misaddressed, replayed, \

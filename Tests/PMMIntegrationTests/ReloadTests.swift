@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PMMRouter
+import PMMSystem
 import PMMWire
 import Testing
 
@@ -72,17 +73,52 @@ struct ReloadTests {
     }
 }
 
-/// CPU seconds (user + system) the process has used, from /proc/<pid>/stat.
-func cpuSeconds(_ pid: Int32) -> Double {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return 0 }
-    let fields = text[text.index(after: close)...].split(separator: " ")
-    // After the command: state is field 3, so utime (14) and stime (15) are at 11 and 12 here.
-    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
-    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-}
-
 @Suite(.enabled(if: isRoot, "services run as uid 0 so the test can play them all"), .serialized)
 struct RouterIdleCostTests {
+    /// 125 producers of a 16-shard type and 2,000 consumer instances: 4,000 pipes, every consumer's pipe open.
+    static func crowdedMesh() -> String {
+        var text = """
+            apiVersion: pmm/v1
+            kind: Mesh
+            name: crowded
+            root: ROOT
+            dataTypes:
+              idle: {shards: 16, qos: {delivery: at-most-once}}
+            services:
+
+            """
+        for p in 0..<125 { text += "  idle-p\(p): {uid: 0, produces: [{dataType: idle}]}\n" }
+        for k in 0..<2 { text += "  idle-sink\(k): {uid: 0, replicas: 1000, consumes: [{dataType: idle}]}\n" }
+        text += "routes:\n  idle: {policy: shard, targets: [{service: idle-sink0}, {service: idle-sink1}]}\n"
+        return text
+    }
+
+    @Test func anIdleRouterOverThousandsOfPipes_usesAlmostNoCPU() throws {
+        let h = try MeshHarness(Self.crowdedMesh())
+        _ = raiseDescriptorLimit()
+        var readers: [Int32] = []
+        defer { for fd in readers { close(fd) } }
+        for k in 0..<2 {
+            for i in 0..<1000 {
+                let fd = open(h.dir.root + "/idle-sink\(k)-\(i).idle.out", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+                try #require(fd >= 0, "cannot open a consumer's pipe: errno \(errno)")
+                readers.append(fd)
+            }
+        }
+        try h.startRouter()
+        try waitFor("every instance healthy", timeout: 20) { h.status?.egress.filter(\.healthy).count == 2000 }
+        let pid = h.router!.processIdentifier
+        usleep(2_000_000)  // the start (opening 4,000 pipes, the first status) is behind it
+        let before = ProcessTable.cpuSeconds(of: pid)
+        usleep(4_000_000)
+        let percent = (ProcessTable.cpuSeconds(of: pid) - before) / 4 * 100
+        print("FIGURES idle router over 4,000 pipes: \(String(format: "%.2f", percent))% of a core")
+        // A debug build (the suite's) uses about 1.3%, a release build about 0.1%. The poll(2) loop that
+        // scanned every descriptor each pass, asked every consumer's pipe for FIONREAD and re-encoded the
+        // whole status every second used 15% in a release build and more in a debug one.
+        #expect(percent < 3, "an idle router over 4,000 pipes uses \(percent)% of a core")
+    }
+
     @Test func removedPipeWhoseWriterLeftHalfAFrame_doesNotSpin_andIsAbandonedAfterTheGrace() throws {
         let h = try MeshHarness(reloadMesh(shards: 2, replicas: 1))
         try h.startRouter(["--drain-timeout", "2"])
@@ -99,9 +135,9 @@ struct RouterIdleCostTests {
         let shrink = try pmm("apply", "-f", h.dir.specPath, h.stateArgument, "--prune", "--wait", "--wait-timeout", "10")
         #expect(shrink.status == 0, "\(shrink.stdout) \(shrink.stderr)")
         let pid = h.router!.processIdentifier
-        let before = cpuSeconds(pid)
+        let before = ProcessTable.cpuSeconds(of: pid)
         usleep(1_500_000)
-        let used = cpuSeconds(pid) - before
+        let used = ProcessTable.cpuSeconds(of: pid) - before
         print("FIGURES removed pipe with half a frame: router CPU \(String(format: "%.2f", used)) s in 1.5 s")
         #expect(used < 0.4, "the router spins: \(used) s of CPU in 1.5 s")
         try waitFor("the half frame dead-lettered", timeout: 10) { (h.status?.deadLetters["discarded"] ?? 0) >= 1 }
@@ -124,11 +160,11 @@ struct RouterIdleCostTests {
             while Date() < end { _ = write(fd, bytes, bytes.count) }
         }
         let pid = h.router!.processIdentifier
-        let before = cpuSeconds(pid)
+        let before = ProcessTable.cpuSeconds(of: pid)
         garbage.start()
         let writer = ReloadTests().writeSteadily(h, pipe: "api.events.s0.in", count: 2_000, rate: 2_000)
         usleep(2_000_000)
-        let used = cpuSeconds(pid) - before
+        let used = ProcessTable.cpuSeconds(of: pid) - before
         print("FIGURES 2 s of garbage on one pipe, 1000 frames/s on another: router CPU \(String(format: "%.2f", used)) s")
         #expect(used < 1.0, "the router spins on garbage: \(used) s of CPU in 2 s")
         while !writer.isFinished { usleep(50_000) }

@@ -341,8 +341,13 @@ struct SimWorld {
         return true
     }
 
+    /// Writes the instances the core lists as active, as the shell does (never a scan of every instance).
     mutating func flushAll() {
-        for slot in core.egress.indices where core.hasUnwritten(slot) {
+        var index = 0
+        while index < core.activeEgress.count {
+            let slot = core.activeEgress[index]
+            index += 1
+            guard core.hasUnwritten(slot) else { continue }
             let id = core.egress[slot].id
             guard let fifo = egressFDs[id] else { continue }
             if fifo.readers == 0 {
@@ -371,13 +376,18 @@ struct SimWorld {
 
     mutating func acknowledgeAll() {
         for slot in core.egress.indices {
+            guard let fifo = egressFDs[core.egress[slot].id], fifo.readers == 0 else { continue }
+            egressFailed(slot, reason: "EPOLLERR")  // epoll reports EPOLLERR on any write end with no reader, idle or not
+        }
+        // Progress is asked of the active instances only, as the shell does.
+        var index = 0
+        while index < core.activeEgress.count {
+            let slot = core.activeEgress[index]
+            index += 1
             guard let fifo = egressFDs[core.egress[slot].id] else { continue }
-            if fifo.readers == 0 {
-                egressFailed(slot, reason: "POLLERR")  // poll reports POLLERR on a write end with no reader
-                continue
-            }
             core.egressUnread(slot, unread: fifo.bytes.count, now: now)
         }
+        core.settleActiveEgress()
         perform()
     }
 
@@ -635,6 +645,16 @@ struct SimWorld {
         }
         for pipe in core.egress {
             if let index = pipe.queue.firstMalformedFrame() { violations.append("\(pipe.name): queued frame \(index) is not whole") }
+        }
+        // The shell writes and watches only the active instances: one that holds frames and is not listed would
+        // never be written, or its reader's progress never seen.
+        let active = Set(core.activeEgress)
+        if active.count != core.activeEgress.count { violations.append("activeEgress lists a slot twice: \(core.activeEgress)") }
+        for slot in core.egress.indices where !active.contains(slot) {
+            let pipe = core.egress[slot]
+            if pipe.queue.count > 0 || pipe.queue.inPipe > 0 || pipe.stalled {
+                violations.append("\(pipe.name): holds \(pipe.queue.count) queued and \(pipe.queue.inPipe) unread frames but is not in activeEgress")
+            }
         }
         for route in core.routes {
             if let index = route.waiting.firstMalformedFrame() { violations.append("waiting frame \(index) is not whole") }

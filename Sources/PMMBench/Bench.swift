@@ -21,6 +21,13 @@ public struct BenchConfig: Sendable {
     public var batchBytes = 64 << 10
     /// How producers write.
     public var writes: WriteMode = .batch
+    /// Pipes of a second, idle data type in the routed mesh (half ingress, half egress): what a big mesh costs
+    /// the router when nothing moves on those pipes, and what it costs the busy path.
+    public var idlePipes = 0
+    /// Seconds the router's idle CPU is sampled before the traffic starts (with `idlePipes`).
+    public var idleSeconds = 3.0
+    /// Sample the idle router of the plain routed mesh too (the baseline beside a crowded one).
+    public var measureIdle = false
 
     public init() {}
 }
@@ -50,6 +57,12 @@ public struct BenchResult: Codable, Sendable {
     public var duplicated: Int
     public var routerCPUSeconds: Double?
     public var routerPeakRSSMiB: Double?
+    /// Pipes the router served (the idle ones included), when measured.
+    public var pipes: Int?
+    /// The router's CPU while nothing moved, in percent of one core, before the traffic started.
+    public var routerIdleCPUPercent: Double?
+    /// The router's resident memory while idle (VmRSS), in MiB.
+    public var routerIdleRSSMiB: Double?
 }
 
 /// Runs the same workload through the real router, through a minimal relay (the hop's floor) and through direct
@@ -117,19 +130,44 @@ public final class Bench {
 
     // MARK: Routed
 
-    /// The same producers and consumers with the router between them.
-    public func routed() throws -> BenchResult {
-        let directory = try fresh("routed")
+    /// The same producers and consumers with the router between them; with `idlePipes`, in a mesh that also
+    /// holds that many idle pipes (a second data type whose producers never write and whose consumers never
+    /// read), after sampling the router's idle CPU and memory.
+    public func routed(idlePipes: Int = 0) throws -> BenchResult {
+        let directory = try fresh(idlePipes > 0 ? "crowded" : "routed")
         var services = ""
         for p in 0..<config.producers { services += "  p\(p): {uid: \(geteuid()), gid: \(getegid()), produces: [{dataType: bench}]}\n" }
         services += "  sink: {uid: \(geteuid()), gid: \(getegid()), replicas: \(config.consumers), consumes: [{dataType: bench}]}\n"
+        let idle = IdleMesh(pipes: idlePipes)
+        services += idle.services(uid: geteuid(), gid: getegid())
         let state = directory + "/state"
-        try apply(spec(directory: directory, services: services), directory: directory, states: [(state, nil)])
+        try apply(spec(directory: directory, services: services, extraTypes: idle.dataTypes, extraRoutes: idle.routes), directory: directory, states: [(state, nil)])
+        // The idle consumers are there (their pipes open for reading) but read nothing, as idle services do.
+        let idleReaders = try idle.openReaders(pipes: directory + "/pipes")
+        defer { for fd in idleReaders { close(fd) } }
         let router = try startRouter(state: state, node: nil)
         defer { stopRouter(router) }
         let readers = try startReaders(directory: directory, instances: (0..<config.consumers).map { "sink-\($0)" }, statusPath: state + "/router.json")
-        return measure(
-            "routed (\(config.delivery.rawValue))", directory: directory, readers: readers.readers, tally: readers.tally, routers: [router])
+        var idleCPU: Double?
+        var idleRSS: Double?
+        if config.idleSeconds > 0 && (idlePipes > 0 || config.measureIdle) {
+            // Settled: the start's opens, first probes and first status writes are behind it (a router over
+            // 10,000 pipes spends about a second of CPU starting).
+            usleep(2_000_000)
+            let before = ProcessTable.cpuSeconds(of: router.processIdentifier)
+            usleep(UInt32(config.idleSeconds * 1e6))
+            idleCPU = (ProcessTable.cpuSeconds(of: router.processIdentifier) - before) / config.idleSeconds * 100
+            idleRSS = residentMiB(router.processIdentifier)
+        }
+        var result = measure(
+            idlePipes > 0 ? "routed, +\(idle.total) idle pipes" : "routed (\(config.delivery.rawValue))", directory: directory,
+            readers: readers.readers, tally: readers.tally, routers: [router])
+        if idleCPU != nil {
+            result.pipes = config.producers + config.consumers + idle.total
+            result.routerIdleCPUPercent = idleCPU
+            result.routerIdleRSSMiB = idleRSS
+        }
+        return result
     }
 
     // MARK: Across two nodes
@@ -175,7 +213,7 @@ public final class Bench {
         return directory
     }
 
-    func spec(directory: String, services: String, nodes: String = "") -> String {
+    func spec(directory: String, services: String, nodes: String = "", extraTypes: String = "", extraRoutes: String = "") -> String {
         """
         apiVersion: pmm/v1
         kind: Mesh
@@ -185,10 +223,10 @@ public final class Bench {
         \(nodes)dataTypes:
           bench:
             qos: {delivery: \(config.delivery.rawValue), buffer: 1000000, pipeSize: 1MiB}
-        services:
+        \(extraTypes)services:
         \(services)routes:
           bench: {policy: \(config.policy.rawValue), targets: [{service: sink}]}
-
+        \(extraRoutes)
         """
     }
 
@@ -232,9 +270,15 @@ public final class Bench {
             ConsumerThread(path: directory + "/pipes/" + Naming.egress(instance: instance, dataType: "bench"), tally: tally, expected: config.producers * config.count)
         }
         for reader in readers { reader.start() }
+        let wanted = Set(instances)
         try waitUntil("healthy consumers", timeout: 20) {
-            let data = FileManager.default.contents(atPath: statusPath) ?? Data()
-            return String(decoding: data, as: UTF8.self).components(separatedBy: "\"healthy\" : true").count - 1 >= instances.count
+            // Parsed, not searched as text: the layout of the file is the router's to choose.
+            guard let data = FileManager.default.contents(atPath: statusPath),
+                let status = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                let egress = status["egress"] as? [[String: Any]]
+            else { return false }
+            let healthy = egress.filter { ($0["healthy"] as? Bool) == true }.compactMap { $0["instance"] as? String }
+            return wanted.isSubset(of: healthy)
         }
         return (readers, tally)
     }
@@ -242,10 +286,10 @@ public final class Bench {
     /// Produces into the producers' ingress pipes and reports what the readers got, with the routers' CPU
     /// seconds (added up) and the largest peak RSS.
     func measure(_ path: String, directory: String, readers: [ConsumerThread], tally: Tally, routers: [Process]) -> BenchResult {
-        let cpuBefore = routers.map { processCPUSeconds($0.processIdentifier) }
+        let cpuBefore = routers.map { ProcessTable.cpuSeconds(of: $0.processIdentifier) }
         let seconds = produce(
             into: (0..<config.producers).map { directory + "/pipes/" + Naming.ingress(producer: "p\($0)", dataType: "bench", shard: 0) }, tally: tally)
-        let cpu = zip(routers, cpuBefore).reduce(0) { $0 + processCPUSeconds($1.0.processIdentifier) - $1.1 }
+        let cpu = zip(routers, cpuBefore).reduce(0) { $0 + ProcessTable.cpuSeconds(of: $1.0.processIdentifier) - $1.1 }
         let rss = routers.compactMap { peakRSSMiB($0.processIdentifier) }.max()
         for router in routers { kill(router.processIdentifier, SIGTERM) }
         for reader in readers { reader.stop() }
@@ -334,18 +378,58 @@ public struct BenchError: Error, CustomStringConvertible {
 }
 
 
-/// utime + stime of a process, from /proc/<pid>/stat (clock ticks of 1/100 s on Linux).
-func processCPUSeconds(_ pid: Int32) -> Double {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return 0 }
-    let fields = text[text.index(after: close)...].split(separator: " ")
-    guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
-    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+/// The idle part of a crowded mesh: a data type of 16 shards, producers of it (16 ingress pipes each) and
+/// consumer services of up to 1,000 replicas (one egress pipe each), about half and half.
+struct IdleMesh {
+    let producers: Int
+    let sinks: [Int]
+
+    init(pipes: Int) {
+        producers = pipes <= 0 ? 0 : max(1, (pipes / 2 + 15) / 16)
+        let instances = pipes <= 0 ? 0 : max(1, pipes - producers * 16)
+        sinks = stride(from: 0, to: instances, by: 1000).map { min(1000, instances - $0) }
+    }
+
+    var total: Int { producers * 16 + sinks.reduce(0, +) }
+    var dataTypes: String { producers == 0 ? "" : "  idle: {shards: 16}\n" }
+
+    func services(uid: uid_t, gid: gid_t) -> String {
+        var text = ""
+        for q in 0..<producers { text += "  idle-p\(q): {uid: \(uid), gid: \(gid), produces: [{dataType: idle}]}\n" }
+        for (k, replicas) in sinks.enumerated() { text += "  idle-sink\(k): {uid: \(uid), gid: \(gid), replicas: \(replicas), consumes: [{dataType: idle}]}\n" }
+        return text
+    }
+
+    /// Opens every idle egress pipe for reading (non-blocking, never read).
+    func openReaders(pipes: String) throws -> [Int32] {
+        var fds: [Int32] = []
+        for (k, replicas) in sinks.enumerated() {
+            for i in 0..<replicas {
+                let fd = open(pipes + "/" + Naming.egress(instance: "idle-sink\(k)-\(i)", dataType: "idle"), O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+                guard fd >= 0 else {
+                    for fd in fds { close(fd) }
+                    throw BenchError("cannot open an idle consumer's pipe: errno \(errno) (raise ulimit -n?)")
+                }
+                fds.append(fd)
+            }
+        }
+        return fds
+    }
+
+    var routes: String {
+        producers == 0 ? "" : "  idle: {policy: shard, targets: [\(sinks.indices.map { "{service: idle-sink\($0)}" }.joined(separator: ", "))]}\n"
+    }
 }
 
+/// VmRSS of a process, in MiB.
+func residentMiB(_ pid: Int32) -> Double? { statusField("VmRSS:", pid) }
+
 /// VmHWM of a process, in MiB.
-func peakRSSMiB(_ pid: Int32) -> Double? {
+func peakRSSMiB(_ pid: Int32) -> Double? { statusField("VmHWM:", pid) }
+
+func statusField(_ name: String, _ pid: Int32) -> Double? {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-        let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+        let line = text.split(separator: "\n").first(where: { $0.hasPrefix(name) }),
         let kib = Double(line.split(separator: " ", omittingEmptySubsequences: true)[1])
     else { return nil }
     return kib / 1024

@@ -23,6 +23,12 @@ struct BenchCommand: ParsableCommand {
             node b, one router process per node on loopback, linked over TCP with mutual TLS (certificates made by \
             openssl for the run; --link-plaintext without TLS), and reports the ratio across-nodes/routed and the \
             latency the link adds.
+
+            --idle-pipes N adds another path: the routed workload in a mesh that also holds N idle pipes (a \
+            16-shard data type whose producers never write, and consumer instances whose pipes are open but never \
+            read). Before the traffic starts, the idle router's CPU (percent of one core) and memory are sampled, \
+            in the plain mesh and in the crowded one; the ratio crowded/routed says what the idle pipes cost the \
+            busy path.
             """ + ExitStatus.help("0 every frame arrived exactly once; 1 a frame was lost, or a path could not run"))
 
     @Option(help: "Producer threads (each its own producing service and ingress pipe).")
@@ -58,8 +64,14 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "With --link: plaintext links instead of mutual TLS.")
     var linkPlaintext = false
 
+    @Option(help: "Also measure the routed path in a mesh holding this many idle pipes besides (0: not).")
+    var idlePipes = 0
+
     @Option(help: "Repeat the pair of runs this many times and report medians.")
     var runs = 1
+
+    @Option(help: ArgumentHelp("Start the routers from this pmm binary instead of this one (compare two builds' routers under the same harness).", valueName: "path"))
+    var routerBinary: String?
 
     @Option(name: .shortAndLong, help: "Output format: text or json.")
     var output: OutputFormat = .text
@@ -67,6 +79,8 @@ struct BenchCommand: ParsableCommand {
     func validate() throws {
         guard producers >= 1 && producers <= 64, consumers >= 1 && consumers <= 64 else { throw ValidationError("--producers and --consumers: 1 to 64") }
         guard size >= 0 && size <= 60_000 else { throw ValidationError("--size: 0 to 60000 bytes") }
+        guard idlePipes >= 0 && idlePipes <= 100_000 else { throw ValidationError("--idle-pipes: 0 to 100000") }
+        if let routerBinary, access(routerBinary, X_OK) != 0 { throw ValidationError("--router-binary: \(routerBinary) is not an executable") }
         guard count >= 1, runs >= 1, rate >= 0 else { throw ValidationError("--count and --runs must be positive, --rate not negative") }
         guard RoutingPolicy(rawValue: policy) != nil else { throw ValidationError("unknown --policy \(policy)") }
         guard Delivery(rawValue: delivery) != nil else { throw ValidationError("unknown --delivery \(delivery)") }
@@ -92,11 +106,12 @@ struct BenchCommand: ParsableCommand {
         config.policy = RoutingPolicy(rawValue: policy)!
         config.delivery = Delivery(rawValue: delivery)!
         config.writes = WriteMode(rawValue: writes)!
+        config.measureIdle = idlePipes > 0
         var template = Array((NSTemporaryDirectory() as NSString).appendingPathComponent("pmm-bench-XXXXXX").utf8CString)
         guard let made = mkdtemp(&template) else { throw ExitCode(1) }
         let workspace = String(cString: made)
         defer { try? FileManager.default.removeItem(atPath: workspace) }
-        let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let binary = routerBinary ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let interactive = isatty(STDERR_FILENO) == 1
         let bench = Bench(config: config, pmm: binary, workspace: workspace) { if interactive { printError($0) } }
         let workload =
@@ -109,10 +124,16 @@ struct BenchCommand: ParsableCommand {
                 let relay = try bench.relay()
                 let routed = try bench.routed()
                 let linked = link ? try bench.linked(tls: !linkPlaintext) : nil
-                all.append([direct, routed, relay] + (linked.map { [$0] } ?? []))
+                let crowded = idlePipes > 0 ? try bench.routed(idlePipes: idlePipes) : nil
+                all.append([direct, routed, relay] + (linked.map { [$0] } ?? []) + (crowded.map { [$0] } ?? []))
                 if output == .text {
                     print("run \(run):")
-                    for result in [direct, relay, routed] + (linked.map { [$0] } ?? []) { print("  " + line(result)) }
+                    for result in [direct, relay, routed] + (linked.map { [$0] } ?? []) + (crowded.map { [$0] } ?? []) { print("  " + line(result)) }
+                    if let crowded {
+                        print(String(format: "  ratio crowded/routed: %.2f× throughput, p50 %+.0f µs; idle router %.2f%% → %.2f%% of a core, %.1f → %.1f MiB",
+                            crowded.messagesPerSecond / routed.messagesPerSecond, crowded.p50Microseconds - routed.p50Microseconds,
+                            routed.routerIdleCPUPercent ?? 0, crowded.routerIdleCPUPercent ?? 0, routed.routerIdleRSSMiB ?? 0, crowded.routerIdleRSSMiB ?? 0))
+                    }
                     if let linked {
                         print(String(format: "  ratio across nodes/routed: %.2f× throughput, p50 %+.0f µs, p99 %+.0f µs", linked.messagesPerSecond / routed.messagesPerSecond, linked.p50Microseconds - routed.p50Microseconds, linked.p99Microseconds - routed.p99Microseconds))
                     }
@@ -150,6 +171,17 @@ struct BenchCommand: ParsableCommand {
             medians["linkedP99Microseconds"] = median(all.map { $0[3].p99Microseconds })
             medians["linkAddedP50Microseconds"] = median(all.map { $0[3].p50Microseconds - $0[1].p50Microseconds })
             medians["linkedRouterCPUSeconds"] = median(all.map { $0[3].routerCPUSeconds ?? 0 })
+        }
+        if idlePipes > 0 {
+            let c = link ? 4 : 3
+            medians["crowdedMessagesPerSecond"] = median(all.map { $0[c].messagesPerSecond })
+            medians["ratioCrowdedToRouted"] = median(all.map { $0[c].messagesPerSecond / $0[1].messagesPerSecond })
+            medians["crowdedP50Microseconds"] = median(all.map { $0[c].p50Microseconds })
+            medians["routedIdleCPUPercent"] = median(all.map { $0[1].routerIdleCPUPercent ?? 0 })
+            medians["crowdedIdleCPUPercent"] = median(all.map { $0[c].routerIdleCPUPercent ?? 0 })
+            medians["routedIdleRSSMiB"] = median(all.map { $0[1].routerIdleRSSMiB ?? 0 })
+            medians["crowdedIdleRSSMiB"] = median(all.map { $0[c].routerIdleRSSMiB ?? 0 })
+            medians["crowdedPipes"] = Double(all.first?[c].pipes ?? 0)
         }
         let lost = all.flatMap { $0 }.reduce(0) { $0 + $1.lost }
         if output == .json {

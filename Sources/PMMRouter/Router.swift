@@ -470,7 +470,12 @@ public final class Router {
         if now >= nextTimer || now >= nextSweep || core.epoch != sweptEpoch || !drainingIngress.isEmpty {
             core.tick(now: now)
             performActions()
-            if now >= nextSweep { nextSweep = now + Self.sweepInterval }
+            if now >= nextSweep {
+                nextSweep = now + Self.sweepInterval
+                for slot in core.ingress.indices where core.ingress[slot].pendingBytes == 0 {
+                    core.shrinkIfIdle(slot)  // an idle pipe costs no memory
+                }
+            }
             nextTimer = core.nextWake(after: now) ?? .max
             sweptEpoch = core.epoch
         }
@@ -568,11 +573,6 @@ public final class Router {
             core.install(core.layout, replacedIngress: replaced, now: now, isReload: false)
             performActions()
             rescanIngress()
-        }
-        if names == nil {
-            for slot in core.ingress.indices where core.ingress[slot].pendingBytes == 0 {
-                core.shrinkIfIdle(slot)  // an idle pipe costs no memory
-            }
         }
     }
 

@@ -119,6 +119,26 @@ struct RouterIdleCostTests {
         #expect(percent < 3, "an idle router over 4,000 pipes uses \(percent)% of a core")
     }
 
+    @Test func anIdleRoutersStatus_isConfirmedNotRewritten_andRewrittenOnceFramesFlow() throws {
+        let h = try MeshHarness(reloadMesh(shards: 1, replicas: 1))
+        try h.startRouter()
+        let consumer = try h.startExactConsumer("worker-0")
+        defer { kill(consumer.processIdentifier, SIGKILL) }
+        try h.waitForHealthy(["worker-0"])
+        let path = h.dir.path + "/state/router.json"
+        usleep(2_500_000)  // the health change is written; nothing moves after it
+        let before = try #require(FileManager.default.contents(atPath: path))
+        let seen = try #require(h.status).updatedAt
+        usleep(2_500_000)
+        #expect(FileManager.default.contents(atPath: path) == before, "an idle router rewrote an unchanged status")
+        let confirmed = try #require(h.status).updatedAt
+        #expect(confirmed.timeIntervalSince(seen) >= 1.5, "updatedAt went from \(seen) to \(confirmed) while idle")
+        let writer = ReloadTests().writeSteadily(h, pipe: "api.events.s0.in", count: 10, rate: 1_000)
+        while !writer.isFinished { usleep(10_000) }
+        try waitFor("the frames in the status") { (h.status?.egress.first { $0.instance == "worker-0" }?.frames ?? 0) >= 10 }
+        #expect(FileManager.default.contents(atPath: path) != before)
+    }
+
     @Test func removedPipeWhoseWriterLeftHalfAFrame_doesNotSpin_andIsAbandonedAfterTheGrace() throws {
         let h = try MeshHarness(reloadMesh(shards: 2, replicas: 1))
         try h.startRouter(["--drain-timeout", "2"])

@@ -72,6 +72,13 @@ struct MixedWriterTests {
     }
 
     @Test func fourProducers_mixedSizes_everyFrameWholeExactlyOnce() async throws {
+        // Off the global pool, which the synchronous tests of a full run hold for minutes (see ThreadExecutor).
+        let executor = ThreadExecutor("four producers")
+        defer { executor.shutdown() }
+        try await withTaskExecutorPreference(executor) { try await fourProducersScenario(on: executor) }
+    }
+
+    private func fourProducersScenario(on executor: ThreadExecutor) async throws {
         let h = try MeshHarness(sharedPipeMesh())
         try h.startRouter()
         let ingress = Naming.path(root: h.dir.root, fileName: Naming.ingress(producer: "api", dataType: "blobs", shard: 0))
@@ -80,7 +87,7 @@ struct MixedWriterTests {
         let total = mixedCounts.reduce(0, +)
         // Opened here, not in the task: the pipe has its reader even while the pool's threads are busy.
         let iterator = consumer.makeAsyncIterator()
-        let reading = Task {
+        let reading = Task(executorPreference: executor) {
             var iterator = iterator
             var got: [(writer: Int, sequence: UInt64, whole: Bool)] = []
             while got.count < total, let received = try await iterator.next() {
@@ -288,6 +295,15 @@ struct ConsumerReadingTests {
 @Suite("A PipeMesh consumer slower than its share loses nothing; its traffic moves to the others", .serialized)
 struct SlowConsumerTests {
     @Test func slowPipeMeshConsumer_losesNothing_routerReroutesToTheOther() async throws {
+        // The slow app's pace and the waits' deadlines are timed: their tasks run on a thread of their own, not
+        // on the global pool, which the synchronous tests of a full run can hold for minutes (in CI the app read
+        // 107 messages in 400 s that way, and the wait timed out).
+        let executor = ThreadExecutor("slow app")
+        defer { executor.shutdown() }
+        try await withTaskExecutorPreference(executor) { try await slowConsumerScenario(on: executor) }
+    }
+
+    private func slowConsumerScenario(on executor: ThreadExecutor) async throws {
         let h = try MeshHarness(sharedPipeMesh(sinkReplicas: 2))
         try h.startRouter(["--stall-timeout", "0.5"])
         try h.startConsumer("sink-1", dataType: "blobs")
@@ -295,7 +311,7 @@ struct SlowConsumerTests {
         let consumer = Consumer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 0, path: egress, bufferSize: 16)
         let iterator = consumer.makeAsyncIterator()  // the pipe has its reader from here on
         let taken = Mutex<[UInt64]>([])
-        let slowlyReading = Task {
+        let slowlyReading = Task(executorPreference: executor) {
             var iterator = iterator
             while let received = try await iterator.next() {
                 taken.withLock { $0.append(received.sequence) }

@@ -9,6 +9,7 @@
 ///   `argmax mix(h ^ fnv1a64(instance))` over healthy instances, so losing an instance moves only its keys.
 public enum ShardHash {
     /// FNV-1a, 64-bit (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
+    @inlinable
     public static func fnv1a64(_ bytes: some Sequence<UInt8>) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in bytes {

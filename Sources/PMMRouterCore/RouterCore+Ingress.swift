@@ -209,12 +209,12 @@ extension RouterCore {
         let fields = frame.fields
         let body = frame.bodyStart - frame.range.lowerBound
         let name = UnsafeRawBufferPointer(rebasing: bytes[(body + fields.dataType.lowerBound)..<(body + fields.dataType.upperBound)])
-        if !name.elementsEqual(ingress[slot].dataTypeBytes) {
+        if !name.bytesEqual(ingress[slot].dataTypeBytes) {
             misaddressed(bytes, slot: slot, tag: tag) { "data_type '\(String(decoding: name, as: UTF8.self))' on a '\($0.dataType)' pipe" }
             return
         }
         let source = UnsafeRawBufferPointer(rebasing: bytes[(body + fields.source.lowerBound)..<(body + fields.source.upperBound)])
-        if !source.isEmpty && !source.elementsEqual(ingress[slot].producerBytes) {
+        if !source.isEmpty && !source.bytesEqual(ingress[slot].producerBytes) {
             // Only the pipe's producer can write it (its mode says so): a frame naming another source lies.
             misaddressed(bytes, slot: slot, tag: tag) { "source '\(String(decoding: source, as: UTF8.self))' on a pipe of producer '\($0.producer)'" }
             return

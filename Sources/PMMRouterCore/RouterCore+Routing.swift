@@ -141,6 +141,10 @@ extension RouterCore {
         let entry = routes[r].spec.entry
         switch routes[r].spec.policy {
         case .shard where key.count > 0:
+            if mask == nil {
+                if routes[r].soleEpoch != epoch { findSole(r) }
+                if routes[r].sole >= 0 { return routes[r].sole }
+            }
             let hash = ShardHash.fnv1a64(key)
             guard let (t, i) = entry.chooseByKey(hash: hash, isHealthy: { isAvailable(r, $0, $1, mask) }) else { return nil }
             return routes[r].spec.egressIndex[t][i]
@@ -191,6 +195,22 @@ extension RouterCore {
             }
             return best >= 0 ? best : nil
         }
+    }
+
+    /// Sets route `r`'s `sole`: the one available instance of a target with a weight, when there is exactly one
+    /// (the key hash would pick it for every key), else -1. Valid until availability changes (`epoch`).
+    mutating func findSole(_ r: Int) {
+        var sole = -1
+        var count = 0
+        let entry = routes[r].spec.entry
+        for t in entry.targets.indices where entry.targets[t].weight > 0 {
+            for i in routes[r].spec.egressIndex[t].indices where isAvailable(r, t, i, nil) {
+                sole = routes[r].spec.egressIndex[t][i]
+                count += 1
+            }
+        }
+        routes[r].sole = count == 1 ? sole : -1
+        routes[r].soleEpoch = epoch
     }
 
     /// The next available instance of target `t`, in turn.

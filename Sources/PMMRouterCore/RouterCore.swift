@@ -223,6 +223,10 @@ public struct RouterCore: Sendable {
         var allowedTier = Int.max
         /// The `epoch` `allowedTier` was computed at (`.max`: not cached).
         var tierEpoch: UInt64 = .max
+        /// Under `shard`, the egress slot of the one instance a key can map to when only one is available
+        /// (every key maps to it: no hash needed), else -1; computed at `soleEpoch`.
+        var sole = -1
+        var soleEpoch: UInt64 = .max
         var name: String { spec.dataType }
         var capacity: Int { spec.qos.buffer }
     }

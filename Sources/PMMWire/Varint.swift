@@ -14,8 +14,18 @@ public enum Varint {
     }
 
     /// Decodes the varint at `offset` in `bytes`.
-    @inlinable
+    @inlinable @inline(__always)
     public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Decoded {
+        // Most varints on the router's path are one byte (field tags, short lengths): no loop for those.
+        if offset < bytes.count {
+            let first = bytes[offset]
+            if first < 0x80 { return .value(UInt64(first), size: 1) }
+        }
+        return decodeLong(bytes, at: offset)
+    }
+
+    @usableFromInline
+    static func decodeLong(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Decoded {
         var value: UInt64 = 0
         var shift: UInt64 = 0
         var index = offset

@@ -68,9 +68,21 @@ extension Router {
                 }
             } else {
                 guard let held else { return }
-                n = core.withReadSpace(slot) { raw in read(held.fd.rawValue, raw.baseAddress, raw.count) }
+                var asked = 0
+                n = core.withReadSpace(slot) { raw in
+                    asked = raw.count
+                    return read(held.fd.rawValue, raw.baseAddress, raw.count)
+                }
                 if n == 0 {
                     core.ingressEOF(slot, now: now)
+                    performActions()
+                    return
+                }
+                if n > 0 && n < asked && !core.ingress[slot].draining {
+                    // A pipe returns less than asked only when that emptied it: the next read would find nothing
+                    // (EAGAIN). Level-triggered epoll reports what arrives after this, so that read is skipped.
+                    // A draining pipe reads on to EAGAIN, which is when the core closes it.
+                    core.ingressRead(slot, count: n, now: now)
                     performActions()
                     return
                 }

@@ -215,7 +215,7 @@ if Context.environment["PMM_BENCHMARKS"] != nil {
     package.targets.append(
         .executableTarget(
             name: "HotPath",
-            dependencies: ["PMMCore", "PMMWire", .product(name: "Benchmark", package: "package-benchmark")],
+            dependencies: ["PMMCore", "PMMWire", "PMMRouterCore", .product(name: "Benchmark", package: "package-benchmark")],
             path: "Benchmarks/HotPath",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
         ))

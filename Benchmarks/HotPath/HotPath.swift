@@ -1,8 +1,12 @@
 // The router's steps per frame, measured alone: framing, the routing-field scan, the routing decision,
-// encoding. Wall time and allocations per frame (`.mallocCountTotal` / the scaled iteration count).
+// encoding; and the whole path through the router core, from the bytes read(2) returned to the bytes handed to
+// write(2) and acknowledged. Wall time and allocations per frame (`.mallocCountTotal` / the scaled iteration
+// count). The whole-path benchmarks have a tolerance of zero allocations:
+// `swift package benchmark thresholds check` fails on a single malloc per 1000 frames.
 import Benchmark
 import Foundation
 import PMMCore
+import PMMRouterCore
 import PMMWire
 
 let frameCount = 1000
@@ -29,9 +33,78 @@ let spec = MeshSpec(
     ],
     routes: [Route(dataType: "metrics", targets: [RouteTarget(service: "collector", weight: 90), RouteTarget(service: "canary", weight: 10)])])
 
+/// A router core serving `spec` with every pipe open, as the shell leaves it once the consumers are there.
+func servingCore(_ spec: MeshSpec) -> RouterCore {
+    var core = RouterCore(layout: RouterLayout(spec: spec, revision: 1), now: 1, seed: 7)
+    for action in core.takeActions() {
+        switch action {
+        case .openIngress(let id, _, _): core.ingressOpened(id)
+        case .openEgress(let id, _, _): core.egressOpened(id, now: 1)
+        default: break
+        }
+    }
+    _ = core.takeActions()
+    return core
+}
+
+/// One read's worth of `stream` through `core`: into ingress 0's buffer, routed, written from every egress queue
+/// in one piece, and read by the consumers (FIONREAD 0), as the shell's pass does it.
+func pass(_ core: inout RouterCore, now: UInt64) {
+    let n = core.withReadSpace(0) { raw in
+        stream.withUnsafeBytes { raw.copyMemory(from: $0) }
+        return stream.count
+    }
+    core.ingressRead(0, count: n, now: now)
+    for slot in core.egress.indices where core.hasUnwritten(slot) {
+        let written = core.withUnwritten(slot, room: 1 << 30, pipeEmpty: true) { $0.count }
+        core.wrote(slot, count: written)
+        core.egressUnread(slot, unread: 0, now: now)
+    }
+    core.settleActiveEgress()
+}
+
 let benchmarks: @Sendable () -> Void = {
     let metrics: [BenchmarkMetric] = [.wallClock, .mallocCountTotal, .throughput]
     let configuration = Benchmark.Configuration(metrics: metrics, scalingFactor: .kilo, maxDuration: .seconds(2))
+    // Zero allocations on the whole path, whatever the run: any malloc fails `benchmark thresholds check`.
+    let allocationFree = Benchmark.Configuration(
+        metrics: metrics, scalingFactor: .kilo, maxDuration: .seconds(2),
+        thresholds: [.mallocCountTotal: BenchmarkThresholds(absolute: [.p0: 0, .p25: 0, .p50: 0, .p75: 0, .p90: 0, .p99: 0, .p100: 0])])
+
+    // The whole path through the core, read(2)'s bytes to write(2)'s and the acknowledgement, per frame
+    // (`scaledIterations` counts frames: one pass routes 1000 of them): one producer to one consumer, and one
+    // producer to three consumers by key plus a canary by weight.
+    Benchmark("core-path-one-consumer", configuration: allocationFree) { benchmark in
+        let oneToOne = MeshSpec(
+            name: "bench", root: "/run/pmm/bench", dataTypes: [DataType(name: "metrics", shards: 1)],
+            services: [
+                Service(name: "api", uid: 1, produces: [Binding(dataType: "metrics")]),
+                Service(name: "collector", uid: 2, consumes: [Binding(dataType: "metrics")]),
+            ])
+        var core = servingCore(oneToOne)
+        pass(&core, now: 2)  // buffers grown once, as in a router that has been running
+        var now: UInt64 = 3
+        benchmark.startMeasurement()
+        for _ in 0..<(benchmark.scaledIterations.count / frameCount) {
+            pass(&core, now: now)
+            now += 1
+        }
+        benchmark.stopMeasurement()
+        precondition(core.egress.reduce(0) { $0 + $1.frames } > 0, "nothing was routed")
+    }
+
+    Benchmark("core-path-three-consumers-and-a-canary", configuration: allocationFree) { benchmark in
+        var core = servingCore(spec)
+        pass(&core, now: 2)
+        var now: UInt64 = 3
+        benchmark.startMeasurement()
+        for _ in 0..<(benchmark.scaledIterations.count / frameCount) {
+            pass(&core, now: now)
+            now += 1
+        }
+        benchmark.stopMeasurement()
+        precondition(core.egress.filter { $0.frames > 0 }.count == 4, "not every instance was routed to")
+    }
 
     Benchmark("frame decode + routing-field scan (per 1000 frames)", configuration: configuration) { benchmark in
         var buffer = FrameBuffer(maximumFrameSize: 1 << 20)

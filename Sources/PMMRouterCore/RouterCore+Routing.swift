@@ -137,7 +137,7 @@ extension RouterCore {
 
     /// The egress slot route `r`'s policy picks, or nil when no instance is available.
     mutating func choose(_ r: Int, key: UnsafeRawBufferPointer, mask: [Bool]?) -> Int? {
-        narrowToNearest(r, mask: mask)
+        if routes[r].spec.locality == .preferLocal { narrowToNearest(r, mask: mask) }
         let entry = routes[r].spec.entry
         switch routes[r].spec.policy {
         case .shard where key.count > 0:

@@ -29,14 +29,16 @@ public enum Varint {
         var value: UInt64 = 0
         var shift: UInt64 = 0
         var index = offset
-        while index < bytes.count {
+        let limit = min(bytes.count, offset + maximumSize)
+        while index < limit {
             let byte = bytes[index]
             index += 1
-            if shift == 63 && byte > 1 { return .malformed }
             value |= UInt64(byte & 0x7f) << shift
-            if byte & 0x80 == 0 { return .value(value, size: index - offset) }
+            if byte < 0x80 {
+                // The 10th byte holds the 64th bit only.
+                return shift == 63 && byte > 1 ? .malformed : .value(value, size: index - offset)
+            }
             shift += 7
-            if shift > 63 { return .malformed }
         }
         return index - offset >= maximumSize ? .malformed : .incomplete
     }

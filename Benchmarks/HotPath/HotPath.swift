@@ -63,6 +63,21 @@ func pass(_ core: inout RouterCore, now: UInt64) {
     core.settleActiveEgress()
 }
 
+/// Times `pass` over as many reads as the benchmark has frames to measure, after one pass that grows the
+/// buffers (as in a router that has been running); returns the core for the caller's check.
+func measurePasses(_ benchmark: Benchmark, _ core: RouterCore) -> RouterCore {
+    var core = core
+    pass(&core, now: 2)
+    var now: UInt64 = 3
+    benchmark.startMeasurement()
+    for _ in 0..<(benchmark.scaledIterations.count / frameCount) {
+        pass(&core, now: now)
+        now += 1
+    }
+    benchmark.stopMeasurement()
+    return core
+}
+
 let benchmarks: @Sendable () -> Void = {
     let metrics: [BenchmarkMetric] = [.wallClock, .mallocCountTotal, .throughput]
     let configuration = Benchmark.Configuration(metrics: metrics, scalingFactor: .kilo, maxDuration: .seconds(2))
@@ -81,28 +96,12 @@ let benchmarks: @Sendable () -> Void = {
                 Service(name: "api", uid: 1, produces: [Binding(dataType: "metrics")]),
                 Service(name: "collector", uid: 2, consumes: [Binding(dataType: "metrics")]),
             ])
-        var core = servingCore(oneToOne)
-        pass(&core, now: 2)  // buffers grown once, as in a router that has been running
-        var now: UInt64 = 3
-        benchmark.startMeasurement()
-        for _ in 0..<(benchmark.scaledIterations.count / frameCount) {
-            pass(&core, now: now)
-            now += 1
-        }
-        benchmark.stopMeasurement()
+        let core = measurePasses(benchmark, servingCore(oneToOne))
         precondition(core.egress.reduce(0) { $0 + $1.frames } > 0, "nothing was routed")
     }
 
     Benchmark("core-path-three-consumers-and-a-canary", configuration: allocationFree) { benchmark in
-        var core = servingCore(spec)
-        pass(&core, now: 2)
-        var now: UInt64 = 3
-        benchmark.startMeasurement()
-        for _ in 0..<(benchmark.scaledIterations.count / frameCount) {
-            pass(&core, now: now)
-            now += 1
-        }
-        benchmark.stopMeasurement()
+        let core = measurePasses(benchmark, servingCore(spec))
         precondition(core.egress.filter { $0.frames > 0 }.count == 4, "not every instance was routed to")
     }
 

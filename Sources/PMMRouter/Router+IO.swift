@@ -203,6 +203,14 @@ extension Router {
         defer { if !core.hasUnwritten(slot) { armEgress(id, false) } }
         while core.hasUnwritten(slot) {
             let unread = unreadBytes(held.fd)
+            if egressFDs[id]?.acknowledgedIn != acknowledgements {
+                // What the pipe holds tells the core what was read (progress, acknowledgements) as well as the
+                // room: the round's acknowledgeAll does not ask this pipe again. Its actions (notices, frames
+                // routed elsewhere from a stall) are performed there.
+                egressFDs[id]?.acknowledgedIn = acknowledgements
+                core.egressUnread(slot, unread: unread, now: monotonicNanos())
+                if !core.hasUnwritten(slot) { break }
+            }
             // A pipe holds `capacity / 4096` pages; what it holds may use one page more than its bytes
             // need (a half-read page at the head, a half-filled one at the tail). Counted that way, the room is
             // a lower bound, so the kernel takes the whole write.

@@ -82,6 +82,8 @@ public final class Router {
     var ingressFDs: [PipeID: Held] = [:]
     /// Write descriptors of egress pipes (present while a reader is there).
     var egressFDs: [PipeID: Held] = [:]
+    /// Rounds of `acknowledgeAll`, so that a pipe a flush asked for FIONREAD is not asked again in the round.
+    var acknowledgements: UInt64 = 0
     /// Ingress pipes that need a look on every pass without an event of their own: frames buffered unrouted,
     /// spooled bytes to read back, or readiness switched off because the core does not want them read now (a
     /// rate pause, the memory limit, a blocked route): level-triggered epoll would otherwise wake at once.
@@ -132,6 +134,8 @@ public final class Router {
         var capacity: Int
         /// Ingress: EPOLLIN is on. Egress: EPOLLOUT is on (a write found the pipe full).
         var armed: Bool
+        /// Egress: the `acknowledgements` round in which a flush already told the core what the pipe holds.
+        var acknowledgedIn: UInt64 = .max
     }
 
     /// Identifiers in the order they joined, each once.
@@ -510,14 +514,16 @@ public final class Router {
 
     /// Tells the core how much the pipes of instances that await progress still hold (FIONREAD); instances
     /// with nothing queued and nothing unread are not asked.
+    /// A flush since the last round already asked (before it wrote): that pipe is not asked twice.
     func acknowledgeAll(now: UInt64) {
         var index = 0
         while index < core.activeEgress.count {
             let slot = core.activeEgress[index]
             index += 1
-            guard let held = egressFDs[core.egress[slot].id] else { continue }
+            guard let held = egressFDs[core.egress[slot].id], held.acknowledgedIn != acknowledgements else { continue }
             core.egressUnread(slot, unread: unreadBytes(held.fd), now: now)
         }
+        acknowledgements &+= 1
         core.settleActiveEgress()
         performActions()
     }

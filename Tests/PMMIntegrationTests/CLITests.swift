@@ -276,8 +276,7 @@ import Testing
         chmod(dir.path, 0o777)
         // A copy of the binary the user can reach, wherever the build directory lives.
         let binary = dir.path + "/pmm"
-        try FileManager.default.copyItem(atPath: pmmBinary, toPath: binary)
-        chmod(binary, 0o755)
+        try installExecutable(from: pmmBinary, to: binary)
         let outcome = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", binary, "demo", "--dir", dir.path + "/demo"], environment: ["HOME": "/tmp"])
         #expect(outcome.status == 0, "\(outcome.stdout)\n\(outcome.stderr)")
         #expect(outcome.stdout.contains("0600 65534:65534  fifo  api.metrics.s0.in"), "a single-user mesh")

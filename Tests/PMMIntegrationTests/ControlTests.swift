@@ -54,8 +54,7 @@ final class ControlHarness {
         mkdir(binaries, 0o755)
         for name in ["pmm", "example-producer", "example-consumer"] {
             let source = URL(fileURLWithPath: pmmBinary).deletingLastPathComponent().appendingPathComponent(name).path
-            try FileManager.default.copyItem(atPath: source, toPath: binaries + "/" + name)
-            chmod(binaries + "/" + name, 0o755)
+            try installExecutable(from: source, to: binaries + "/" + name)
         }
         serve = try mesh.spawn(["serve", "-f", mesh.dir.specPath, mesh.stateArgument, "--interval", String(interval)] + arguments, output: mesh.dir.path + "/serve.log")
         try waitFor("the control socket") { FileManager.default.fileExists(atPath: self.mesh.dir.path + "/state/pmm.sock") }

@@ -255,7 +255,7 @@ struct HostileTests {
         dir.write(meshYAML(root: dir.root, apiUID: uid, collectorUID: uid))
         let bin = dir.path + "/bin"
         mkdir(bin, 0o755)
-        try FileManager.default.copyItem(atPath: pmmBinary, toPath: bin + "/pmm")
+        try installExecutable(from: pmmBinary, to: bin + "/pmm")
         let state = dir.path + "/state"
         try #require(mkdir(state, 0o555) == 0)
         for path in [dir.path, state, dir.specPath] { chown(path, uid_t(uid), gid_t(uid)) }

@@ -13,10 +13,9 @@ import Testing
         try FileManager.default.createDirectory(atPath: scripts, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: dir.path + "/out", withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: packageRoot + "/scripts/test", toPath: scripts + "/test")
+        try installExecutable(from: packageRoot + "/scripts/test", to: scripts + "/test")
         for (path, name) in [(scripts + "/setup", "setup"), (scripts + "/fuzz", "fuzz"), (scripts + "/soak", "soak"), (bin + "/swift", "swift")] {
-            dir.write("#!/usr/bin/env bash\necho \(name) >> \(log)\n", to: String(path.dropFirst(dir.path.count + 1)))
-            chmod(path, 0o755)
+            try installScript("#!/usr/bin/env bash\necho \(name) >> \(log)\n", at: path)
         }
         for path in [dir.path, dir.path + "/repo", scripts, bin] { chmod(path, 0o755) }
         chmod(dir.path + "/out", 0o777)

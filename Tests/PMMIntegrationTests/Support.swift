@@ -157,3 +157,30 @@ func openAs(uid: Int, gid: Int, path: String, mode: String) throws -> String {
     let outcome = try run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "/usr/bin/python3", "-c", script, path])
     return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines) + outcome.stderr
 }
+
+/// Why a test could not set itself up.
+struct SetupFailure: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Puts a copy of the executable `source` at `destination`, mode 0755, by way of a `cp` child process.
+///
+/// A file this test process holds open for writing is inherited, still open for writing, by any process another
+/// test forks at that moment, and exec(2) of it then fails with ETXTBSY: CI saw `setpriv: failed to execute
+/// …/pmm: Text file busy` after `FileManager.copyItem`. Copied by `cp`, the file is never open in this process.
+func installExecutable(from source: String, to destination: String) throws {
+    let outcome = try run("/bin/cp", [source, destination])
+    guard outcome.status == 0 else { throw SetupFailure(description: "cp \(source) \(destination): \(outcome.stderr)") }
+    guard chmod(destination, 0o755) == 0 else { throw SetupFailure(description: "chmod \(destination): errno \(errno)") }
+}
+
+/// Writes `text` as an executable script at `destination` (through a file that is never executed, then
+/// `installExecutable`, for the reason given there).
+func installScript(_ text: String, at destination: String) throws {
+    let draft = destination + ".draft"
+    guard FileManager.default.createFile(atPath: draft, contents: Data(text.utf8)) else {
+        throw SetupFailure(description: "cannot write \(draft)")
+    }
+    defer { unlink(draft) }
+    try installExecutable(from: draft, to: destination)
+}

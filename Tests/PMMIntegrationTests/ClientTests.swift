@@ -73,9 +73,7 @@ struct MixedWriterTests {
 
     @Test func fourProducers_mixedSizes_everyFrameWholeExactlyOnce() async throws {
         // Off the global pool, which the synchronous tests of a full run hold for minutes (see ThreadExecutor).
-        let executor = ThreadExecutor("four producers")
-        defer { executor.shutdown() }
-        try await withTaskExecutorPreference(executor) { try await fourProducersScenario(on: executor) }
+        try await offThePool("four producers") { try await fourProducersScenario(on: $0) }
     }
 
     private func fourProducersScenario(on executor: ThreadExecutor) async throws {
@@ -185,110 +183,116 @@ struct ConsumerReadingTests {
     }
 
     @Test func tornTailAndUndecodablePayload_areSkippedAndCounted_theRestArrives() async throws {
-        let dir = TemporaryDirectory("pmm-consumer")
-        let path = dir.path + "/egress"
-        #expect(mkfifo(path, 0o600) == 0)
-        let skips = Mutex<[SkippedFrame]>([])
-        let consumer = Consumer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 2, path: path) { skip in skips.withLock { $0.append(skip) } }
-        let good = try Google_Protobuf_BytesValue(Data("hello".utf8)).serializedBytes() as [UInt8]
-        let iterator = consumer.makeAsyncIterator()  // opened here: the pool's threads may be busy for seconds
-        let reading = Task {
-            var iterator = iterator
-            var got: [(UInt64, UInt32)] = []
-            while got.count < 3, let received = try await iterator.next() {
-                #expect(received.message.value == Data("hello".utf8))
-                got.append((received.sequence, received.schemaVersion))
+        try await offThePool("consumer test") { executor in
+            let dir = TemporaryDirectory("pmm-consumer")
+            let path = dir.path + "/egress"
+            #expect(mkfifo(path, 0o600) == 0)
+            let skips = Mutex<[SkippedFrame]>([])
+            let consumer = Consumer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 2, path: path) { skip in skips.withLock { $0.append(skip) } }
+            let good = try Google_Protobuf_BytesValue(Data("hello".utf8)).serializedBytes() as [UInt8]
+            let iterator = consumer.makeAsyncIterator()  // opened here: the pool's threads may be busy for seconds
+            let reading = Task(executorPreference: executor) {
+                var iterator = iterator
+                var got: [(UInt64, UInt32)] = []
+                while got.count < 3, let received = try await iterator.next() {
+                    #expect(received.message.value == Data("hello".utf8))
+                    got.append((received.sequence, received.schemaVersion))
+                }
+                return got
             }
-            return got
+            var writer: Int32 = -1
+            try await waitForAsync("the consumer's open", timeout: 60) {
+                writer = open(path, O_WRONLY | O_NONBLOCK)
+                return writer >= 0
+            }
+            defer { close(writer) }
+            let earlier = try frame(version: 2, sequence: 0, payload: Array(repeating: 9, count: 300))
+            var bytes = Array(earlier.suffix(200))  // what a previous reader left of a frame it read in part
+            bytes += try frame(version: 1, sequence: 1, payload: good)  // v1 under backward compatibility
+            bytes += try frame(version: 2, sequence: 2, payload: [0x0A, 0x05, 0x01])  // truncated: does not decode
+            bytes += try frame(version: 2, sequence: 3, payload: good)
+            bytes += try frame(version: 2, sequence: 4, payload: good)
+            #expect(write(writer, bytes, bytes.count) == bytes.count)
+            let got = try await value(of: reading, within: 10, timerOn: executor)
+            #expect(got.map(\.0) == [1, 3, 4])
+            #expect(got.map(\.1) == [1, 2, 2])
+            #expect(consumer.statistics.received == 3)
+            #expect(consumer.statistics.skipped == 2)
+            let reasons = skips.withLock { $0 }.map(\.reason)
+            #expect(reasons.count == 2)
+            if case .notAFrame = reasons.first {} else { Issue.record("first skip: \(reasons)") }
+            if case .undecodable = reasons.last {} else { Issue.record("second skip: \(reasons)") }
         }
-        var writer: Int32 = -1
-        try await waitForAsync("the consumer's open", timeout: 60) {
-            writer = open(path, O_WRONLY | O_NONBLOCK)
-            return writer >= 0
-        }
-        defer { close(writer) }
-        let earlier = try frame(version: 2, sequence: 0, payload: Array(repeating: 9, count: 300))
-        var bytes = Array(earlier.suffix(200))  // what a previous reader left of a frame it read in part
-        bytes += try frame(version: 1, sequence: 1, payload: good)  // v1 under backward compatibility
-        bytes += try frame(version: 2, sequence: 2, payload: [0x0A, 0x05, 0x01])  // truncated: does not decode
-        bytes += try frame(version: 2, sequence: 3, payload: good)
-        bytes += try frame(version: 2, sequence: 4, payload: good)
-        #expect(write(writer, bytes, bytes.count) == bytes.count)
-        let got = try await value(of: reading, within: 10)
-        #expect(got.map(\.0) == [1, 3, 4])
-        #expect(got.map(\.1) == [1, 2, 2])
-        #expect(consumer.statistics.received == 3)
-        #expect(consumer.statistics.skipped == 2)
-        let reasons = skips.withLock { $0 }.map(\.reason)
-        #expect(reasons.count == 2)
-        if case .notAFrame = reasons.first {} else { Issue.record("first skip: \(reasons)") }
-        if case .undecodable = reasons.last {} else { Issue.record("second skip: \(reasons)") }
     }
 
     @Test func cancellingTheTask_endsTheIteration_andClosesThePipe() async throws {
-        let dir = TemporaryDirectory("pmm-consumer")
-        let path = dir.path + "/egress"
-        #expect(mkfifo(path, 0o600) == 0)
-        let consumer = Consumer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 0, path: path)
-        let iterator = consumer.makeAsyncIterator()
-        let reading = Task {
-            var iterator = iterator
-            var count = 0
-            while try await iterator.next() != nil { count += 1 }
-            return count
-        }
-        var writer: Int32 = -1
-        try await waitForAsync("the consumer's open", timeout: 60) {
-            writer = open(path, O_WRONLY | O_NONBLOCK)
-            return writer >= 0
-        }
-        close(writer)
-        reading.cancel()
-        #expect(try await value(of: reading, within: 10) == 0)
-        // No reader any more: the router would see the instance gone and route elsewhere.
-        try await waitForAsync("the pipe closed", timeout: 5) {
-            let fd = open(path, O_WRONLY | O_NONBLOCK)
-            if fd >= 0 { close(fd) }
-            return fd < 0 && errno == ENXIO
+        try await offThePool("consumer test") { executor in
+            let dir = TemporaryDirectory("pmm-consumer")
+            let path = dir.path + "/egress"
+            #expect(mkfifo(path, 0o600) == 0)
+            let consumer = Consumer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 0, path: path)
+            let iterator = consumer.makeAsyncIterator()
+            let reading = Task(executorPreference: executor) {
+                var iterator = iterator
+                var count = 0
+                while try await iterator.next() != nil { count += 1 }
+                return count
+            }
+            var writer: Int32 = -1
+            try await waitForAsync("the consumer's open", timeout: 60) {
+                writer = open(path, O_WRONLY | O_NONBLOCK)
+                return writer >= 0
+            }
+            close(writer)
+            reading.cancel()
+            #expect(try await value(of: reading, within: 10, timerOn: executor) == 0)
+            // No reader any more: the router would see the instance gone and route elsewhere.
+            try await waitForAsync("the pipe closed", timeout: 5) {
+                let fd = open(path, O_WRONLY | O_NONBLOCK)
+                if fd >= 0 { close(fd) }
+                return fd < 0 && errno == ENXIO
+            }
         }
     }
 
     @Test func aFullBuffer_stopsReading_thePipeHoldsTheRest() async throws {
-        let dir = TemporaryDirectory("pmm-consumer")
-        let path = dir.path + "/egress"
-        #expect(mkfifo(path, 0o600) == 0)
-        let consumer = Consumer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 0, path: path, bufferSize: 8)
-        var iterator = consumer.makeAsyncIterator()
-        var writer: Int32 = -1
-        try await waitForAsync("the consumer's open", timeout: 60) {
-            writer = open(path, O_WRONLY | O_NONBLOCK)
-            return writer >= 0
-        }
-        defer { close(writer) }
-        let payload = try Google_Protobuf_BytesValue(Data(repeating: 7, count: 1_000)).serializedBytes() as [UInt8]
-        var written = 0
-        var sequence: UInt64 = 0
-        // Write until the pipe is full: the consumer takes a buffer's worth and one read, then stops.
-        while true {
-            sequence += 1
-            let bytes = try frame(version: 0, sequence: sequence, payload: payload)
-            let n = write(writer, bytes, bytes.count)
-            if n < 0 {
-                #expect(errno == EAGAIN)
-                sequence -= 1
-                usleep(300_000)
-                // Still full after a pause: the consumer is not reading.
-                if write(writer, bytes, bytes.count) < 0 { break }
-                sequence += 1
+        try await offThePool("consumer test") { executor in
+            let dir = TemporaryDirectory("pmm-consumer")
+            let path = dir.path + "/egress"
+            #expect(mkfifo(path, 0o600) == 0)
+            let consumer = Consumer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 0, path: path, bufferSize: 8)
+            var iterator = consumer.makeAsyncIterator()
+            var writer: Int32 = -1
+            try await waitForAsync("the consumer's open", timeout: 60) {
+                writer = open(path, O_WRONLY | O_NONBLOCK)
+                return writer >= 0
             }
-            written += 1
-            if written > 10_000 { break }
+            defer { close(writer) }
+            let payload = try Google_Protobuf_BytesValue(Data(repeating: 7, count: 1_000)).serializedBytes() as [UInt8]
+            var written = 0
+            var sequence: UInt64 = 0
+            // Write until the pipe is full: the consumer takes a buffer's worth and one read, then stops.
+            while true {
+                sequence += 1
+                let bytes = try frame(version: 0, sequence: sequence, payload: payload)
+                let n = write(writer, bytes, bytes.count)
+                if n < 0 {
+                    #expect(errno == EAGAIN)
+                    sequence -= 1
+                    usleep(300_000)
+                    // Still full after a pause: the consumer is not reading.
+                    if write(writer, bytes, bytes.count) < 0 { break }
+                    sequence += 1
+                }
+                written += 1
+                if written > 10_000 { break }
+            }
+            #expect(written < 1_000, "the consumer kept reading past its buffer (\(written) frames taken)")
+            var seen: [UInt64] = []
+            while seen.count < Int(sequence), let next = try await iterator.next() { seen.append(next.sequence) }
+            #expect(seen == Array(1...sequence), "every frame arrives, in order, once the app reads")
+            #expect(consumer.statistics.skipped == 0)
         }
-        #expect(written < 1_000, "the consumer kept reading past its buffer (\(written) frames taken)")
-        var seen: [UInt64] = []
-        while seen.count < Int(sequence), let next = try await iterator.next() { seen.append(next.sequence) }
-        #expect(seen == Array(1...sequence), "every frame arrives, in order, once the app reads")
-        #expect(consumer.statistics.skipped == 0)
     }
 }
 
@@ -298,9 +302,7 @@ struct SlowConsumerTests {
         // The slow app's pace and the waits' deadlines are timed: their tasks run on a thread of their own, not
         // on the global pool, which the synchronous tests of a full run can hold for minutes (in CI the app read
         // 107 messages in 400 s that way, and the wait timed out).
-        let executor = ThreadExecutor("slow app")
-        defer { executor.shutdown() }
-        try await withTaskExecutorPreference(executor) { try await slowConsumerScenario(on: executor) }
+        try await offThePool("slow app") { try await slowConsumerScenario(on: $0) }
     }
 
     private func slowConsumerScenario(on executor: ThreadExecutor) async throws {
@@ -372,9 +374,10 @@ func waitForAsync(_ what: @autoclosure () -> String, timeout: Double, _ conditio
     }
 }
 
-/// The value of `task`, cancelling it (and failing) if it takes longer than `seconds`.
-func value<T: Sendable>(of task: Task<T, any Error>, within seconds: Double) async throws -> T {
-    let timer = Task {
+/// The value of `task`, cancelling it (and failing) if it takes longer than `seconds`. The timer runs on
+/// `timerOn` when given (a test off the pool: its timer must not fire late, after a starved pool lets it run).
+func value<T: Sendable>(of task: Task<T, any Error>, within seconds: Double, timerOn executor: ThreadExecutor? = nil) async throws -> T {
+    let timer = Task(executorPreference: executor) {
         try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
         Issue.record("timed out after \(seconds)s")
         task.cancel()

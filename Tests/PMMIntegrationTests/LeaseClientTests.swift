@@ -8,24 +8,25 @@ import Testing
 @Suite(.enabled(if: isRoot, "needs root to run services as their own uids"), .serialized)
 struct LeaseClientTests {
     @Test func sendHeartbeats_inATask_keepTheLease_untilTheTaskIsCancelled() async throws {
-        let c = try ControlHarness(leasedMesh())
-        let registration = try PipeMesh(stateDirectory: c.mesh.dir.path + "/state").register(service: "collector")
-        let beating = Task { try await registration.sendHeartbeats(every: 0.2) }
-        // The task needs a thread of the shared pool to start (other suites may hold them): wait without
-        // holding this one.
-        for _ in 0..<1000 where (try? c.query("select heartbeatSeconds from instance")) != ["0.2"] {
-            try await Task.sleep(for: .milliseconds(20))
+        try await offThePool("heartbeats") { executor in
+            let c = try ControlHarness(leasedMesh())
+            let registration = try PipeMesh(stateDirectory: c.mesh.dir.path + "/state").register(service: "collector")
+            let beating = Task(executorPreference: executor) { try await registration.sendHeartbeats(every: 0.2) }
+            // The task starts on this test's own thread (offThePool) once this body waits without holding it.
+            for _ in 0..<1000 where (try? c.query("select heartbeatSeconds from instance")) != ["0.2"] {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(try c.query("select heartbeatSeconds from instance") == ["0.2"], "each heartbeat promises the next")
+            // Seven intervals, without them the lease would have ended. This wait blocks the thread the task
+            // started on, on purpose: once started, the beats must need no executor.
+            usleep(1_500_000)
+            #expect(c.leases == [registration.instance])
+            beating.cancel()
+            let outcome = await beating.result
+            #expect(throws: CancellationError.self) { try outcome.get() }
+            try waitFor("three missed heartbeats", timeout: 5) { c.leases.isEmpty }
+            #expect(c.serveLog.contains("lease-expired: \(registration.instance): three heartbeats missed (promised every 0.2s)"))
         }
-        #expect(try c.query("select heartbeatSeconds from instance") == ["0.2"], "each heartbeat promises the next")
-        // Seven intervals, without them the lease would have ended. This wait blocks this thread on purpose:
-        // once started, the beats must not need the pool.
-        usleep(1_500_000)
-        #expect(c.leases == [registration.instance])
-        beating.cancel()
-        let outcome = await beating.result
-        #expect(throws: CancellationError.self) { try outcome.get() }
-        try waitFor("three missed heartbeats", timeout: 5) { c.leases.isEmpty }
-        #expect(c.serveLog.contains("lease-expired: \(registration.instance): three heartbeats missed (promised every 0.2s)"))
     }
 
     @Test func aRegistryFromBeforeLeases_migrates_andItsRegistrationsLiveWithTheirProcess() throws {

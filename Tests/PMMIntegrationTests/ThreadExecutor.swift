@@ -51,3 +51,11 @@ final class ThreadExecutor: TaskExecutor, @unchecked Sendable {
         }
     }
 }
+
+/// Runs `body` with its tasks on a thread of their own (a `ThreadExecutor` it is given): its own waits, and the
+/// tasks it starts with `Task(executorPreference:)`. For async tests whose progress is timed.
+func offThePool(_ name: String, _ body: (ThreadExecutor) async throws -> Void) async throws {
+    let executor = ThreadExecutor(name)
+    defer { executor.shutdown() }
+    try await withTaskExecutorPreference(executor) { try await body(executor) }
+}

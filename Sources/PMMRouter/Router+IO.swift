@@ -23,6 +23,7 @@ extension Router {
             }
             let held = ingressFDs[id]
             var n: Int
+            var emptied = false
             // Scalars from the ledger, never a copy held across a core call (it would copy its bookkeeping).
             if let file = core.spoolPipe(of: slot).flatMap({ spoolFiles[$0] }) {
                 if core.spool(of: slot)!.unread == 0 {
@@ -78,18 +79,15 @@ extension Router {
                     performActions()
                     return
                 }
-                if n > 0 && n < asked && !core.ingress[slot].draining {
-                    // A pipe returns less than asked only when that emptied it: the next read would find nothing
-                    // (EAGAIN). Level-triggered epoll reports what arrives after this, so that read is skipped.
-                    // A draining pipe reads on to EAGAIN, which is when the core closes it.
-                    core.ingressRead(slot, count: n, now: now)
-                    performActions()
-                    return
-                }
+                // A pipe returns less than asked only when that emptied it: the next read would find nothing
+                // (EAGAIN). Level-triggered epoll reports what arrives after this, so that read is skipped. A
+                // draining pipe reads on to EAGAIN, which is when the core closes it.
+                emptied = n > 0 && n < asked && !core.ingress[slot].draining
             }
             if n > 0 {
                 core.ingressRead(slot, count: n, now: now)
                 performActions()
+                if emptied { return }
                 continue
             }
             let error = errno

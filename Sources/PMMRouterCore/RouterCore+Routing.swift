@@ -116,10 +116,10 @@ extension RouterCore {
         return slot >= 0 && egress[slot].available && egress[slot].spec.tier <= routes[r].allowedTier
     }
 
-    /// Sets route `r`'s `allowedTier` for a choice now: under `prefer-local`, the nearest tier with an instance
-    /// available to `mask` (cached per `epoch` when there is no mask).
+    /// Sets route `r`'s `allowedTier` for a choice now: the nearest tier with an instance available to `mask`
+    /// (cached per `epoch` when there is no mask). Only for a `prefer-local` route (`choose` checks, so that
+    /// other routes make no call per frame); any other keeps `Int.max`.
     mutating func narrowToNearest(_ r: Int, mask: [Bool]?) {
-        guard routes[r].spec.locality == .preferLocal else { return }
         if mask == nil && routes[r].tierEpoch == epoch { return }
         var nearest = Int.max
         let index = routes[r].spec.egressIndex

@@ -106,7 +106,7 @@ struct MixedWriterTests {
             }
             try await group.waitForAll()
         }
-        let got = try await value(of: reading, within: 120)
+        let got = try await value(of: reading, within: 120, timerOn: executor)
         #expect(consumer.statistics.skipped == 0, "skipped: \(String(describing: consumer.statistics.lastSkipped))")
         for w in mixedSizes.indices {
             let mine = got.filter { $0.writer == w }

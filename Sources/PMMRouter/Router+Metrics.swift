@@ -42,46 +42,47 @@ final class RouterMetrics {
 }
 
 extension Router {
-    /// The Prometheus text of the router's counters, refreshed now.
-    func metricsText() -> String {
+    /// The Prometheus text of `status` (the router's counters, refreshed now; with workers, every worker's).
+    func metricsText(of status: RouterStatus) -> String {
         let metrics = self.routerMetrics
-        metrics.gauge("pmm_router_revision", [], Double(core.layout.revision))
-        metrics.gauge("pmm_router_held_bytes", [], Double(core.heldBytes))
-        metrics.gauge("pmm_router_spooled_bytes", [], Double(core.spoolLive))
-        for pipe in core.ingress where !pipe.draining {
-            let labels = [("pipe", pipe.name), ("producer", pipe.spec.producer), ("data_type", pipe.spec.dataType)]
+        metrics.gauge("pmm_router_revision", [], Double(status.revision))
+        metrics.gauge("pmm_router_held_bytes", [], Double(status.heldBytes ?? 0))
+        metrics.gauge("pmm_router_spooled_bytes", [], Double(status.spooledBytes ?? 0))
+        metrics.gauge("pmm_router_workers", [], Double(status.workers ?? 1))
+        for pipe in status.ingress {
+            let labels = [("pipe", pipe.name), ("producer", pipe.producer), ("data_type", pipe.dataType)]
             metrics.count("pmm_ingress_frames_total", labels, pipe.frames)
             metrics.count("pmm_ingress_bytes_total", labels, pipe.bytes)
             metrics.count("pmm_ingress_resets_total", labels, pipe.resets)
             metrics.count("pmm_ingress_misaddressed_total", labels, pipe.misaddressed)
             metrics.count("pmm_ingress_replayed_total", labels, pipe.replayed)
         }
-        for pipe in core.egress {
-            let labels = [("pipe", pipe.name), ("instance", pipe.spec.instance), ("data_type", pipe.spec.dataType)]
+        for pipe in status.egress {
+            let labels = [("pipe", pipe.name), ("instance", pipe.instance), ("data_type", pipe.dataType)]
             metrics.count("pmm_egress_frames_total", labels, pipe.frames)
             metrics.count("pmm_egress_bytes_total", labels, pipe.bytes)
             metrics.count("pmm_egress_dropped_total", labels, pipe.dropped)
             metrics.count("pmm_egress_failures_total", labels, pipe.failures)
             metrics.count("pmm_egress_stalls_total", labels, pipe.stalls)
             metrics.count("pmm_egress_rerouted_total", labels, pipe.rerouted)
-            metrics.gauge("pmm_egress_healthy", labels, pipe.available ? 1 : 0)
-            metrics.gauge("pmm_egress_queued_frames", labels, Double(pipe.queue.count))
+            metrics.gauge("pmm_egress_healthy", labels, pipe.healthy ? 1 : 0)
+            metrics.gauge("pmm_egress_queued_frames", labels, Double(pipe.queued))
         }
-        for (reason, count) in core.counters.deadLetters {
-            metrics.count("pmm_dead_letters_total", [("reason", reason.rawValue)], count)
+        for (reason, count) in status.deadLetters {
+            metrics.count("pmm_dead_letters_total", [("reason", reason)], count)
         }
-        for peer in core.peers where peer.inLayout {
-            let labels = [("peer", peer.name)]
-            metrics.gauge("pmm_link_up", labels, peer.up ? 1 : 0)
-            metrics.gauge("pmm_link_peer_revision", labels, Double(peer.revision))
-            metrics.gauge("pmm_link_unacknowledged_frames", labels, Double(peer.unacknowledged))
-            metrics.count("pmm_link_sent_frames_total", labels, peer.sentFrames)
-            metrics.count("pmm_link_acknowledged_frames_total", labels, peer.acknowledgedFrames)
-            metrics.count("pmm_link_received_frames_total", labels, peer.receivedFrames)
-            metrics.count("pmm_link_rerouted_frames_total", labels, peer.rerouted)
+        for link in status.links ?? [] {
+            let labels = [("peer", link.peer)]
+            metrics.gauge("pmm_link_up", labels, link.up ? 1 : 0)
+            metrics.gauge("pmm_link_peer_revision", labels, Double(link.peerRevision))
+            metrics.gauge("pmm_link_unacknowledged_frames", labels, Double(link.unacknowledged))
+            metrics.count("pmm_link_sent_frames_total", labels, link.sentFrames)
+            metrics.count("pmm_link_acknowledged_frames_total", labels, link.acknowledgedFrames)
+            metrics.count("pmm_link_received_frames_total", labels, link.receivedFrames)
+            metrics.count("pmm_link_rerouted_frames_total", labels, link.rerouted)
         }
-        metrics.count("pmm_router_reloads_total", [], core.counters.reloads)
-        metrics.count("pmm_router_failed_reloads_total", [], shellCounters.failedReloads)
+        metrics.count("pmm_router_reloads_total", [], status.reloads)
+        metrics.count("pmm_router_failed_reloads_total", [], status.failedReloads)
         return metrics.render()
     }
 }

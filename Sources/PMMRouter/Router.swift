@@ -1,6 +1,6 @@
 import Foundation
 import Glibc
-public import Logging
+import Logging
 public import PMMCore
 public import PMMSystem
 import PMMLink
@@ -35,6 +35,8 @@ public struct RouterOptions: Sendable {
     public var deadLetterDirectory: String?
     /// Serve Prometheus metrics on this TCP address (`127.0.0.1:9464`).
     public var metricsListen: (host: String, port: UInt16)?
+    /// Router workers (threads), each routing a share of the data types (`RouterGroup`); nil: one per core.
+    public var workers: Int?
 
     public init() {}
 
@@ -119,6 +121,19 @@ public final class Router {
     let wallOffset: Int64
     /// The node this router serves in a multi-node mesh (nil: one host).
     public var servedNode: String? { core.layout.node }
+
+    /// This router's place in a `RouterGroup` of several workers; nil: the only one.
+    let seat: Seat?
+    /// The board version worker 0 last wrote to the status file.
+    var mergedVersion: UInt64 = .max
+
+    /// A worker's place in a group: its index, where it publishes its status, and which spools of pipes no
+    /// revision names any more are its to deliver.
+    struct Seat: Sendable {
+        let index: Int
+        let board: StatusBoard
+        let adopts: @Sendable (String) -> Bool
+    }
     /// The links to the other nodes' routers (a multi-node mesh), or nil.
     var links: LinkManager?
     /// The health last told to the peers, and the core's epoch it was looked at.
@@ -182,9 +197,11 @@ public final class Router {
 
     /// - Parameters:
     ///   - layout: what to route, from the applied revision.
-    public init(layout: RouterLayout, options: RouterOptions = RouterOptions(), logger: Logger) throws(FIFOError) {
+    ///   - seat: its place in a group of workers, if it is one of several.
+    init(layout: RouterLayout, options: RouterOptions = RouterOptions(), logger: Logger, seat: Seat? = nil) throws(FIFOError) {
         self.options = options
         self.logger = logger
+        self.seat = seat
         guard let root = try PipeRoot.open(layout.root) else {
             throw FIFOError(.systemCall, path: layout.root, "the pipe root does not exist", hint: "run pmm apply first")
         }
@@ -213,9 +230,10 @@ public final class Router {
         // Spools of pipes this layout no longer names (a crash after an apply removed them) are read back too.
         if let directory = options.spoolDirectory, let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
             let live = Set(layout.ingress.map(\.name))
+            let adopts = seat?.adopts ?? { !live.contains($0) }
             for name in names.sorted() where name.hasSuffix(".spool") {
                 let pipe = String(name.dropLast(".spool".count))
-                guard !live.contains(pipe), let (file, ledger) = try? SpoolFile.open(directory: directory, pipe: pipe, source: nil) else { continue }
+                guard adopts(pipe), let (file, ledger) = try? SpoolFile.open(directory: directory, pipe: pipe, source: nil) else { continue }
                 if core.adoptSpool(ledger, now: now) {
                     spoolFiles[pipe] = file
                     logger.notice("replaying the spool of a removed pipe", metadata: ["pipe": "\(pipe)", "bytes": "\(ledger.live)"])
@@ -267,7 +285,9 @@ public final class Router {
         logger.info(
             "router serving",
             metadata: ["revision": "\(core.layout.revision)", "ingress": "\(core.ingress.count)", "egress": "\(core.egress.count)"])
-        do { try ServiceManager.notifyReady() } catch { logger.warning("cannot tell the service manager the router is ready: \(error)") }
+        if (seat?.index ?? 0) == 0 {
+            do { try ServiceManager.notifyReady() } catch { logger.warning("cannot tell the service manager the router is ready: \(error)") }
+        }
         epoll.add(signals.readFD, interest: Epoll.readable, token: Token.signal)
         if let watch { epoll.add(watch.fd, interest: Epoll.readable, token: Token.watch) }
         if let links { epoll.add(links.wakeDescriptor, interest: Epoll.readable, token: Token.links) }
@@ -303,7 +323,7 @@ public final class Router {
                         epoll.add(client, interest: Epoll.readable, token: Token.metricsClient | UInt64(UInt32(bitPattern: client)))
                     }
                 case Token.metricsClient:
-                    metrics?.respond(Int32(bitPattern: UInt32(truncatingIfNeeded: value))) { self.metricsText() }
+                    metrics?.respond(Int32(bitPattern: UInt32(truncatingIfNeeded: value))) { self.metricsText(of: self.routerWideStatus) }
                 default:
                     break  // links: drained by pumpLinks, every pass
                 }
@@ -322,6 +342,7 @@ public final class Router {
             pumpLinks(now: monotonicNanos())
             flushAll()
             housekeeping(now: monotonicNanos())
+            if let seat, seat.index == 0, seat.board.version != mergedVersion { writeMergedStatus(force: false) }
             if stopRequested { return stop() }
             if reloadRequested { reloadLayout(reload) }
         }

@@ -98,6 +98,8 @@ public struct RouterStatus: Codable, Sendable, Equatable {
     public var spooledBytes: Int64?
     /// Links to the other nodes' routers, by peer name (empty on one host).
     public var links: [Link]?
+    /// Router workers (threads) whose shares this status merges; nil: one.
+    public var workers: Int? = nil
 
     /// Reads a status file, or nil.
     public static func read(from path: String) -> RouterStatus? {
@@ -151,47 +153,78 @@ extension Router {
             })
     }
 
+    /// Writes the status file every `statusInterval` (or now, with `force`); a worker of a group publishes its
+    /// status to the group's board instead, and worker 0 writes the board's merge.
     func writeStatus(force: Bool, stopping: Bool = false) {
-        guard let path = options.statusPath else { return }
+        guard options.statusPath != nil || seat != nil else { return }
         let now = monotonicNanos()
         guard force || now - lastStatus >= UInt64(options.statusInterval * 1e9) else { return }
         let elapsed = Double(now - lastStatus) / 1e9
         lastStatus = now
         let signature = statusSignature
-        if !force && signature == writtenStatus.signature && !writtenStatus.hadRates {
-            // Nothing changed (and the rates written were already 0): the file stays, its time is renewed.
-            // The rates' baseline stays too: the frame counts did not move since they were written.
-            if utimensat(AT_FDCWD, path, nil, 0) == 0 { return }
+        // Nothing changed (and the rates written were already 0): the file stays, its time is renewed. The
+        // rates' baseline stays too: the frame counts did not move since they were written.
+        let unchanged = !force && signature == writtenStatus.signature && !writtenStatus.hadRates
+        if let seat {
+            if !unchanged {
+                if elapsed > 0.2 { refreshRates(elapsed: elapsed) }
+                var status = self.status
+                status.stopping = stopping
+                seat.board.publish(status, worker: seat.index)
+                writtenStatus = (signature, hasRates)
+            }
+            if seat.index == 0 { writeMergedStatus(force: force) }
+            return
         }
-        if elapsed > 0.2 {
-            var next: [PipeID: (frames: UInt64, rate: Double)] = [:]
-            next.reserveCapacity(core.ingress.count + core.egress.count)
-            for slot in core.ingress.indices {
-                let (id, frames) = (core.ingress[slot].id, core.ingress[slot].frames)
-                next[id] = (frames, Double(frames &- (rates[id]?.frames ?? frames)) / elapsed)
-            }
-            for slot in core.egress.indices {
-                let (id, frames) = (core.egress[slot].id, core.egress[slot].frames)
-                next[id] = (frames, Double(frames &- (rates[id]?.frames ?? frames)) / elapsed)
-            }
-            rates = next
-            var links: [String: (frames: UInt64, rate: Double)] = [:]
-            for peer in core.peers {
-                let last = linkRates[peer.name]?.frames ?? peer.sentFrames
-                links[peer.name] = (peer.sentFrames, Double(peer.sentFrames &- last) / elapsed)
-            }
-            linkRates = links
-        }
+        guard let path = options.statusPath else { return }
+        if unchanged && utimensat(AT_FDCWD, path, nil, 0) == 0 { return }
+        if elapsed > 0.2 { refreshRates(elapsed: elapsed) }
         var status = self.status
         status.stopping = stopping
-        let data = StatusJSON.encode(status)
-        let temporary = path + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { return }
-        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        guard written == data.count, rename(temporary, path) == 0 else { return }
-        writtenStatus = (signature, rates.values.contains { $0.rate != 0 } || linkRates.values.contains { $0.rate != 0 })
+        guard writeStatusFile(status, to: path) else { return }
+        writtenStatus = (signature, hasRates)
+    }
+
+    /// Worker 0 of a group: writes every worker's status merged, when one published since the last write.
+    func writeMergedStatus(force: Bool) {
+        guard let seat, let path = options.statusPath else { return }
+        let version = seat.board.version
+        if version == mergedVersion && !force {
+            _ = utimensat(AT_FDCWD, path, nil, 0)
+            return
+        }
+        guard let merged = seat.board.merged(), writeStatusFile(merged, to: path) else { return }
+        mergedVersion = version
+    }
+
+    /// What the whole router holds: this router's status, or, for a worker of a group, every worker's merged
+    /// (the others' as they last published).
+    var routerWideStatus: RouterStatus {
+        guard let seat else { return status }
+        return seat.board.merged(replacing: seat.index, with: status) ?? status
+    }
+
+    var hasRates: Bool { rates.values.contains { $0.rate != 0 } || linkRates.values.contains { $0.rate != 0 } }
+
+    /// Frames per second of every pipe and link since the last status.
+    func refreshRates(elapsed: Double) {
+        var next: [PipeID: (frames: UInt64, rate: Double)] = [:]
+        next.reserveCapacity(core.ingress.count + core.egress.count)
+        for slot in core.ingress.indices {
+            let (id, frames) = (core.ingress[slot].id, core.ingress[slot].frames)
+            next[id] = (frames, Double(frames &- (rates[id]?.frames ?? frames)) / elapsed)
+        }
+        for slot in core.egress.indices {
+            let (id, frames) = (core.egress[slot].id, core.egress[slot].frames)
+            next[id] = (frames, Double(frames &- (rates[id]?.frames ?? frames)) / elapsed)
+        }
+        rates = next
+        var links: [String: (frames: UInt64, rate: Double)] = [:]
+        for peer in core.peers {
+            let last = linkRates[peer.name]?.frames ?? peer.sentFrames
+            links[peer.name] = (peer.sentFrames, Double(peer.sentFrames &- last) / elapsed)
+        }
+        linkRates = links
     }
 
     /// A hash of everything the status file shows but the time and the rates: equal signatures, nothing to

@@ -76,3 +76,8 @@ public final class Epoll {
         return n
     }
 }
+
+/// Names the calling thread (what `top -H` and `/proc/<pid>/task/*/comm` show); Linux keeps 15 bytes.
+public func nameThisThread(_ name: String) {
+    _ = pmm_set_thread_name(String(name.utf8.prefix(15))!)
+}

@@ -20,15 +20,8 @@ public final class SignalPipe: @unchecked Sendable {
     ///   false: its `ServiceGroup` owns SIGTERM and SIGINT (graceful shutdown) and a `UnixSignalsSequence` owns
     ///   SIGHUP, and they `send` into this pipe (one handler per signal). The signals are still set to
     ///   `SIG_IGN` at once, so one that arrives before those handlers are registered does not kill the process.
-    public init(handlingSignals: Bool = true) {
-        var fds: [Int32] = [-1, -1]
-        precondition(pipe(&fds) == 0, "pipe failed")
-        readFD = fds[0]
-        writeFD = fds[1]
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
+    public convenience init(handlingSignals: Bool = true) {
+        self.init(descriptorsOnly: ())
         signal(SIGPIPE, SIG_IGN)
         guard handlingSignals else {
             for number in [SIGHUP, SIGTERM, SIGINT] { signal(number, SIG_IGN) }
@@ -44,6 +37,21 @@ public final class SignalPipe: @unchecked Sendable {
             }
             source.resume()
             sources.append(source)
+        }
+    }
+
+    /// A pipe for events sent with `send` only: no signal's disposition changes (a router worker's channel
+    /// from the thread that owns the process's signals).
+    public static func events() -> SignalPipe { SignalPipe(descriptorsOnly: ()) }
+
+    init(descriptorsOnly: Void) {
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe(&fds) == 0, "pipe failed")
+        readFD = fds[0]
+        writeFD = fds[1]
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         }
     }
 

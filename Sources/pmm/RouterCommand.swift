@@ -70,6 +70,12 @@ struct RouterFlags: ParsableArguments {
     @Option(help: ArgumentHelp("Serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9464.", valueName: "host:port"))
     var metricsListen: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Router threads. Each routes a share of the data types (all of a type's pipes on one thread, so a type uses one core); default: one per core, no more than the types with producers. A multi-node mesh uses one.",
+            valueName: "n"))
+    var workers: Int?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -80,6 +86,7 @@ struct RouterFlags: ParsableArguments {
         guard stallTimeout > 0 else { throw ValidationError("--stall-timeout must be positive") }
         guard memoryLimit >= 2 * maxFrame else { throw ValidationError("--memory-limit must be at least twice --max-frame") }
         guard spoolLimit >= Int64(2 * maxFrame) else { throw ValidationError("--spool-limit must be at least twice --max-frame") }
+        if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be between 1 and 256") }
         if let metricsListen, metricsAddress(metricsListen) == nil {
             throw ValidationError("--metrics-listen takes host:port with an IPv4 host, e.g. 127.0.0.1:9464")
         }
@@ -99,6 +106,7 @@ struct RouterFlags: ParsableArguments {
         options.memoryLimit = memoryLimit
         options.spoolLimit = spoolLimit
         options.metricsListen = metricsListen.flatMap(metricsAddress)
+        options.workers = workers
         return options
     }
 }
@@ -114,7 +122,7 @@ func makeLogger(label: String, level: String) -> Logger {
 final class RouterService {
     let state: StateDirectory
     let reconciler: Reconciler
-    let router: Router
+    let router: RouterGroup
     let lock: LockFile
     let logger: Logger
 
@@ -138,7 +146,7 @@ final class RouterService {
         options.statusPath = state.routerStatusPath
         options.spoolDirectory = state.spoolPath
         options.deadLetterDirectory = state.deadLetterPath
-        do { router = try Router(layout: layout, options: options, logger: logger) } catch { throw .system(error) }
+        do { router = try RouterGroup(layout: layout, options: options, logger: logger) } catch { throw .system(error) }
         _ = FileManager.default.createFile(atPath: state.routerPIDPath, contents: Data("\(getpid())\n".utf8))
     }
 

@@ -90,15 +90,15 @@ func faultMesh(
 }
 
 extension MeshHarness {
-    /// Starts the byte-exact consumer on `instance`'s events pipe, appending sequences to its file.
-    func startExactConsumer(_ instance: String) throws -> Process {
+    /// Starts the byte-exact consumer on `instance`'s pipe of `dataType`, appending sequences to its file.
+    func startExactConsumer(_ instance: String, dataType: String = "events") throws -> Process {
         let script = dir.path + "/consumer.py"
         if !FileManager.default.fileExists(atPath: script) { dir.write(byteExactConsumer, to: "consumer.py") }
-        let output = dir.path + "/\(instance).seq"
+        let output = dir.path + "/\(instance).\(dataType).seq"
         if !FileManager.default.fileExists(atPath: output) { _ = FileManager.default.createFile(atPath: output, contents: nil) }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [script, dir.root + "/\(instance).events.out"]
+        process.arguments = [script, dir.root + "/" + Naming.egress(instance: instance, dataType: dataType)]
         let handle = FileHandle(forWritingAtPath: output)!
         handle.seekToEndOfFile()
         process.standardOutput = handle
@@ -107,10 +107,10 @@ extension MeshHarness {
         return process
     }
 
-    /// Sequences every exact consumer printed, with repeats.
-    func exactReceived(_ instances: [String]) -> [UInt64] {
+    /// Sequences every exact consumer of `dataType` printed, with repeats.
+    func exactReceived(_ instances: [String], dataType: String = "events") -> [UInt64] {
         instances.flatMap { instance -> [UInt64] in
-            let text = (try? String(contentsOfFile: dir.path + "/\(instance).seq", encoding: .utf8)) ?? ""
+            let text = (try? String(contentsOfFile: dir.path + "/\(instance).\(dataType).seq", encoding: .utf8)) ?? ""
             return text.split(separator: "\n").compactMap { UInt64($0) }
         }
     }

@@ -33,7 +33,8 @@ import Testing
                     RouterStatus.Link(
                         peer: "node-b", up: true, since: when, peerRevision: 6, sentFrames: 100, acknowledgedFrames: 90, receivedFrames: 80,
                         unacknowledged: 10, rerouted: 1, rate: 2e-5, lastError: optionals ? "connection reset" : nil)
-                ] : nil)
+                ] : nil,
+            workers: optionals ? 2 : nil)
     }
 
     @Test(arguments: [(false, false), (true, true), (true, false), (false, true)])

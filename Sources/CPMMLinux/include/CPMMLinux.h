@@ -23,3 +23,6 @@ int pmm_epoll_create(void);
 int pmm_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
 /// epoll_wait into `ready` (at most `capacity`, which must be at most 1024).
 int pmm_epoll_wait(int epfd, pmm_epoll_ready *ready, int capacity, int timeout);
+
+/// pthread_setname_np for the calling thread (a GNU extension Glibc's module leaves out); at most 15 bytes.
+int pmm_set_thread_name(const char *name);

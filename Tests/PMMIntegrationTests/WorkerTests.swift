@@ -1,0 +1,140 @@
+import Foundation
+import Glibc
+import PMMCore
+import PMMRouter
+import Testing
+
+/// Two at-least-once types, each with its own consumer service, so a router with two workers gives one type
+/// to each.
+func workerMesh(betaReplicas: Int = 2) -> String {
+    """
+    apiVersion: pmm/v1
+    kind: Mesh
+    name: workers
+    root: ROOT
+    dataTypes:
+      alpha:
+        shards: 2
+        qos: {delivery: at-least-once, buffer: 10000}
+      beta:
+        shards: 2
+        qos: {delivery: at-least-once, buffer: 10000}
+    services:
+      api:
+        uid: 0
+        produces: [{dataType: alpha}, {dataType: beta}]
+      sinka:
+        uid: 0
+        replicas: 2
+        consumes: [{dataType: alpha}]
+      sinkb:
+        uid: 0
+        replicas: \(betaReplicas)
+        consumes: [{dataType: beta}]
+    routes:
+      alpha: {policy: round-robin, targets: [{service: sinka}]}
+      beta: {policy: round-robin, targets: [{service: sinkb}]}
+
+    """
+}
+
+/// `pmm router --workers N`: real router processes with several worker threads, each routing a share of the
+/// data types.
+@Suite(.enabled(if: isRoot, "services run as uid 0 so the test can play them all"), .serialized)
+struct WorkerTests {
+    /// The names of a process's threads.
+    static func threadNames(_ pid: Int32) -> [String] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        return tasks.compactMap { try? String(contentsOfFile: "/proc/\(pid)/task/\($0)/comm", encoding: .utf8) }
+            .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+    }
+
+    @Test func twoWorkers_eachRoutesItsType_onItsOwnThread_andAKillAndAReloadLoseNothing() throws {
+        let h = try MeshHarness(workerMesh())
+        try h.startRouter(["--workers", "2"])
+        let alpha = ["sinka-0", "sinka-1"]
+        var beta = ["sinkb-0", "sinkb-1"]
+        var consumers = try alpha.map { try h.startExactConsumer($0, dataType: "alpha") }
+        consumers += try beta.map { try h.startExactConsumer($0, dataType: "beta") }
+        defer { for p in consumers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        try h.waitForHealthy(alpha + beta)
+
+        // One status for the whole router: both workers' pipes, merged.
+        let status = try #require(h.status)
+        #expect(status.workers == 2)
+        #expect(Set(status.ingress.map(\.dataType)) == ["alpha", "beta"])
+        #expect(Set(status.egress.map(\.name)) == Set((alpha + beta).map { "\($0).\($0.hasPrefix("sinka") ? "alpha" : "beta").out" }))
+        let threads = Self.threadNames(try #require(h.router?.processIdentifier))
+        #expect(threads.contains("pmm-router-0") && threads.contains("pmm-router-1"), "threads: \(threads)")
+
+        let count = 20_000
+        let producers = try ["alpha", "beta"].map { type in
+            try h.spawn(
+                ["send", h.stateArgument, "--service", "api", "--data-type", type, "--payload", String(repeating: "w", count: 100),
+                 "--count", String(count), "--rate", "8000"],
+                output: h.dir.path + "/producer-\(type).log")
+        }
+        defer { for p in producers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+
+        // A reload mid-stream: beta gets a third consumer; `apply --wait` returns once every worker serves it.
+        usleep(500_000)
+        h.dir.write(workerMesh(betaReplicas: 3).replacingOccurrences(of: "ROOT", with: h.dir.root))
+        let applied = try pmm("apply", "-f", h.dir.specPath, h.stateArgument, "--wait", "--wait-timeout", "20")
+        #expect(applied.status == 0, "apply: \(applied.stderr)")
+        #expect(h.status?.revision == 2)
+        beta.append("sinkb-2")
+        consumers.append(try h.startExactConsumer("sinkb-2", dataType: "beta"))
+
+        // The router killed mid-stream, holding frames its stopped consumers had not taken, and started again:
+        // each worker replays its own spools.
+        usleep(300_000)
+        for p in consumers { kill(p.processIdentifier, SIGSTOP) }
+        usleep(500_000)
+        h.signalRouter(SIGKILL)
+        h.router?.waitUntilExit()
+        for p in consumers { kill(p.processIdentifier, SIGCONT) }
+        usleep(300_000)
+        try h.startRouter(["--workers", "2"])
+        for producer in producers {
+            producer.waitUntilExit()
+            #expect(producer.terminationStatus == 0)
+        }
+        // On a timeout the figures below say what is missing.
+        try? waitFor("every frame of both types", timeout: 60) {
+            Set(h.exactReceived(alpha, dataType: "alpha")).count >= count && Set(h.exactReceived(beta, dataType: "beta")).count >= count
+        }
+        usleep(300_000)
+        for (type, instances) in [("alpha", alpha), ("beta", beta)] {
+            let received = h.exactReceived(instances, dataType: type)
+            let unique = Set(received)
+            let lost = (1...UInt64(count)).count { !unique.contains($0) }
+            print("FIGURES two workers, \(type): sent \(count), delivered \(unique.count), duplicated \(received.count - unique.count), lost \(lost)")
+            #expect(lost == 0, "\(type): \(lost) frames lost")
+        }
+        let served = h.exactReceived(["sinkb-2"], dataType: "beta").count
+        #expect(served > 0, "the consumer the reload added got frames")
+        #expect(h.status?.workers == 2)
+        #expect(h.status?.revision == 2)
+    }
+
+    @Test func sigterm_stopsEveryWorker_drainsTheirQueues_andExits0() throws {
+        let h = try MeshHarness(workerMesh())
+        try h.startRouter(["--workers", "2"])
+        let consumers = try [("sinka-0", "alpha"), ("sinka-1", "alpha"), ("sinkb-0", "beta"), ("sinkb-1", "beta")].map {
+            try h.startExactConsumer($0.0, dataType: $0.1)
+        }
+        defer { for p in consumers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        try h.waitForHealthy(["sinka-0", "sinka-1", "sinkb-0", "sinkb-1"])
+        for type in ["alpha", "beta"] { try h.send("--service", "api", "--data-type", type, "--payload", "drain me", "--count", "500") }
+        try waitFor("both types delivered") {
+            h.exactReceived(["sinka-0", "sinka-1"], dataType: "alpha").count >= 500
+                && h.exactReceived(["sinkb-0", "sinkb-1"], dataType: "beta").count >= 500
+        }
+        h.signalRouter(SIGTERM)
+        h.router?.waitUntilExit()
+        #expect(h.router?.terminationStatus == 0, "\(h.routerLog())")
+        #expect(h.status?.stopping == true)
+        #expect(h.status?.workers == 2)
+        #expect(h.status?.egress.reduce(0) { $0 + $1.frames } == 1000)
+    }
+}

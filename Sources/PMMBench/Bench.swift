@@ -28,6 +28,11 @@ public struct BenchConfig: Sendable {
     public var idleSeconds = 3.0
     /// Sample the idle router of the plain routed mesh too (the baseline beside a crowded one).
     public var measureIdle = false
+    /// Data types of the routed mesh: producer p sends type p mod `types`, and each type has its own consumer
+    /// service with `consumers / types` instances (independent flows, which router workers can share out).
+    public var types = 1
+    /// `pmm router --workers` for the routed path; nil: the router's default.
+    public var workers: Int?
 
     public init() {}
 }
@@ -133,21 +138,35 @@ public final class Bench {
     /// The same producers and consumers with the router between them; with `idlePipes`, in a mesh that also
     /// holds that many idle pipes (a second data type whose producers never write and whose consumers never
     /// read), after sampling the router's idle CPU and memory.
-    public func routed(idlePipes: Int = 0) throws -> BenchResult {
+    ///
+    /// - Parameter workers: `pmm router --workers` (nil: `config.workers`).
+    public func routed(idlePipes: Int = 0, workers: Int? = nil) throws -> BenchResult {
+        let workers = workers ?? config.workers
         let directory = try fresh(idlePipes > 0 ? "crowded" : "routed")
         var services = ""
-        for p in 0..<config.producers { services += "  p\(p): {uid: \(geteuid()), gid: \(getegid()), produces: [{dataType: bench}]}\n" }
-        services += "  sink: {uid: \(geteuid()), gid: \(getegid()), replicas: \(config.consumers), consumes: [{dataType: bench}]}\n"
+        for p in 0..<config.producers {
+            services += "  p\(p): {uid: \(geteuid()), gid: \(getegid()), produces: [{dataType: \(typeName(p % config.types, of: config.types))}]}\n"
+        }
+        for k in 0..<config.types {
+            services += "  \(sinkName(k, of: config.types)): {uid: \(geteuid()), gid: \(getegid()), replicas: \(config.consumers / config.types), consumes: [{dataType: \(typeName(k, of: config.types))}]}\n"
+        }
         let idle = IdleMesh(pipes: idlePipes)
         services += idle.services(uid: geteuid(), gid: getegid())
         let state = directory + "/state"
-        try apply(spec(directory: directory, services: services, extraTypes: idle.dataTypes, extraRoutes: idle.routes), directory: directory, states: [(state, nil)])
+        try apply(
+            spec(directory: directory, services: services, types: config.types, extraTypes: idle.dataTypes, extraRoutes: idle.routes),
+            directory: directory, states: [(state, nil)])
         // The idle consumers are there (their pipes open for reading) but read nothing, as idle services do.
         let idleReaders = try idle.openReaders(pipes: directory + "/pipes")
         defer { for fd in idleReaders { close(fd) } }
-        let router = try startRouter(state: state, node: nil)
+        let router = try startRouter(state: state, node: nil, workers: workers)
         defer { stopRouter(router) }
-        let readers = try startReaders(directory: directory, instances: (0..<config.consumers).map { "sink-\($0)" }, statusPath: state + "/router.json")
+        let pipes = (0..<config.types).flatMap { k in
+            (0..<(config.consumers / config.types)).map {
+                Naming.egress(instance: "\(sinkName(k, of: config.types))-\($0)", dataType: typeName(k, of: config.types))
+            }
+        }
+        let readers = try startReaders(directory: directory, pipes: pipes, statusPath: state + "/router.json")
         var idleCPU: Double?
         var idleRSS: Double?
         if config.idleSeconds > 0 && (idlePipes > 0 || config.measureIdle) {
@@ -159,8 +178,9 @@ public final class Bench {
             idleCPU = (ProcessTable.cpuSeconds(of: router.processIdentifier) - before) / config.idleSeconds * 100
             idleRSS = residentMiB(router.processIdentifier)
         }
+        let name = idlePipes > 0 ? "routed, +\(idle.total) idle pipes" : "routed (\(config.delivery.rawValue)\(workers.map { ", \($0) worker\($0 == 1 ? "" : "s")" } ?? ""))"
         var result = measure(
-            idlePipes > 0 ? "routed, +\(idle.total) idle pipes" : "routed (\(config.delivery.rawValue))", directory: directory,
+            name, directory: directory, types: config.types,
             readers: readers.readers, tally: readers.tally, routers: [router])
         if idleCPU != nil {
             result.pipes = config.producers + config.consumers + idle.total
@@ -199,7 +219,8 @@ public final class Bench {
         defer { stopRouter(b) }
         // Node a's status shows the remote instances healthy once the link is up and b's consumers read.
         let readers = try startReaders(
-            directory: directory, instances: (0..<config.consumers).map { "sink-b-\($0)" }, statusPath: states[0].0 + "/router.json")
+            directory: directory, pipes: (0..<config.consumers).map { Naming.egress(instance: "sink-b-\($0)", dataType: "bench") },
+            statusPath: states[0].0 + "/router.json")
         return measure(
             "across nodes (\(tls ? "TLS" : "plaintext"))", directory: directory, readers: readers.readers, tally: readers.tally, routers: [a, b])
     }
@@ -213,20 +234,24 @@ public final class Bench {
         return directory
     }
 
-    func spec(directory: String, services: String, nodes: String = "", extraTypes: String = "", extraRoutes: String = "") -> String {
-        """
+    /// The name of bench data type `k` of `types` ("bench" when there is one).
+    func typeName(_ k: Int, of types: Int) -> String { types == 1 ? "bench" : "bench\(k)" }
+    /// The consumer service of bench data type `k` of `types`.
+    func sinkName(_ k: Int, of types: Int) -> String { types == 1 ? "sink" : "sink\(k)" }
+
+    func spec(directory: String, services: String, types: Int = 1, nodes: String = "", extraTypes: String = "", extraRoutes: String = "") -> String {
+        let benchTypes = (0..<types).map { "  \(typeName($0, of: types)):\n    qos: {delivery: \(config.delivery.rawValue), buffer: 1000000, pipeSize: 1MiB}\n" }.joined()
+        let benchRoutes = (0..<types).map { "  \(typeName($0, of: types)): {policy: \(config.policy.rawValue), targets: [{service: \(sinkName($0, of: types))}]}\n" }.joined()
+        return """
         apiVersion: pmm/v1
         kind: Mesh
         name: bench
         root: \(directory)/pipes
         routerGroup: \(getegid())
         \(nodes)dataTypes:
-          bench:
-            qos: {delivery: \(config.delivery.rawValue), buffer: 1000000, pipeSize: 1MiB}
-        \(extraTypes)services:
+        \(benchTypes)\(extraTypes)services:
         \(services)routes:
-          bench: {policy: \(config.policy.rawValue), targets: [{service: sink}]}
-        \(extraRoutes)
+        \(benchRoutes)\(extraRoutes)
         """
     }
 
@@ -240,10 +265,11 @@ public final class Bench {
         }
     }
 
-    func startRouter(state: String, node: String?) throws -> Process {
+    func startRouter(state: String, node: String?, workers: Int? = nil) throws -> Process {
         let router = Process()
         router.executableURL = URL(fileURLWithPath: pmm)
-        router.arguments = ["router", "--state-dir", state, "--log-level", "error"] + (node.map { ["--node", $0] } ?? [])
+        router.arguments =
+            ["router", "--state-dir", state, "--log-level", "error"] + (node.map { ["--node", $0] } ?? []) + (workers.map { ["--workers", "\($0)"] } ?? [])
         router.standardOutput = FileHandle.nullDevice
         try router.run()
         let statusPath = state + "/router.json"
@@ -262,22 +288,22 @@ public final class Bench {
         router.waitUntilExit()
     }
 
-    /// Starts a consumer thread on each instance's egress pipe; returns once the router at `statusPath` counts
-    /// them all healthy.
-    func startReaders(directory: String, instances: [String], statusPath: String) throws -> (readers: [ConsumerThread], tally: Tally) {
+    /// Starts a consumer thread on each egress pipe (names in the pipe root); returns once the router at
+    /// `statusPath` counts them all healthy.
+    func startReaders(directory: String, pipes: [String], statusPath: String) throws -> (readers: [ConsumerThread], tally: Tally) {
         let tally = Tally(producers: config.producers, count: config.count)
-        let readers = instances.map { instance in
-            ConsumerThread(path: directory + "/pipes/" + Naming.egress(instance: instance, dataType: "bench"), tally: tally, expected: config.producers * config.count)
+        let readers = pipes.map { pipe in
+            ConsumerThread(path: directory + "/pipes/" + pipe, tally: tally, expected: config.producers * config.count)
         }
         for reader in readers { reader.start() }
-        let wanted = Set(instances)
+        let wanted = Set(pipes)
         try waitUntil("healthy consumers", timeout: 20) {
             // Parsed, not searched as text: the layout of the file is the router's to choose.
             guard let data = FileManager.default.contents(atPath: statusPath),
                 let status = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
                 let egress = status["egress"] as? [[String: Any]]
             else { return false }
-            let healthy = egress.filter { ($0["healthy"] as? Bool) == true }.compactMap { $0["instance"] as? String }
+            let healthy = egress.filter { ($0["healthy"] as? Bool) == true }.compactMap { $0["name"] as? String }
             return wanted.isSubset(of: healthy)
         }
         return (readers, tally)
@@ -285,10 +311,13 @@ public final class Bench {
 
     /// Produces into the producers' ingress pipes and reports what the readers got, with the routers' CPU
     /// seconds (added up) and the largest peak RSS.
-    func measure(_ path: String, directory: String, readers: [ConsumerThread], tally: Tally, routers: [Process]) -> BenchResult {
+    /// - Parameter types: how many bench data types the mesh has (producer p writes type p mod `types`).
+    func measure(_ path: String, directory: String, types: Int = 1, readers: [ConsumerThread], tally: Tally, routers: [Process]) -> BenchResult {
         let cpuBefore = routers.map { ProcessTable.cpuSeconds(of: $0.processIdentifier) }
+        let dataTypes = (0..<config.producers).map { typeName($0 % types, of: types) }
         let seconds = produce(
-            into: (0..<config.producers).map { directory + "/pipes/" + Naming.ingress(producer: "p\($0)", dataType: "bench", shard: 0) }, tally: tally)
+            into: (0..<config.producers).map { directory + "/pipes/" + Naming.ingress(producer: "p\($0)", dataType: dataTypes[$0], shard: 0) },
+            dataTypes: dataTypes, tally: tally)
         let cpu = zip(routers, cpuBefore).reduce(0) { $0 + ProcessTable.cpuSeconds(of: $1.0.processIdentifier) - $1.1 }
         let rss = routers.compactMap { peakRSSMiB($0.processIdentifier) }.max()
         for router in routers { kill(router.processIdentifier, SIGTERM) }
@@ -343,9 +372,12 @@ public final class Bench {
 
     /// Runs one producer per pipe in `paths` until each sent its count and every frame arrived (or 30 s passed);
     /// the seconds from the first send to the last arrival.
-    func produce(into paths: [String], tally: Tally) -> Double {
+    /// - Parameter dataTypes: each pipe's data type (nil: "bench").
+    func produce(into paths: [String], dataTypes: [String]? = nil, tally: Tally) -> Double {
         let started = realtimeNanos()
-        let producers = paths.enumerated().map { index, path in ProducerThread(path: path, index: index, config: config) }
+        let producers = paths.enumerated().map { index, path in
+            ProducerThread(path: path, index: index, config: config, dataType: dataTypes?[index] ?? "bench")
+        }
         for producer in producers { producer.start() }
         for producer in producers { producer.wait() }
         tally.waitForAll(timeout: 30)

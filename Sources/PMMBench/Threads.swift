@@ -68,12 +68,15 @@ final class ProducerThread: @unchecked Sendable {
     let path: String
     let index: Int
     let config: BenchConfig
+    /// The envelopes' data type (the ingress pipe's).
+    let dataType: [UInt8]
     private let done = DispatchSemaphore(value: 0)
 
-    init(path: String, index: Int, config: BenchConfig) {
+    init(path: String, index: Int, config: BenchConfig, dataType: String = "bench") {
         self.path = path
         self.index = index
         self.config = config
+        self.dataType = Array(dataType.utf8)
     }
 
     /// Bytes of one frame (prefix included) for this workload, with a 7-byte sequence field (sizes vary by a
@@ -118,7 +121,7 @@ final class ProducerThread: @unchecked Sendable {
             let batchBytes = config.writes == .batch ? config.batchBytes : 1
             while sequence <= config.count && batch.count < batchBytes && inBatch < perTick {
                 body.removeAll(keepingCapacity: true)
-                body += [0x0a, 0x05, 0x62, 0x65, 0x6e, 0x63, 0x68]  // data_type "bench"
+                body += [0x0a, UInt8(dataType.count)] + dataType  // data_type
                 let key = sequence % 1024
                 body += [0x1a, 0x04, UInt8(key & 0xff), UInt8(key >> 8), UInt8(index & 0xff), 0x6b]  // shard_key
                 body += [0x22, UInt8(source.count)] + source  // source

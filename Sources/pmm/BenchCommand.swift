@@ -29,6 +29,11 @@ struct BenchCommand: ParsableCommand {
             read). Before the traffic starts, the idle router's CPU (percent of one core) and memory are sampled, \
             in the plain mesh and in the crowded one; the ratio crowded/routed says what the idle pipes cost the \
             busy path.
+
+            --types K spreads the routed mesh over K data types (producer p writes type p mod K, and each type has \
+            its own consumer service of --consumers/K instances): K independent flows, which a router with several \
+            workers (--workers, passed to pmm router) shares out by type. --compare-workers N also measures the \
+            routed path with N workers in the same run and reports the ratio to the first.
             """ + ExitStatus.help("0 every frame arrived exactly once; 1 a frame was lost, or a path could not run"))
 
     @Option(help: "Producer threads (each its own producing service and ingress pipe).")
@@ -67,6 +72,15 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Also measure the routed path in a mesh holding this many idle pipes besides (0: not).")
     var idlePipes = 0
 
+    @Option(help: "Data types of the routed mesh (producers and consumers spread evenly over them).")
+    var types = 1
+
+    @Option(help: ArgumentHelp("pmm router --workers for the routed path (default: the router's own).", valueName: "n"))
+    var workers: Int?
+
+    @Option(help: ArgumentHelp("Also measure the routed path with this many router workers, in the same run.", valueName: "n"))
+    var compareWorkers: Int?
+
     @Option(help: "Repeat the pair of runs this many times and report medians.")
     var runs = 1
 
@@ -80,6 +94,12 @@ struct BenchCommand: ParsableCommand {
         guard producers >= 1 && producers <= 64, consumers >= 1 && consumers <= 64 else { throw ValidationError("--producers and --consumers: 1 to 64") }
         guard size >= 0 && size <= 60_000 else { throw ValidationError("--size: 0 to 60000 bytes") }
         guard idlePipes >= 0 && idlePipes <= 100_000 else { throw ValidationError("--idle-pipes: 0 to 100000") }
+        guard types >= 1, producers % types == 0, consumers % types == 0 else {
+            throw ValidationError("--types must divide --producers and --consumers (each type gets the same share)")
+        }
+        for (name, value) in [("--workers", workers), ("--compare-workers", compareWorkers)] {
+            if let value, value < 1 || value > 256 { throw ValidationError("\(name): 1 to 256") }
+        }
         if let routerBinary, access(routerBinary, X_OK) != 0 { throw ValidationError("--router-binary: \(routerBinary) is not an executable") }
         guard count >= 1, runs >= 1, rate >= 0 else { throw ValidationError("--count and --runs must be positive, --rate not negative") }
         guard RoutingPolicy(rawValue: policy) != nil else { throw ValidationError("unknown --policy \(policy)") }
@@ -107,6 +127,8 @@ struct BenchCommand: ParsableCommand {
         config.delivery = Delivery(rawValue: delivery)!
         config.writes = WriteMode(rawValue: writes)!
         config.measureIdle = idlePipes > 0
+        config.types = types
+        config.workers = workers
         var template = Array((NSTemporaryDirectory() as NSString).appendingPathComponent("pmm-bench-XXXXXX").utf8CString)
         guard let made = mkdtemp(&template) else { throw ExitCode(1) }
         let workspace = String(cString: made)
@@ -115,7 +137,7 @@ struct BenchCommand: ParsableCommand {
         let interactive = isatty(STDERR_FILENO) == 1
         let bench = Bench(config: config, pmm: binary, workspace: workspace) { if interactive { printError($0) } }
         let workload =
-            "\(producers) producer(s) -> \(consumers) consumer(s), \(size) B payloads, \(count) per producer, \(rate > 0 ? "paced at \(Int(rate))/s per producer" : "unpaced"), policy \(policy), \(delivery), \(writes) writes"
+            "\(producers) producer(s) -> \(consumers) consumer(s)\(types > 1 ? " over \(types) data types" : ""), \(size) B payloads, \(count) per producer, \(rate > 0 ? "paced at \(Int(rate))/s per producer" : "unpaced"), policy \(policy), \(delivery), \(writes) writes"
         if output == .text { print("pmm bench: \(workload)") }
         var all: [[BenchResult]] = []
         for run in 1...runs {
@@ -125,10 +147,16 @@ struct BenchCommand: ParsableCommand {
                 let routed = try bench.routed()
                 let linked = link ? try bench.linked(tls: !linkPlaintext) : nil
                 let crowded = idlePipes > 0 ? try bench.routed(idlePipes: idlePipes) : nil
-                all.append([direct, routed, relay] + (linked.map { [$0] } ?? []) + (crowded.map { [$0] } ?? []))
+                let compared = try compareWorkers.map { try bench.routed(workers: $0) }
+                let extra = [linked, crowded, compared].compactMap { $0 }
+                all.append([direct, routed, relay] + extra)
                 if output == .text {
                     print("run \(run):")
-                    for result in [direct, relay, routed] + (linked.map { [$0] } ?? []) + (crowded.map { [$0] } ?? []) { print("  " + line(result)) }
+                    for result in [direct, relay, routed] + extra { print("  " + line(result)) }
+                    if let compared {
+                        print(String(format: "  ratio %@/routed: %.2f× throughput, p50 %+.0f µs", compared.path as NSString,
+                            compared.messagesPerSecond / routed.messagesPerSecond, compared.p50Microseconds - routed.p50Microseconds))
+                    }
                     if let crowded {
                         print(String(format: "  ratio crowded/routed: %.2f× throughput, p50 %+.0f µs; idle router %.2f%% → %.2f%% of a core, %.1f → %.1f MiB",
                             crowded.messagesPerSecond / routed.messagesPerSecond, crowded.p50Microseconds - routed.p50Microseconds,
@@ -172,6 +200,13 @@ struct BenchCommand: ParsableCommand {
             medians["linkAddedP50Microseconds"] = median(all.map { $0[3].p50Microseconds - $0[1].p50Microseconds })
             medians["linkedRouterCPUSeconds"] = median(all.map { $0[3].routerCPUSeconds ?? 0 })
         }
+        if let compareWorkers {
+            let c = 3 + (link ? 1 : 0) + (idlePipes > 0 ? 1 : 0)
+            medians["comparedWorkers"] = Double(compareWorkers)
+            medians["comparedMessagesPerSecond"] = median(all.map { $0[c].messagesPerSecond })
+            medians["ratioComparedToRouted"] = median(all.map { $0[c].messagesPerSecond / $0[1].messagesPerSecond })
+            medians["comparedRouterCPUSeconds"] = median(all.map { $0[c].routerCPUSeconds ?? 0 })
+        }
         if idlePipes > 0 {
             let c = link ? 4 : 3
             medians["crowdedMessagesPerSecond"] = median(all.map { $0[c].messagesPerSecond })
@@ -193,6 +228,11 @@ struct BenchCommand: ParsableCommand {
                     medians["routedP50Microseconds"]!, medians["directP99Microseconds"]!, medians["routedP99Microseconds"]!))
                 print(String(format: "median of %d: relay %.0f msg/s (p50 %.0f µs), routed/relay %.2f×", runs,
                     medians["relayMessagesPerSecond"]!, medians["relayP50Microseconds"]!, medians["ratioToRelay"]!))
+                if let compareWorkers {
+                    print(String(format: "median of %d: routed with %d worker(s) %.0f msg/s, ratio to routed %.2f×; router CPU %.2f s → %.2f s", runs,
+                        compareWorkers, medians["comparedMessagesPerSecond"]!, medians["ratioComparedToRouted"]!, medians["routerCPUSeconds"]!,
+                        medians["comparedRouterCPUSeconds"]!))
+                }
                 if link {
                     print(String(format: "median of %d: across nodes %.0f msg/s, across/routed %.2f×; p50 %.0f µs (+%.0f µs over routed), p99 %.0f µs", runs,
                         medians["linkedMessagesPerSecond"]!, medians["ratioLinkedToRouted"]!, medians["linkedP50Microseconds"]!,

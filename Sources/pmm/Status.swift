@@ -102,7 +102,7 @@ struct Status: ParsableCommand {
         if let pid = report.routerPID, let router = report.router {
             let behind = router.revision < revision ? r.paint("  (behind: run pmm apply again, or send SIGHUP)", "33") : ""
             lines.append(
-                "Router: pid \(pid), serving revision \(router.revision)\(behind)\(router.node.map { " on node \($0)" } ?? ""), up since \(ISO8601DateFormatter().string(from: router.startedAt))")
+                "Router: pid \(pid), serving revision \(router.revision)\(behind)\(router.node.map { " on node \($0)" } ?? "")\(router.workers.map { " with \($0) workers" } ?? ""), up since \(ISO8601DateFormatter().string(from: router.startedAt))")
             if let links = router.links, !links.isEmpty {
                 lines.append("")
                 lines.append("LINK TO       STATE  SINCE                 PEER-REV   SENT/S      SENT     ACKED  UNACKED  RECEIVED  REROUTED")

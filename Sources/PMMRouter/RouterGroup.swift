@@ -152,12 +152,11 @@ final class LayoutMailbox: Sendable {
         slots.withLock { $0[worker] = share }
     }
 
-    /// The share waiting for `worker`; throws when the reload failed (or nothing waits).
+    /// The share last handed to `worker`; throws when that reload failed (or none was handed). The share stays:
+    /// two SIGHUPs close together may hand over twice before the worker looks once, and then it installs the
+    /// newest share twice (an unchanged layout installs as a no-op) rather than report a failed reload.
     func take(_ worker: Int) throws -> RouterLayout {
-        let share = slots.withLock { slots in
-            defer { slots[worker] = nil }
-            return slots[worker]
-        }
+        let share = slots.withLock { $0[worker] }
         guard let share else { throw RouterGroup.ReloadFailure(description: "no layout was handed to this worker") }
         return try share.get()
     }

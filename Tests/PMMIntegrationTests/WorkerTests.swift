@@ -137,4 +137,31 @@ struct WorkerTests {
         #expect(h.status?.workers == 2)
         #expect(h.status?.egress.reduce(0) { $0 + $1.frames } == 1000)
     }
+
+    @Test func metrics_mergeEveryWorker_andSIGHUPsInQuickSuccession_reloadWithoutAFailure() throws {
+        let h = try MeshHarness(workerMesh())
+        let port = 20_000 + Int((getpid() + 7) % 20_000)
+        try h.startRouter(["--workers", "2", "--metrics-listen", "127.0.0.1:\(port)"])
+        let consumers = try [("sinka-0", "alpha"), ("sinkb-0", "beta")].map { try h.startExactConsumer($0.0, dataType: $0.1) }
+        defer { for p in consumers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        try h.waitForHealthy(["sinka-0", "sinkb-0"])
+        for type in ["alpha", "beta"] { try h.send("--service", "api", "--data-type", type, "--payload", "m", "--count", "100") }
+        try waitFor("delivery") {
+            h.exactReceived(["sinka-0"], dataType: "alpha").count == 100 && h.exactReceived(["sinkb-0"], dataType: "beta").count == 100
+        }
+        // Worker 0 serves the metrics of both: its own type's pipes and the other worker's, as last published.
+        try waitFor("both workers' counts in the metrics", timeout: 10) {
+            let scrape = try? run(
+                "/usr/bin/python3", ["-c", "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())", "http://127.0.0.1:\(port)/metrics"])
+            let text = scrape?.stdout ?? ""
+            return text.contains("pmm_router_workers 2") && text.contains("instance=\"sinka-0\"") && text.contains("instance=\"sinkb-0\"")
+                && text.contains("data_type=\"alpha\"") && text.contains("data_type=\"beta\"")
+        }
+        // Three reloads asked at once: every worker installs the newest share, none reports a failure.
+        for _ in 0..<3 { h.signalRouter(SIGHUP) }
+        try waitFor("the reloads") { (h.status?.reloads ?? 0) >= 1 }
+        usleep(500_000)
+        #expect(h.status?.failedReloads == 0, "\(h.status?.lastReloadError ?? "")")
+        #expect(h.router?.isRunning == true)
+    }
 }

@@ -141,7 +141,9 @@ public final class Bench {
     ///
     /// - Parameter workers: `pmm router --workers` (nil: `config.workers`).
     public func routed(idlePipes: Int = 0, workers: Int? = nil) throws -> BenchResult {
-        let workers = workers ?? config.workers
+        // The crowded mesh has one more type (the idle one), which would give it one more worker by default than
+        // the plain routed mesh: it runs as many as the plain one, so the two compare like with like.
+        let workers = workers ?? config.workers ?? (idlePipes > 0 ? min(ProcessInfo.processInfo.activeProcessorCount, config.types) : nil)
         let directory = try fresh(idlePipes > 0 ? "crowded" : "routed")
         var services = ""
         for p in 0..<config.producers {
@@ -178,7 +180,11 @@ public final class Bench {
             idleCPU = (ProcessTable.cpuSeconds(of: router.processIdentifier) - before) / config.idleSeconds * 100
             idleRSS = residentMiB(router.processIdentifier)
         }
-        let name = idlePipes > 0 ? "routed, +\(idle.total) idle pipes" : "routed (\(config.delivery.rawValue)\(workers.map { ", \($0) worker\($0 == 1 ? "" : "s")" } ?? ""))"
+        // The workers the router runs (it runs no more than the types with producers), as its status says.
+        let running = workers.map { _ in Self.routerWorkers(statusPath: state + "/router.json") }
+        let name =
+            idlePipes > 0
+            ? "routed, +\(idle.total) idle pipes" : "routed (\(config.delivery.rawValue)\(running.map { ", \($0) worker\($0 == 1 ? "" : "s")" } ?? ""))"
         var result = measure(
             name, directory: directory, types: config.types,
             readers: readers.readers, tally: readers.tally, routers: [router])
@@ -286,6 +292,14 @@ public final class Bench {
     func stopRouter(_ router: Process) {
         if router.isRunning { kill(router.processIdentifier, SIGKILL) }
         router.waitUntilExit()
+    }
+
+    /// How many workers the router whose status is at `statusPath` runs (1 when the status does not say).
+    static func routerWorkers(statusPath: String) -> Int {
+        guard let data = FileManager.default.contents(atPath: statusPath),
+            let status = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        else { return 1 }
+        return status["workers"] as? Int ?? 1
     }
 
     /// Starts a consumer thread on each egress pipe (names in the pipe root); returns once the router at

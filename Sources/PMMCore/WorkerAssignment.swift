@@ -27,16 +27,20 @@ public struct WorkerAssignment: Hashable, Sendable {
         return max(1, min(requested ?? max(1, cores), types))
     }
 
-    /// The worker that routes `dataType`; a type never assigned goes to worker 0.
+    /// The worker that routes `dataType` (a type never assigned: worker 0).
     public func owner(of dataType: String) -> Int { owners[dataType] ?? 0 }
 
     /// Assigns every type of `layout` that has no worker yet and returns each worker's share, in worker order.
     /// Each share holds its types' ingress and egress pipes and routes (egress indices renumbered), and only
     /// worker 0's keeps the mesh's nodes and links.
-    public mutating func split(_ layout: RouterLayout) -> [RouterLayout] {
+    ///
+    /// - Parameter alsoTypes: types the layout does not name that need a worker all the same: those of spools
+    ///   left for pipes no revision names any more. The worker that adopts such a spool must be the one the
+    ///   type comes back to, or two workers would hold one spool file.
+    public mutating func split(_ layout: RouterLayout, alsoTypes: Set<String> = []) -> [RouterLayout] {
         var pipes: [String: Int] = [:]
         for pipe in layout.ingress { pipes[pipe.dataType, default: 0] += 1 }
-        let types = Set(pipes.keys).union(layout.egress.map(\.dataType)).union(layout.routes.keys)
+        let types = Set(pipes.keys).union(layout.egress.map(\.dataType)).union(layout.routes.keys).union(alsoTypes)
         var load = [Int](repeating: 0, count: workers)
         for (type, count) in pipes { if let worker = owners[type] { load[worker] += count } }
         let fresh = types.filter { owners[$0] == nil }.sorted { (pipes[$0] ?? 0, $1) > (pipes[$1] ?? 0, $0) }

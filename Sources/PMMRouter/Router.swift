@@ -285,7 +285,8 @@ public final class Router {
         logger.info(
             "router serving",
             metadata: ["revision": "\(core.layout.revision)", "ingress": "\(core.ingress.count)", "egress": "\(core.egress.count)"])
-        if (seat?.index ?? 0) == 0 {
+        // A worker of a group leaves it to the group, once every worker serves.
+        if seat == nil {
             do { try ServiceManager.notifyReady() } catch { logger.warning("cannot tell the service manager the router is ready: \(error)") }
         }
         epoll.add(signals.readFD, interest: Epoll.readable, token: Token.signal)

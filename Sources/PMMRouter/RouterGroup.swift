@@ -27,7 +27,7 @@ public final class RouterGroup {
     var assignment: WorkerAssignment
 
     /// The node this router serves in a multi-node mesh.
-    public var servedNode: String? { workers[0].servedNode }
+    public let servedNode: String?
 
     /// - Parameters:
     ///   - layout: what to route, from the applied revision.
@@ -38,6 +38,7 @@ public final class RouterGroup {
             requested: options.workers, cores: ProcessInfo.processInfo.activeProcessorCount, for: layout)
         self.options = options
         self.logger = logger
+        servedNode = layout.node
         assignment = WorkerAssignment(workers: count)
         mailbox = LayoutMailbox(workers: count)
         guard count > 1 else {
@@ -49,7 +50,15 @@ public final class RouterGroup {
         let board = StatusBoard(workers: count)
         self.board = board
         let live = Set(layout.ingress.map(\.name))
-        let shares = assignment.split(layout)
+        // Spools left for pipes no revision names any more: their types get a worker now, which adopts them.
+        var orphans: Set<String> = []
+        if let directory = options.spoolDirectory, let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
+            for name in names where name.hasSuffix(".spool") {
+                let pipe = String(name.dropLast(".spool".count))
+                if !live.contains(pipe), let parsed = Naming.parse(pipe) { orphans.insert(parsed.dataType) }
+            }
+        }
+        let shares = assignment.split(layout, alsoTypes: orphans)
         let owners = assignment
         var routers: [Router] = []
         for (index, share) in shares.enumerated() {
@@ -88,6 +97,12 @@ public final class RouterGroup {
             }
             thread.start()
         }
+        // Ready once every worker serves and the merged status is there to read.
+        if let board {
+            let deadline = monotonicNanos() + 10_000_000_000
+            while board.merged() == nil && monotonicNanos() < deadline { usleep(5_000) }
+        }
+        do { try ServiceManager.notifyReady() } catch { logger.warning("cannot tell the service manager the router is ready: \(error)") }
         while true {
             var fds = [pollfd(fd: signals.readFD, events: Int16(POLLIN), revents: 0)]
             _ = poll(&fds, 1, -1)
@@ -116,6 +131,7 @@ public final class RouterGroup {
         do {
             shares = assignment.split(try reload()).map { .success($0) }
         } catch {
+            logger.error("reload failed; the current revision keeps serving", metadata: ["error": "\(error)"])
             shares = Array(repeating: .failure(ReloadFailure(description: "\(error)")), count: workers.count)
         }
         for (index, share) in shares.enumerated() {
@@ -144,19 +160,27 @@ public final class RouterGroup {
 
 /// Each worker's next share of a reloaded layout.
 final class LayoutMailbox: Sendable {
-    private let slots: Mutex<[Result<RouterLayout, RouterGroup.ReloadFailure>?]>
+    private let slots: Mutex<[(share: Result<RouterLayout, RouterGroup.ReloadFailure>, taken: Bool)?]>
 
     init(workers: Int) { slots = Mutex(Array(repeating: nil, count: workers)) }
 
+    /// Hands `worker` a share. A failed load does not take the place of a good share the worker has not taken
+    /// yet: that worker still installs the revision the others got.
     func put(_ share: Result<RouterLayout, RouterGroup.ReloadFailure>, for worker: Int) {
-        slots.withLock { $0[worker] = share }
+        slots.withLock { slots in
+            if case .failure = share, let waiting = slots[worker], !waiting.taken, case .success = waiting.share { return }
+            slots[worker] = (share, false)
+        }
     }
 
     /// The share last handed to `worker`; throws when that reload failed (or none was handed). The share stays:
     /// two SIGHUPs close together may hand over twice before the worker looks once, and then it installs the
     /// newest share twice (an unchanged layout installs as a no-op) rather than report a failed reload.
     func take(_ worker: Int) throws -> RouterLayout {
-        let share = slots.withLock { $0[worker] }
+        let share = slots.withLock { slots in
+            slots[worker]?.taken = true
+            return slots[worker]?.share
+        }
         guard let share else { throw RouterGroup.ReloadFailure(description: "no layout was handed to this worker") }
         return try share.get()
     }
@@ -166,9 +190,20 @@ final class LayoutMailbox: Sendable {
 /// metrics.
 final class StatusBoard: Sendable {
     private let statuses: Mutex<[RouterStatus?]>
+    /// When each worker last looked at its status (monotonic ns), changed or not.
+    private let seen: Mutex<[UInt64]>
     private let changes = Atomic<UInt64>(0)
 
-    init(workers: Int) { statuses = Mutex(Array(repeating: nil, count: workers)) }
+    init(workers: Int) {
+        statuses = Mutex(Array(repeating: nil, count: workers))
+        seen = Mutex(Array(repeating: 0, count: workers))
+    }
+
+    /// A worker's sign of life, every status interval.
+    func heartbeat(worker: Int, now: UInt64) { seen.withLock { $0[worker] = now } }
+
+    /// Whether every worker gave a sign of life since `since` (a worker that stopped turning its loop does not).
+    func everyWorkerSeen(since: UInt64) -> Bool { seen.withLock { $0.allSatisfy { $0 >= since } } }
 
     /// Goes up with every publication.
     var version: UInt64 { changes.load(ordering: .acquiring) }

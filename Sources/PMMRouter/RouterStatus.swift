@@ -166,6 +166,7 @@ extension Router {
         // rates' baseline stays too: the frame counts did not move since they were written.
         let unchanged = !force && signature == writtenStatus.signature && !writtenStatus.hadRates
         if let seat {
+            seat.board.heartbeat(worker: seat.index, now: now)
             if !unchanged {
                 if elapsed > 0.2 { refreshRates(elapsed: elapsed) }
                 var status = self.status
@@ -190,7 +191,11 @@ extension Router {
         guard let seat, let path = options.statusPath else { return }
         let version = seat.board.version
         if version == mergedVersion && !force {
-            _ = utimensat(AT_FDCWD, path, nil, 0)
+            // Renewed only while every worker turns its loop: a worker that hangs leaves the file to go stale,
+            // which `pmm status` and `pmm top` show.
+            let interval = UInt64(max(options.statusInterval, 0.1) * 1e9)
+            let now = monotonicNanos()
+            if now < 3 * interval || seat.board.everyWorkerSeen(since: now - 3 * interval) { _ = utimensat(AT_FDCWD, path, nil, 0) }
             return
         }
         guard let merged = seat.board.merged(), writeStatusFile(merged, to: path) else { return }

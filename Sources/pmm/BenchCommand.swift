@@ -229,7 +229,7 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "median of %d: relay %.0f msg/s (p50 %.0f µs), routed/relay %.2f×", runs,
                     medians["relayMessagesPerSecond"]!, medians["relayP50Microseconds"]!, medians["ratioToRelay"]!))
                 if let compareWorkers {
-                    print(String(format: "median of %d: routed with %d worker(s) %.0f msg/s, ratio to routed %.2f×; router CPU %.2f s → %.2f s", runs,
+                    print(String(format: "median of %d: routed with --workers %d %.0f msg/s, ratio to routed %.2f×; router CPU %.2f s → %.2f s", runs,
                         compareWorkers, medians["comparedMessagesPerSecond"]!, medians["ratioComparedToRouted"]!, medians["routerCPUSeconds"]!,
                         medians["comparedRouterCPUSeconds"]!))
                 }

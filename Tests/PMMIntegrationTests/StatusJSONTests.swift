@@ -54,4 +54,38 @@ import Testing
         #expect((object?["ingress"] as? [Any])?.isEmpty == true)
         #expect(object?["node"] == nil, "nil optionals are left out, as JSONEncoder does")
     }
+
+    /// What `router.json` says for a router of several workers: worker 0 merges what each published.
+    @Test func workersStatuses_mergeIntoOne_withTheRevisionEveryWorkerServes() {
+        var first = Self.sample(links: true, optionals: true)
+        var second = Self.sample(links: false, optionals: true)
+        first.revision = 8
+        second.revision = 7  // still installing the reload
+        second.ingress = [RouterStatus.Ingress(
+            name: "web.clicks.s0.in", producer: "web", dataType: "clicks", open: true, frames: 1, bytes: 2, resets: 0, misaddressed: 0,
+            replayed: 0, spooledBytes: 0, rate: 0, lastError: nil)]
+        second.egress = []
+        second.updatedAt = first.updatedAt.addingTimeInterval(-2)
+        second.stopping = false
+        second.waiting = ["orders": 2, "clicks": 1]
+        second.dropped = 1
+        second.reloads = 14
+        second.failedReloads = 16
+        second.heldBytes = 10
+        second.spooledBytes = 3
+        let merged = RouterStatus.merged([first, second])
+        #expect(merged.workers == 2)
+        #expect(merged.revision == 7, "apply --wait must wait for the slowest worker")
+        #expect(merged.updatedAt == second.updatedAt)
+        #expect(merged.stopping)
+        #expect(merged.ingress.map(\.name) == first.ingress.map(\.name) + ["web.clicks.s0.in"])
+        #expect(merged.egress == first.egress)
+        #expect(merged.waiting == ["orders": 5, "metrics": 1, "clicks": 1])
+        #expect(merged.deadLetters == ["no-route": 4, "overflow": 10])
+        #expect(merged.dropped == 15)
+        #expect(merged.reloads == 15, "each worker counts every reload: the most, not the sum")
+        #expect(merged.heldBytes == (1 << 40) + 10)
+        #expect(merged.spooledBytes == 80)
+        #expect(merged.links == first.links)
+    }
 }

@@ -125,13 +125,22 @@ struct WorkerTests {
         }
         defer { for p in consumers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         try h.waitForHealthy(["sinka-0", "sinka-1", "sinkb-0", "sinkb-1"])
-        for type in ["alpha", "beta"] { try h.send("--service", "api", "--data-type", type, "--payload", "drain me", "--count", "500") }
-        try waitFor("both types delivered") {
-            h.exactReceived(["sinka-0", "sinka-1"], dataType: "alpha").count >= 500
-                && h.exactReceived(["sinkb-0", "sinkb-1"], dataType: "beta").count >= 500
+        // The consumers stop reading, so both workers hold frames when SIGTERM comes; they read again while
+        // the workers drain.
+        for p in consumers { kill(p.processIdentifier, SIGSTOP) }
+        for type in ["alpha", "beta"] { try h.send("--service", "api", "--data-type", type, "--payload", String(repeating: "d", count: 2000), "--count", "500") }
+        try waitFor("frames queued in both workers") {
+            let queued = Dictionary(grouping: h.status?.egress ?? [], by: \.dataType).mapValues { $0.reduce(0) { $0 + $1.queued } }
+            return (queued["alpha"] ?? 0) > 0 && (queued["beta"] ?? 0) > 0
         }
         h.signalRouter(SIGTERM)
+        usleep(200_000)
+        for p in consumers { kill(p.processIdentifier, SIGCONT) }
         h.router?.waitUntilExit()
+        try waitFor("both types delivered") {
+            Set(h.exactReceived(["sinka-0", "sinka-1"], dataType: "alpha")).count == 500
+                && Set(h.exactReceived(["sinkb-0", "sinkb-1"], dataType: "beta")).count == 500
+        }
         #expect(h.router?.terminationStatus == 0, "\(h.routerLog())")
         #expect(h.status?.stopping == true)
         #expect(h.status?.workers == 2)

@@ -87,6 +87,19 @@ import Testing
         #expect(assignment.owner(of: "clicks") == first["clicks"])
     }
 
+    @Test func aTypeKnownOnlyFromAnOrphanSpool_getsItsWorkerNow_andKeepsItWhenTheTypeComesBack() {
+        // `clicks` left a spool behind, and the revision the router starts with no longer has it.
+        var assignment = WorkerAssignment(workers: 2)
+        let shares = assignment.split(Self.layout(Self.spec(withClicks: false)), alsoTypes: ["clicks"])
+        let adopter = try! #require(assignment.owners["clicks"])
+        #expect(!shares[adopter].ingress.contains { $0.dataType == "clicks" })
+        // It comes back in a reload: to the worker that adopted its spool, and to no other.
+        let back = assignment.split(Self.layout(revision: 2))
+        #expect(assignment.owner(of: "clicks") == adopter)
+        #expect(back[adopter].ingress.contains { $0.dataType == "clicks" })
+        #expect(!back[1 - adopter].ingress.contains { $0.dataType == "clicks" })
+    }
+
     @Test func workerCount_isCappedByTypes_andIsOneAcrossNodes() {
         let full = Self.layout()
         #expect(WorkerAssignment.workers(requested: nil, cores: 2, for: full) == 2)

@@ -1,4 +1,5 @@
 public import PMMWire
+import Glibc
 import SwiftProtobuf
 
 /// The link protocol's version, carried in every Hello. A peer speaking another version is refused.
@@ -161,6 +162,7 @@ public enum LinkCodec {
         var first: UInt64 = 0
         var entries: [LinkFrames.Entry] = []
         var lastTarget = ""
+        var lastTargetBytes = UnsafeRawBufferPointer(start: nil, count: 0)
         while let field = try reader.next() {
             switch (field.number, field.value) {
             case (1, .varint(let value)): first = value
@@ -172,12 +174,15 @@ public enum LinkCodec {
                     switch (f.number, f.value) {
                     case (1, .bytes(let r)):
                         // Frames of one batch mostly share a few targets: reuse the previous String when equal.
+                        // Compared with the previous target's bytes by memcmp (a generic `elementsEqual` over the
+                        // String's UTF-8 view cost 3% of the receiving node's CPU).
                         let raw = UnsafeRawBufferPointer(rebasing: inner.bytes[r])
-                        if lastTarget.utf8.elementsEqual(raw) {
+                        if raw.count == lastTargetBytes.count && (raw.count == 0 || memcmp(raw.baseAddress!, lastTargetBytes.baseAddress!, raw.count) == 0) {
                             target = lastTarget
                         } else {
                             target = String(decoding: raw, as: UTF8.self)
                             lastTarget = target
+                            lastTargetBytes = raw
                         }
                     case (2, .bytes(let r)):
                         frame = (range.lowerBound + r.lowerBound)..<(range.lowerBound + r.upperBound)

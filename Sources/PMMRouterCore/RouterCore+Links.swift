@@ -288,20 +288,31 @@ extension RouterCore {
     ) {
         guard let tag = peers[p].inbound.track(stream: stream, sequence: sequence, peer: p) else { return }
         peers[p].receivedFrames += 1
-        let source = "link from \(peers[p].name)"
         guard case .value(let length, let prefix) = Varint.decode(frame, at: 0), prefix + Int(length) == frame.count,
             let fields = try? EnvelopeScanner.scan(UnsafeRawBufferPointer(rebasing: frame[prefix...])), !fields.dataType.isEmpty
         else {
-            deadLetter(frame, dataType: "", reason: .discarded, pipe: source, detail: "not a frame, for \(target)", tag: tag)
+            deadLetter(frame, dataType: "", reason: .discarded, pipe: "link from \(peers[p].name)", detail: "not a frame, for \(target)", tag: tag)
             return
         }
-        let dataType = String(decoding: frame[(prefix + fields.dataType.lowerBound)..<(prefix + fields.dataType.upperBound)], as: UTF8.self)
+        let dataTypeBytes = UnsafeRawBufferPointer(rebasing: frame[(prefix + fields.dataType.lowerBound)..<(prefix + fields.dataType.upperBound)])
+        // The target of the frame before, still available and of this frame's type: no lookup by name.
+        if let cached = linkTarget, cached.epoch == epoch, cached.target == target, dataTypeBytes.bytesEqual(cached.dataType),
+            egress[cached.slot].available
+        {
+            let meta = FrameMeta(route: Int32(cached.route), version: Int32(clamping: fields.schemaVersion), tag: tag)
+            withEgressQueue(cached.slot) { $0.append(frame, meta: meta) }
+            return
+        }
+        let dataType = String(decoding: dataTypeBytes, as: UTF8.self)
         guard let route = routeSlots[dataType] else {
-            deadLetter(frame, dataType: dataType, reason: .noRoute, pipe: source, detail: "no service consumes '\(dataType)' here", tag: tag)
+            deadLetter(
+                frame, dataType: dataType, reason: .noRoute, pipe: "link from \(peers[p].name)", detail: "no service consumes '\(dataType)' here",
+                tag: tag)
             return
         }
         let meta = FrameMeta(route: Int32(route), version: Int32(clamping: fields.schemaVersion), tag: tag)
         if let slot = egressByName[target], !egress[slot].spec.isRemote, egress[slot].available, egress[slot].spec.dataType == dataType {
+            linkTarget = LinkTarget(target: target, slot: slot, route: route, dataType: Array(dataTypeBytes), epoch: epoch)
             withEgressQueue(slot) { $0.append(frame, meta: meta) }
             return
         }

@@ -104,6 +104,17 @@ public struct RouterCore: Sendable {
     var sabotageCount = 0
     /// A queue reached its buffer while the pipe might still take frames: parsing pauses for the shell to write.
     var needsFlush = false
+    /// The local instance the last frame from a link was written for, resolved: the frames of a batch mostly
+    /// name one target, so they skip the lookups by name. Valid while `epoch` is.
+    var linkTarget: LinkTarget?
+
+    struct LinkTarget {
+        var target: String
+        var slot: Int
+        var route: Int
+        var dataType: [UInt8]
+        var epoch: UInt64
+    }
 
     public struct Counters: Sendable, Hashable {
         public var deadLetters: [DeadLetterReason: UInt64] = [:]

@@ -85,6 +85,10 @@ public struct RouterCore: Sendable {
     public internal(set) var epoch: UInt64 = 0
     public internal(set) var stopping = false
 
+    /// Bytes a queue for an instance on another node may hold beyond what the link carries: twice the link's
+    /// default window.
+    public static let remoteBacklogBytes = 8 << 20
+
     /// What the shell must do, in order. The shell empties it with `takeActions()`.
     public internal(set) var actions: [RouterAction] = []
     /// Egress slots that may need the shell: frames to write, frames written and not yet read whole, or a
@@ -210,7 +214,12 @@ public struct RouterCore: Sendable {
 
         public var name: String { spec.name }
         public var capacity: Int { spec.qos.buffer }
-        public var isFull: Bool { queue.count >= capacity }
+        /// `buffer` frames not yet written; for an instance on another node, also `remoteBacklogBytes` not yet
+        /// handed to the link (a slow or dead peer holds the producers back, or its overflow policy applies,
+        /// instead of the queue taking everything up to the memory limit).
+        public var isFull: Bool {
+            queue.count >= capacity || (spec.isRemote && queue.unwrittenBytes >= RouterCore.remoteBacklogBytes)
+        }
         /// May receive new frames.
         public var available: Bool { open && !stalled }
     }

@@ -428,6 +428,57 @@ struct CrossNodeTests {
         #expect(world.lost.isEmpty)
     }
 
+    /// A link slower than the producer (here: one that takes nothing): the frames for the peer's instances stop
+    /// at a bounded backlog and the producer's pipe is no longer read, whatever the type's `buffer` in frames.
+    /// Without the bound the queue held everything up to the router's memory limit, and its buffer (which
+    /// compacts only once four times what it holds is dead) grew to several times that: 2.1 GB of RSS with
+    /// a 256 MiB limit in `pmm bench --link --size 4000`.
+    @Test func aLinkThatTakesNothing_holdsTheProducerBack_atABoundedBacklog() throws {
+        let spec = Self.spec(sinkPlacement: "{b: 1}")
+        var big = spec
+        big.dataTypes[0].qos.buffer = 1_000_000
+        let layout = RouterLayout(spec: big, revision: 1, node: "a")
+        var core = RouterCore(layout: layout, now: 0, seed: 1)
+        for action in core.takeActions() { if case .openIngress(let id, _, _) = action { core.ingressOpened(id) } }
+        let b = try #require(core.peerSlot("b"))
+        core.linkConnected(b, resumeAfter: 0, revision: 1, health: ["sink-b-0.metrics.out": true], now: 0)
+        let slot = try #require(core.egress.firstIndex { $0.name == "sink-b-0.metrics.out" })
+        // (Values, not the core, go into the expectations: a failed one would describe the whole core.)
+        let available = core.egress[slot].available
+        #expect(available)
+        var envelope = Envelope()
+        envelope.dataType = "metrics"
+        envelope.source = "gen"
+        envelope.payload = Data(repeating: 0x61, count: 4000)
+        let frame = try envelope.framed()
+        let ingress = try #require(core.ingress.firstIndex { $0.name == "gen.metrics.s0.in" })
+        var fed = 0
+        // 64 MiB offered, in reads the core asks for, until it stops asking (the route is blocked).
+        while fed < 64 << 20 && core.wantsToRead(ingress, now: 0) {
+            let n = core.withReadSpace(ingress) { raw in
+                var n = 0
+                while n + frame.count <= raw.count {
+                    frame.withUnsafeBytes { raw.baseAddress!.advanced(by: n).copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
+                    n += frame.count
+                }
+                return n
+            }
+            guard n > 0 else { break }
+            fed += n
+            core.ingressRead(ingress, count: n, now: 0)
+            // What the shell does each pass: the link's window has no room for these frames.
+            if core.egress[slot].queue.unwrittenBytes > 0 { core.egressWouldBlock(slot) }
+        }
+        let backlog = core.egress[slot].queue.unwrittenBytes
+        let limit = RouterCore.remoteBacklogBytes
+        let slack = core.options.readSize
+        let blocked = core.routeBlocked(0)
+        #expect(fed < 64 << 20, "the producer was never held back: \(fed >> 20) MiB taken")
+        #expect(backlog >= limit, "held back before the bound: \(backlog) bytes")
+        #expect(backlog <= limit + slack, "\(backlog) bytes queued for the peer")
+        #expect(blocked)
+    }
+
     /// Random schedules: frames produced on a, consumers on b and c reading in pieces and dying, links cut and
     /// restored, in any order. Whatever happens, once everything is healed every frame was read whole at
     /// least once, and the producer's spool is empty (every frame acknowledged back over the link).

@@ -38,6 +38,10 @@ extension RouterCore {
     }
 
     /// Whether egress `slot` has bytes to write.
+    ///
+    /// Inlinable, like the other small queries the shell asks on every pass: a call the compiler cannot see into
+    /// made it copy the whole core (a retain and release of each of its arrays) to guarantee the value across it.
+    @inlinable
     public func hasUnwritten(_ slot: Int) -> Bool { egress[slot].open && egress[slot].queue.unwrittenBytes > 0 }
 
     /// Calls `body` with egress `slot`'s unwritten bytes that fit `room` bytes as whole frames (one write(2) per

@@ -20,24 +20,26 @@ extension RouterCore {
     /// Whether the shell should read ingress `slot` now: open, not paused, its route not blocked, and memory and
     /// spool under their limits. While stopping, only pipes with half a frame read (and no spool) are read.
     public func wantsToRead(_ slot: Int, now: UInt64) -> Bool {
-        let pipe = ingress[slot]
-        if stopping { return pipe.open && pipe.pendingBytes > 0 && pipe.spool < 0 }
-        if pipe.awaitingSpool { return false }
-        guard pipe.pausedUntil <= now, heldBytes < options.memoryLimit else { return false }
-        if pipe.route >= 0 && routeBlocked(pipe.route) { return false }
-        if pipe.spool >= 0, let ledger = spools[pipe.spool], ledger.unread == 0 {
+        // Through the array, not a `let` copy of the pipe (which retains and releases its buffers).
+        if stopping { return ingress[slot].open && ingress[slot].pendingBytes > 0 && ingress[slot].spool < 0 }
+        if ingress[slot].awaitingSpool { return false }
+        guard ingress[slot].pausedUntil <= now, heldBytes < options.memoryLimit else { return false }
+        let route = ingress[slot].route
+        if route >= 0 && routeBlocked(route) { return false }
+        let spool = ingress[slot].spool
+        if spool >= 0, let unread = spools[spool]?.unread, unread == 0 {
             // More can only come from the pipe, into the spool; a drained spool without a pipe (adopted after a
             // restart) is read once more to finish or abandon its last frame.
-            return (pipe.open && spoolLive < options.spoolLimit) || (!pipe.open && pipe.draining && !pipe.closed)
+            return (ingress[slot].open && spoolLive < options.spoolLimit) || (!ingress[slot].open && ingress[slot].draining && !ingress[slot].closed)
         }
-        return pipe.open || pipe.backlog || (pipe.spool >= 0 && (spools[pipe.spool]?.unread ?? 0) > 0)
+        return ingress[slot].open || ingress[slot].backlog || (spool >= 0 && (spools[spool]?.unread ?? 0) > 0)
     }
 
     /// Whether ingress `slot` has work that needs no poll event: frames buffered unrouted, or spooled bytes to read
     /// back (the shell reads it without waiting for POLLIN).
+    @inlinable
     public func hasBufferedWork(_ slot: Int) -> Bool {
-        let pipe = ingress[slot]
-        return pipe.backlog || (pipe.spool >= 0 && (spools[pipe.spool]?.unread ?? 0) > 0)
+        ingress[slot].backlog || (ingress[slot].spool >= 0 && (spools[ingress[slot].spool]?.unread ?? 0) > 0)
     }
 
     /// Earliest time a paused pipe may be read again, for the poll timeout.

@@ -100,11 +100,10 @@ extension RouterCore {
     /// Whether route `r`'s ingress pipes must not be read now: an available consumer's queue is full (overflow
     /// `block`), or the frames waiting for a healthy instance fill the type's buffer.
     public func routeBlocked(_ r: Int) -> Bool {
-        let route = routes[r]
-        if route.waiting.count >= route.capacity && route.spec.qos.overflow != .deadLetter { return true }
-        for slot in route.allEgress {
-            let pipe = egress[slot]
-            if pipe.available && pipe.isFull && pipe.spec.qos.overflow == .block { return true }
+        // Through the arrays, not `let` copies: a copy of a route or an egress retains and releases its queues.
+        if routes[r].waiting.count >= routes[r].capacity && routes[r].spec.qos.overflow != .deadLetter { return true }
+        for slot in routes[r].allEgress {
+            if egress[slot].available && egress[slot].isFull && egress[slot].spec.qos.overflow == .block { return true }
         }
         return false
     }

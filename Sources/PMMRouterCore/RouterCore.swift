@@ -97,8 +97,8 @@ public struct RouterCore: Sendable {
     public internal(set) var activeEgress: [Int] = []
 
     var buckets: [Bucket] = []
-    var ingressSlots: [PipeID: Int] = [:]
-    var egressSlots: [PipeID: Int] = [:]
+    @usableFromInline var ingressSlots: [PipeID: Int] = [:]
+    @usableFromInline var egressSlots: [PipeID: Int] = [:]
     var routeSlots: [String: Int] = [:]
     var spoolSlots: [String: Int] = [:]
     var peerSlots: [String: Int] = [:]
@@ -281,7 +281,9 @@ public struct RouterCore: Sendable {
         return actions
     }
 
+    @inlinable
     public func ingressSlot(_ id: PipeID) -> Int? { ingressSlots[id] }
+    @inlinable
     public func egressSlot(_ id: PipeID) -> Int? { egressSlots[id] }
 
     mutating func newID() -> PipeID {

@@ -1,5 +1,4 @@
 public import PMMWire
-import Glibc
 import SwiftProtobuf
 
 /// The link protocol's version, carried in every Hello. A peer speaking another version is refused.
@@ -177,7 +176,7 @@ public enum LinkCodec {
                         // Compared with the previous target's bytes by memcmp (a generic `elementsEqual` over the
                         // String's UTF-8 view cost 3% of the receiving node's CPU).
                         let raw = UnsafeRawBufferPointer(rebasing: inner.bytes[r])
-                        if raw.count == lastTargetBytes.count && (raw.count == 0 || memcmp(raw.baseAddress!, lastTargetBytes.baseAddress!, raw.count) == 0) {
+                        if raw.bytesEqual(lastTargetBytes) {
                             target = lastTarget
                         } else {
                             target = String(decoding: raw, as: UTF8.self)

@@ -294,6 +294,25 @@ import Testing
         #expect((median?["ratioToRelay"] ?? 0) > 0)
     }
 
+    /// `--types` spreads the producers over data types (each stamping its pipe's type: stamped "bench", every
+    /// frame was dead-lettered as misaddressed), and `--compare-workers` measures a second router with more
+    /// workers in the same run, labelled with the workers it runs.
+    @Test func bench_overTwoTypes_comparesOneWorkerWithTwo_andChecksEverySequence() throws {
+        let outcome = try pmm(
+            "bench", "--count", "3000", "--producers", "2", "--consumers", "2", "--types", "2", "--workers", "1", "--compare-workers", "2",
+            "-o", "json")
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any]
+        let run = (report?["runs"] as? [[[String: Any]]])?.first ?? []
+        #expect(
+            run.compactMap { $0["path"] as? String }
+                == ["direct FIFO", "routed (at-most-once, 1 worker)", "relay (no routing)", "routed (at-most-once, 2 workers)"])
+        #expect(run.allSatisfy { ($0["frames"] as? Int) == 6000 && ($0["lost"] as? Int) == 0 && ($0["duplicated"] as? Int) == 0 }, "\(run)")
+        let median = report?["median"] as? [String: Double]
+        #expect((median?["ratioComparedToRouted"] ?? 0) > 0)
+        #expect(median?["comparedWorkers"] == 2)
+    }
+
     /// Two router processes on loopback, one per node, linked with mutual TLS (certificates made by openssl for
     /// the run): every frame crosses, none lost, and the ratio to the one-host routed path is reported.
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl"), "needs openssl (scripts/setup installs it)"))

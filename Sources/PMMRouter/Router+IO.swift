@@ -14,7 +14,7 @@ extension Router {
         let id = core.ingress[slot].id
         for _ in 0..<budget {
             let now = monotonicNanos()
-            guard core.ingressSlot(id) == slot, core.wantsToRead(slot, now: now) else { return }
+            guard core.ingressSlot(id) == slot, inPlace({ $0.wantsToRead(slot, now: now) }) else { return }
             if core.ingress[slot].backlog {
                 flushAll()  // a queue at its buffer may have paused parsing until its pipe takes what it can
                 core.ingressRead(slot, count: 0, now: now)
@@ -25,7 +25,7 @@ extension Router {
             var n: Int
             var emptied = false
             // Scalars from the ledger, never a copy held across a core call (it would copy its bookkeeping).
-            if let file = core.spoolPipe(of: slot).flatMap({ spoolFiles[$0] }) {
+            if let file = inPlace({ $0.spoolPipe(of: slot) }).flatMap({ spoolFiles[$0] }) {
                 if core.spool(of: slot)!.unread == 0 {
                     guard let held else {
                         core.ingressEmpty(slot, now: now)
@@ -213,8 +213,10 @@ extension Router {
             // need (a half-read page at the head, a half-filled one at the tail). Counted that way, the room is
             // a lower bound, so the kernel takes the whole write.
             let room = max(0, held.capacity - (unread + 4095) / 4096 * 4096 - 4096)
-            let n = core.withUnwritten(slot, room: room, pipeEmpty: unread == 0) { bytes -> Int in
-                bytes.isEmpty ? 0 : write(held.fd.rawValue, bytes.baseAddress, bytes.count)
+            let n = inPlace {
+                $0.withUnwritten(slot, room: room, pipeEmpty: unread == 0) { bytes -> Int in
+                    bytes.isEmpty ? 0 : write(held.fd.rawValue, bytes.baseAddress, bytes.count)
+                }
             }
             if n > 0 {
                 core.wrote(slot, count: n)

@@ -349,13 +349,19 @@ public final class Router {
         }
     }
 
+    /// Asks the core `query` in place. A core method the compiler cannot see into, called on the stored
+    /// property, makes it copy the whole core first (a retain and release of each of its arrays), since the call
+    /// might change the property under it; exclusive (inout) access lends the core without a copy.
+    @inline(__always)
+    func inPlace<R>(_ query: (inout RouterCore) throws -> R) rethrows -> R { try query(&core) }
+
     /// How long the next wait may last: not at all while buffered frames wait to be routed, else until the
     /// earliest timer (a paused pipe, a probe, a sweep), 100 ms at most.
     func waitTimeout(now: UInt64) -> Int32 {
         var wake = min(nextTimer, nextSweep, now + 100_000_000)
         for id in attention.ids {
             guard let slot = core.ingressSlot(id) else { continue }
-            if core.hasBufferedWork(slot) && core.wantsToRead(slot, now: now) { return 0 }
+            if core.hasBufferedWork(slot) && inPlace({ $0.wantsToRead(slot, now: now) }) { return 0 }
             let paused = core.ingress[slot].pausedUntil
             if paused > now { wake = min(wake, paused) }
         }
@@ -366,7 +372,8 @@ public final class Router {
     /// core does (`serviceAttention`).
     func ingressReady(_ id: PipeID) {
         guard let slot = core.ingressSlot(id) else { return }
-        if core.wantsToRead(slot, now: monotonicNanos()) {
+        let now = monotonicNanos()
+        if inPlace({ $0.wantsToRead(slot, now: now) }) {
             readIngress(slot, budget: 4)
             if let slot = core.ingressSlot(id), core.hasBufferedWork(slot) { attention.insert(id) }
         } else {
@@ -380,7 +387,8 @@ public final class Router {
     func serviceAttention() {
         for id in attention.take() {
             guard let slot = core.ingressSlot(id) else { continue }
-            guard core.wantsToRead(slot, now: monotonicNanos()) else {
+            let now = monotonicNanos()
+            guard inPlace({ $0.wantsToRead(slot, now: now) }) else {
                 attention.insert(id)
                 continue
             }

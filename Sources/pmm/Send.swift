@@ -39,8 +39,8 @@ struct Send: ParsableCommand {
     @Option(help: "The payload text; without it, each line of standard input is one payload.")
     var payload: String?
 
-    @Option(help: "How many times to send --payload.")
-    var count: Int = 1
+    @Option(help: "How many times to send --payload (default 1).")
+    var count: Int?
 
     @Option(help: "Messages per second (0 = as fast as the pipe takes them).")
     var rate: Double = 0
@@ -52,7 +52,10 @@ struct Send: ParsableCommand {
     var header: [String] = []
 
     func validate() throws {
-        guard count >= 0 else { throw ValidationError("--count must not be negative") }
+        if let count, count < 0 { throw ValidationError("--count must not be negative") }
+        if count != nil && payload == nil {
+            throw ValidationError("--count repeats --payload; without --payload each line of standard input is one message")
+        }
         guard rate >= 0 else { throw ValidationError("--rate must not be negative") }
         guard keys >= 0 else { throw ValidationError("--keys must not be negative") }
         for entry in header where !entry.contains("=") { throw ValidationError("--header takes key=value, found \(entry)") }
@@ -88,7 +91,7 @@ struct Send: ParsableCommand {
             }
         }
         if let payload {
-            for _ in 0..<count { try send(payload) }
+            for _ in 0..<(count ?? 1) { try send(payload) }
         } else {
             while let line = readLine() { try send(line) }
         }

@@ -283,6 +283,15 @@ import Testing
         #expect(outcome.stdout.contains("router exited with status 0"))
     }
 
+    /// `--count` repeats `--payload`; without a payload each line of standard input is one message, so a
+    /// count there would be ignored and nothing sent, with exit 0. It is refused instead (exit 64), before any
+    /// pipe is opened.
+    @Test func send_withACountButNoPayload_isRefused() throws {
+        let outcome = try pmm("send", "--state-dir", "/nonexistent", "--data-type", "metrics", "--count", "200", stdin: "")
+        #expect(outcome.status == 64, "\(outcome.stdout)\n\(outcome.stderr)")
+        #expect(outcome.stderr.contains("--count repeats --payload"), "\(outcome.stderr)")
+    }
+
     @Test func bench_runsDirectRelayAndRouted_andChecksEverySequence() throws {
         let outcome = try pmm("bench", "--count", "3000", "--producers", "2", "--consumers", "2", "-o", "json")
         #expect(outcome.status == 0, "\(outcome.stderr)")

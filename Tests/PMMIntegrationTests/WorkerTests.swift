@@ -5,9 +5,13 @@ import PMMRouter
 import Testing
 
 /// Two at-least-once types, each with its own consumer service, so a router with two workers gives one type
-/// to each.
-func workerMesh(betaReplicas: Int = 2) -> String {
-    """
+/// to each. `alphaProducer` other than `api` moves alpha to a producer of its own (api's alpha pipes go).
+func workerMesh(betaReplicas: Int = 2, alphaProducer: String = "api") -> String {
+    let producers =
+        alphaProducer == "api"
+        ? "  api:\n    uid: 0\n    produces: [{dataType: alpha}, {dataType: beta}]\n"
+        : "  api:\n    uid: 0\n    produces: [{dataType: beta}]\n  \(alphaProducer):\n    uid: 0\n    produces: [{dataType: alpha}]\n"
+    return """
     apiVersion: pmm/v1
     kind: Mesh
     name: workers
@@ -20,10 +24,7 @@ func workerMesh(betaReplicas: Int = 2) -> String {
         shards: 2
         qos: {delivery: at-least-once, buffer: 10000}
     services:
-      api:
-        uid: 0
-        produces: [{dataType: alpha}, {dataType: beta}]
-      sinka:
+    \(producers)  sinka:
         uid: 0
         replicas: 2
         consumes: [{dataType: alpha}]
@@ -115,6 +116,54 @@ struct WorkerTests {
         #expect(served > 0, "the consumer the reload added got frames")
         #expect(h.status?.workers == 2)
         #expect(h.status?.revision == 2)
+    }
+
+    /// A router killed holding at-least-once frames in the spool of a pipe that the next revision removes (the
+    /// type moved to another producer): the restarted router, two workers, gives that spool to the worker that
+    /// owns its type, which delivers every frame, while the other worker keeps routing its own type.
+    @Test func aSpoolLeftByARemovedPipe_isDeliveredByTheWorkerThatOwnsItsType() throws {
+        let h = try MeshHarness(workerMesh())
+        try h.startRouter(["--workers", "2"])
+        let alpha = ["sinka-0", "sinka-1"]
+        let beta = ["sinkb-0", "sinkb-1"]
+        var consumers = try alpha.map { try h.startExactConsumer($0, dataType: "alpha") }
+        consumers += try beta.map { try h.startExactConsumer($0, dataType: "beta") }
+        defer { for p in consumers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        try h.waitForHealthy(alpha + beta)
+
+        // alpha's consumers stopped: what api sends stays in its pipes' spools (and the consumers' pipes).
+        for p in consumers.prefix(2) { kill(p.processIdentifier, SIGSTOP) }
+        let count = 5_000
+        let sent = try h.send("--service", "api", "--data-type", "alpha", "--payload", String(repeating: "s", count: 100), "--count", String(count))
+        #expect(sent.status == 0, "send: \(sent.stderr)")
+        usleep(500_000)
+        h.signalRouter(SIGKILL)
+        h.router?.waitUntilExit()
+
+        // The next revision gives alpha to another producer: api's alpha pipes are deleted, their spools stay.
+        h.dir.write(workerMesh(alphaProducer: "apx").replacingOccurrences(of: "ROOT", with: h.dir.root))
+        let applied = try pmm("apply", "-f", h.dir.specPath, h.stateArgument, "--prune")
+        #expect(applied.status == 0, "apply: \(applied.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: h.dir.root + "/api.alpha.s0.in"), "api's alpha pipe removed")
+
+        try h.startRouter(["--workers", "2"])
+        try waitFor("the new router's status") { h.status?.pid == h.router?.processIdentifier }
+        for p in consumers.prefix(2) { kill(p.processIdentifier, SIGCONT) }
+        #expect(h.status?.workers == 2)
+        let beats = try h.send("--service", "api", "--data-type", "beta", "--payload", "b", "--count", "200")
+        #expect(beats.status == 0, "send: \(beats.stderr)")
+        try? waitFor("every alpha frame from the spool, and beta's", timeout: 30) {
+            Set(h.exactReceived(alpha, dataType: "alpha")).count >= count && Set(h.exactReceived(beta, dataType: "beta")).count >= 200
+        }
+        let received = h.exactReceived(alpha, dataType: "alpha")
+        let unique = Set(received)
+        let lost = (1...UInt64(count)).count { !unique.contains($0) }
+        print("FIGURES orphan spool, two workers: sent \(count), delivered \(unique.count), duplicated \(received.count - unique.count), lost \(lost)")
+        #expect(lost == 0, "\(lost) alpha frames lost")
+        #expect(
+            Set(h.exactReceived(beta, dataType: "beta")).count == 200,
+            "the other worker routes beta: \(String(describing: h.status?.egress.map { ($0.name, $0.healthy, $0.frames) }))\n\(h.routerLog().suffix(3000))")
+        #expect(h.routerLog().contains("replaying the spool of a removed pipe"), "\(h.routerLog().suffix(2000))")
     }
 
     @Test func sigterm_stopsEveryWorker_drainsTheirQueues_andExits0() throws {

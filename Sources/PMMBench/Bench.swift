@@ -33,6 +33,9 @@ public struct BenchConfig: Sendable {
     public var types = 1
     /// `pmm router --workers` for the routed path; nil: the router's default.
     public var workers: Int?
+    /// Runs the relay in a process of its own from this executable (`pmm bench-relay`), as the router runs;
+    /// nil runs it as a thread of the bench.
+    public var relayExecutable: String?
 
     public init() {}
 }
@@ -125,10 +128,18 @@ public final class Bench {
         let tally = Tally(producers: config.producers, count: config.count)
         let readers = egress.map { ConsumerThread(path: $0, tally: tally, expected: config.producers * config.count) }
         for reader in readers { reader.start() }
-        let relay = RelayThread(ingress: ingress, egress: egress)
-        relay.start()
-        let seconds = produce(into: ingress, tally: tally)
-        let cpu = relay.wait()
+        let seconds: Double
+        let cpu: Double
+        if let executable = config.relayExecutable {
+            let relay = try RelayProcess(executable: executable, ingress: ingress, egress: egress)
+            seconds = produce(into: ingress, tally: tally)
+            cpu = try relay.wait()
+        } else {
+            let relay = RelayThread(ingress: ingress, egress: egress)
+            relay.start()
+            seconds = produce(into: ingress, tally: tally)
+            cpu = relay.wait()
+        }
         for reader in readers { reader.stop() }
         return tally.result(path: "relay (no routing)", seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (cpu, nil))
     }

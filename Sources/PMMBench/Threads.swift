@@ -249,38 +249,18 @@ final class ConsumerThread: @unchecked Sendable {
 /// The hop's floor: a minimal relay between the same kind of FIFOs, with no routing. One poll loop, 256 KiB
 /// reads, and per read one write per egress of the whole frames it completed (ingress `i` goes to egress
 /// `i % egress.count`, so frames stay whole and in order). What the router adds is measured against this.
-final class RelayThread: @unchecked Sendable {
-    let ingress: [String]
-    let egress: [String]
-    private let done = DispatchSemaphore(value: 0)
-    private let opened = DispatchSemaphore(value: 0)
-    private let lock = NSLock()
-    private var cpu: Double = 0
-
-    init(ingress: [String], egress: [String]) {
-        self.ingress = ingress
-        self.egress = egress
-    }
-
-    /// Starts the relay and returns once its ingress pipes are open (so producers can open theirs).
-    func start() {
-        let thread = Thread { self.run() }
-        thread.stackSize = 1 << 20
-        thread.start()
-        opened.wait()
-    }
-
-    /// Waits until every producer closed and everything read was written; the relay's CPU seconds.
-    func wait() -> Double {
-        done.wait()
-        return lock.withLock { cpu }
-    }
-
-    func run() {
-        defer { done.signal() }
+///
+/// It runs as a thread of the bench (`RelayThread`) or in a process of its own (`pmm bench-relay`, the way the
+/// router runs): a thread's wake-ups switch between threads of one address space, a process's do not.
+public enum Relay {
+    /// Relays until every producer has closed its pipe and everything read was written.
+    ///
+    /// - Parameter opened: called once the ingress pipes are open (producers may open theirs then).
+    /// - Returns: the CPU seconds of the calling thread.
+    public static func run(ingress: [String], egress: [String], opened: () -> Void) -> Double {
         let inputs = ingress.map { open($0, O_RDONLY | O_NONBLOCK) }
         for fd in inputs { _ = fcntl(fd, F_SETPIPE_SZ, Int32(1 << 20)) }
-        opened.signal()
+        opened()
         let outputs = egress.map { open($0, O_WRONLY) }
         for fd in outputs { _ = fcntl(fd, F_SETPIPE_SZ, Int32(1 << 20)) }
         defer { for fd in inputs + outputs { close(fd) } }
@@ -288,7 +268,7 @@ final class RelayThread: @unchecked Sendable {
         var ends = inputs.map { _ in 0 }
         var producing = inputs.count
         var fds = inputs.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        while producing > 0 {
+        loop: while producing > 0 {
             _ = poll(&fds, nfds_t(fds.count), 100)
             for i in fds.indices where fds[i].fd >= 0 && fds[i].revents != 0 {
                 let end = ends[i]
@@ -315,7 +295,7 @@ final class RelayThread: @unchecked Sendable {
                     let written = buffers[i].withUnsafeBytes { write(out, $0.baseAddress! + offset, whole - offset) }
                     if written < 0 {
                         if errno == EINTR { continue }
-                        return
+                        break loop
                     }
                     offset += written
                 }
@@ -328,6 +308,79 @@ final class RelayThread: @unchecked Sendable {
         }
         var usage = timespec()
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &usage)
-        lock.withLock { cpu = Double(usage.tv_sec) + Double(usage.tv_nsec) / 1e9 }
+        return Double(usage.tv_sec) + Double(usage.tv_nsec) / 1e9
+    }
+}
+
+/// `Relay` on a thread of the bench process.
+final class RelayThread: @unchecked Sendable {
+    let ingress: [String]
+    let egress: [String]
+    private let done = DispatchSemaphore(value: 0)
+    private let opened = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private var cpu: Double = 0
+
+    init(ingress: [String], egress: [String]) {
+        self.ingress = ingress
+        self.egress = egress
+    }
+
+    /// Starts the relay and returns once its ingress pipes are open (so producers can open theirs).
+    func start() {
+        let thread = Thread {
+            let seconds = Relay.run(ingress: self.ingress, egress: self.egress) { self.opened.signal() }
+            self.lock.withLock { self.cpu = seconds }
+            self.done.signal()
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+        opened.wait()
+    }
+
+    /// Waits until every producer closed and everything read was written; the relay's CPU seconds.
+    func wait() -> Double {
+        done.wait()
+        return lock.withLock { cpu }
+    }
+}
+
+/// `Relay` in a process of its own (`pmm bench-relay`), as the router runs: it prints `ready` once its ingress
+/// pipes are open and its CPU seconds when done.
+final class RelayProcess {
+    let process = Process()
+    let output = Pipe()
+
+    /// Starts the relay and returns once its ingress pipes are open.
+    init(executable: String, ingress: [String], egress: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = ["bench-relay"] + ingress.flatMap { ["--ingress", $0] } + egress.flatMap { ["--egress", $0] }
+        process.standardOutput = output
+        try process.run()
+        guard readLine() == "ready" else {
+            process.waitUntilExit()
+            throw BenchError("the relay process (\(executable) bench-relay) did not start (exit \(process.terminationStatus))")
+        }
+    }
+
+    /// Waits until it relayed everything and exited; its CPU seconds.
+    func wait() throws -> Double {
+        let line = readLine()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0, let line, line.hasPrefix("cpu "), let cpu = Double(line.dropFirst(4)) else {
+            throw BenchError("the relay process failed (exit \(process.terminationStatus))")
+        }
+        return cpu
+    }
+
+    /// One line of its output, without the newline; nil at the end.
+    private func readLine() -> String? {
+        var bytes: [UInt8] = []
+        var byte: UInt8 = 0
+        while read(output.fileHandleForReading.fileDescriptor, &byte, 1) == 1 {
+            if byte == UInt8(ascii: "\n") { return String(decoding: bytes, as: UTF8.self) }
+            bytes.append(byte)
+        }
+        return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
     }
 }

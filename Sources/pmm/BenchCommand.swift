@@ -12,7 +12,8 @@ struct BenchCommand: ParsableCommand {
             Builds a temporary mesh in its own directory (no root needed), starts the real router process, and \
             runs --producers producer threads and --consumers consumer threads three ways: producer-to-consumer \
             over plain FIFOs (the physical baseline); through a minimal relay (one poll loop, 256 KiB reads, one \
-            write of whole frames per egress per read, no routing: the floor of any hop); and through the router. \
+            write of whole frames per egress per read, no routing: the floor of any hop; in a process of its own, \
+            as the router runs, unless --relay thread); and through the router. \
             Reports messages/s, MB/s, latency p50/p99/p99.9/max (HdrHistogram, from the send timestamp in each \
             envelope), the router's (and the relay's) CPU seconds and the router's peak RSS, and the ratios \
             routed/direct and routed/relay. Every sequence number is checked: lost or duplicated \
@@ -78,6 +79,16 @@ struct BenchCommand: ParsableCommand {
     @Option(help: ArgumentHelp("pmm router --workers for the routed path (default: the router's own).", valueName: "n"))
     var workers: Int?
 
+    @Option(
+        help: ArgumentHelp(
+            "Where the relay runs: process (its own, like the router: every hop between producer, relay and consumer crosses address spaces) or thread (a thread of the bench, whose wake-ups stay within one address space).",
+            valueName: "where"))
+    var relay: RelayPlacement = .process
+
+    enum RelayPlacement: String, ExpressibleByArgument, CaseIterable {
+        case process, thread
+    }
+
     @Option(help: ArgumentHelp("Also measure the routed path with this many router workers, in the same run.", valueName: "n"))
     var compareWorkers: Int?
 
@@ -129,15 +140,17 @@ struct BenchCommand: ParsableCommand {
         config.measureIdle = idlePipes > 0
         config.types = types
         config.workers = workers
+        let binary = routerBinary ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        // The relay runs from this binary, whichever router is measured (an older --router-binary may lack it).
+        config.relayExecutable = relay == .process ? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path : nil
         var template = Array((NSTemporaryDirectory() as NSString).appendingPathComponent("pmm-bench-XXXXXX").utf8CString)
         guard let made = mkdtemp(&template) else { throw ExitCode(1) }
         let workspace = String(cString: made)
         defer { try? FileManager.default.removeItem(atPath: workspace) }
-        let binary = routerBinary ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let interactive = isatty(STDERR_FILENO) == 1
         let bench = Bench(config: config, pmm: binary, workspace: workspace) { if interactive { printError($0) } }
         let workload =
-            "\(producers) producer(s) -> \(consumers) consumer(s)\(types > 1 ? " over \(types) data types" : ""), \(size) B payloads, \(count) per producer, \(rate > 0 ? "paced at \(Int(rate))/s per producer" : "unpaced"), policy \(policy), \(delivery), \(writes) writes"
+            "\(producers) producer(s) -> \(consumers) consumer(s)\(types > 1 ? " over \(types) data types" : ""), \(size) B payloads, \(count) per producer, \(rate > 0 ? "paced at \(Int(rate))/s per producer" : "unpaced"), policy \(policy), \(delivery), \(writes) writes, relay in a \(relay.rawValue)"
         if output == .text { print("pmm bench: \(workload)") }
         var all: [[BenchResult]] = []
         for run in 1...runs {

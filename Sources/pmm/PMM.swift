@@ -40,7 +40,7 @@ struct PMM: ParsableCommand {
         subcommands: [
             Validate.self, Diff.self, Apply.self, History.self, Rollback.self, Status.self, RouterCommand.self, Up.self,
             Serve.self, Register.self, Deregister.self, PipeNameCommand.self, RouteCommand.self, Send.self, Tail.self,
-            DeadLetters.self, SchemaCommand.self, BenchCommand.self, Demo.self, Graph.self, Top.self, Version.self,
+            DeadLetters.self, SchemaCommand.self, BenchCommand.self, BenchRelayCommand.self, Demo.self, Graph.self, Top.self, Version.self,
         ]
     )
 }

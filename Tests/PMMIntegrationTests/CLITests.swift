@@ -303,6 +303,36 @@ import Testing
         #expect((median?["ratioToRelay"] ?? 0) > 0)
     }
 
+    /// The relay runs in a process of its own by default, as the router does (`pmm bench-relay`, a child of the
+    /// bench), and as a thread of the bench with `--relay thread`; either way every frame arrives once.
+    @Test(arguments: ["process", "thread"])
+    func bench_runsTheRelayWhereAsked(_ placement: String) throws {
+        // Paced, so the relay's path lasts about a second while its children are looked at; the count marks
+        // this bench among others the suite may run at the same time.
+        let marker = placement == "process" ? "2999" : "2998"
+        nonisolated(unsafe) var relayChildren: Set<Int32> = []
+        let outcome = try run(pmmBinary, ["bench", "--count", marker, "--rate", "2000", "--relay", placement, "-o", "json"]) {
+            let deadline = Date().addingTimeInterval(20)
+            var benchSeen = false
+            while Date() < deadline {
+                let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap(Int32.init) ?? []
+                let bench = processes.first { processArguments($0).starts(with: [pmmBinary, "bench", "--count", marker]) }
+                if bench != nil { benchSeen = true } else if benchSeen { break }
+                for pid in processes where processArguments(pid).dropFirst().first == "bench-relay" && parentProcess(pid) == bench {
+                    relayChildren.insert(pid)
+                }
+                usleep(20_000)
+            }
+        }
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any]
+        let run = (report?["runs"] as? [[[String: Any]]])?.first ?? []
+        #expect(run.compactMap { $0["path"] as? String } == ["direct FIFO", "routed (at-most-once)", "relay (no routing)"])
+        #expect(run.allSatisfy { ($0["frames"] as? Int) == Int(marker) && ($0["lost"] as? Int) == 0 && ($0["duplicated"] as? Int) == 0 }, "\(run)")
+        #expect((report?["workload"] as? String)?.hasSuffix("relay in a \(placement)") == true)
+        #expect(relayChildren.count == (placement == "process" ? 1 : 0), "relay processes seen: \(relayChildren)")
+    }
+
     /// `--types` spreads the producers over data types (each stamping its pipe's type: stamped "bench", every
     /// frame was dead-lettered as misaddressed), and `--compare-workers` measures a second router with more
     /// workers in the same run, labelled with the workers it runs.

@@ -184,3 +184,17 @@ func installScript(_ text: String, at destination: String) throws {
     defer { unlink(draft) }
     try installExecutable(from: draft, to: destination)
 }
+
+/// The arguments process `pid` was started with (`/proc/<pid>/cmdline`); empty once it is gone.
+func processArguments(_ pid: Int32) -> [String] {
+    guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return [] }
+    return data.split(separator: 0, omittingEmptySubsequences: false).dropLast().map { String(decoding: $0, as: UTF8.self) }
+}
+
+/// The parent of process `pid` (`/proc/<pid>/stat`), if it is still there.
+func parentProcess(_ pid: Int32) -> Int32? {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let end = stat.lastIndex(of: ")") else { return nil }
+    // After the command name: the state, then the parent's pid.
+    let fields = stat[stat.index(after: end)...].split(separator: " ")
+    return fields.count > 1 ? Int32(fields[1]) : nil
+}

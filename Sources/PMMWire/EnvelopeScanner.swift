@@ -64,15 +64,18 @@ public enum EnvelopeScanner {
             }
             switch tag & 7 {
             case 0:
-                guard case .value(let value, let size) = Varint.decode(body, at: index) else {
-                    throw .malformedEnvelope("truncated varint in field \(number)")
-                }
-                index += size
                 if number == 2 {
+                    guard case .value(let value, let size) = Varint.decode(body, at: index) else {
+                        throw .malformedEnvelope("truncated varint in field \(number)")
+                    }
+                    index += size
                     guard value <= UInt64(UInt32.max) else { throw .malformedEnvelope("schema_version out of range") }
                     fields.schemaVersion = UInt32(value)
-                } else if number == 1 || number == 3 || number == 4 {
-                    throw .malformedEnvelope("field \(number) has the wrong wire type")
+                } else {
+                    if number == 1 || number == 3 || number == 4 { throw .malformedEnvelope("field \(number) has the wrong wire type") }
+                    // Only its end matters (sequence, timestamp, unknown fields): located without decoding it.
+                    guard let size = Varint.length(body, at: index) else { throw .malformedEnvelope("truncated varint in field \(number)") }
+                    index += size
                 }
             case 1:
                 guard index + 8 <= body.count else { throw .malformedEnvelope("truncated fixed64 in field \(number)") }

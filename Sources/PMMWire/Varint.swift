@@ -16,16 +16,49 @@ public enum Varint {
     /// Decodes the varint at `offset` in `bytes`.
     @inlinable @inline(__always)
     public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Decoded {
-        // Most varints on the router's path are one byte (field tags, short lengths): no loop for those.
+        // Most varints on the router's path are one byte (field tags, short lengths) or two (a payload's length,
+        // a small sequence number): no loop for those.
         if offset < bytes.count {
             let first = bytes[offset]
             if first < 0x80 { return .value(UInt64(first), size: 1) }
+            if offset &+ 1 < bytes.count {
+                let second = bytes[offset &+ 1]
+                if second < 0x80 { return .value(UInt64(first & 0x7f) | UInt64(second) << 7, size: 2) }
+            }
         }
         return decodeLong(bytes, at: offset)
     }
 
+    /// The size of the varint at `offset` in `bytes`, without its value (a field the reader skips); nil when
+    /// it is cut short or malformed.
+    @inlinable @inline(__always)
+    public static func length(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Int? {
+        if offset >= 0 && offset &+ 8 <= bytes.count {
+            // The first byte without its high bit ends the varint: one load and a count instead of a loop.
+            let stops = ~UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) & 0x8080_8080_8080_8080
+            if stops != 0 { return stops.trailingZeroBitCount &>> 3 &+ 1 }
+        }
+        guard case .value(_, let size) = decodeLong(bytes, at: offset) else { return nil }
+        return size
+    }
+
     @usableFromInline
     static func decodeLong(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Decoded {
+        if offset >= 0 && offset &+ 8 <= bytes.count {
+            // Up to 8 bytes at once: where the varint ends, then its 7-bit groups packed together (a 64-bit
+            // timestamp takes 9 bytes and goes on to the loop below).
+            let word = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+            let stops = ~word & 0x8080_8080_8080_8080
+            if stops != 0 {
+                let size = stops.trailingZeroBitCount &>> 3 &+ 1
+                let kept = size == 8 ? word : word & ((1 &<< UInt64(size &* 8)) &- 1)
+                var x = kept & 0x7f7f_7f7f_7f7f_7f7f
+                x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) &>> 1)
+                x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) &>> 2)
+                x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) &>> 4)
+                return .value(x, size: size)
+            }
+        }
         var value: UInt64 = 0
         var shift: UInt64 = 0
         var index = offset

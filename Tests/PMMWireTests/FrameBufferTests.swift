@@ -24,6 +24,71 @@ import Testing
     }
 }
 
+extension VarintTests {
+    /// Values of every varint size, 1 to 10 bytes: the largest and smallest of each.
+    static let everySize: [UInt64] = (1...9).flatMap { [UInt64(1) << (7 * $0) - 1, UInt64(1) << (7 * $0)] } + [0, UInt64.max]
+
+    /// A varint decodes the same, and `length` sees where it ends, whatever follows it (the fast paths read
+    /// 8 bytes at a time, the bytes after it included) and wherever it starts; cut short it is incomplete.
+    @Test(arguments: everySize)
+    func decodeAndLength_agree_whateverFollowsAndWhereverItStarts(_ value: UInt64) {
+        var varint: [UInt8] = []
+        Varint.encode(value, into: &varint)
+        for lead in 0..<3 {
+            for trailer in [[], [0x00], [0xff], [UInt8](repeating: 0xff, count: 12), [UInt8](repeating: 0x01, count: 12)] {
+                let bytes = [UInt8](repeating: 0x80, count: lead) + varint + trailer
+                bytes.withUnsafeBytes { raw in
+                    #expect(Varint.decode(raw, at: lead) == .value(value, size: varint.count), "\(value) lead \(lead) trailer \(trailer)")
+                    #expect(Varint.length(raw, at: lead) == varint.count, "\(value) lead \(lead) trailer \(trailer)")
+                }
+            }
+            for cut in 0..<varint.count {
+                let bytes = [UInt8](repeating: 0x80, count: lead) + varint[0..<cut]
+                bytes.withUnsafeBytes { raw in
+                    #expect(Varint.decode(raw, at: lead) == .incomplete)
+                    #expect(Varint.length(raw, at: lead) == nil)
+                }
+            }
+        }
+    }
+
+    @Test func length_whenTooLong_isNil() {
+        for bytes in [[UInt8](repeating: 0xff, count: 11), [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0x00, 0x00]] {
+            #expect(bytes.withUnsafeBytes { Varint.length($0, at: 0) } == nil)
+            #expect(bytes.withUnsafeBytes { Varint.decode($0, at: 0) } == .malformed)
+        }
+    }
+
+    /// Random values and random bytes after them, against the encoder (a fixed seed: the same cases every run).
+    @Test func decode_agreesWithEncode_overRandomValues() {
+        var generator = SeededGenerator(seed: 0x706d_6d76_6172)
+        for _ in 0..<20_000 {
+            let value = generator.next() >> (generator.next() % 64)
+            var bytes: [UInt8] = []
+            Varint.encode(value, into: &bytes)
+            let size = bytes.count
+            for _ in 0..<Int(generator.next() % 12) { bytes.append(UInt8(truncatingIfNeeded: generator.next())) }
+            bytes.withUnsafeBytes { raw in
+                #expect(Varint.decode(raw, at: 0) == .value(value, size: size))
+                #expect(Varint.length(raw, at: 0) == size)
+            }
+        }
+    }
+}
+
+/// A small deterministic generator for the property tests.
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
 func sampleEnvelope(_ sequence: UInt64, payload: Int = 40) -> Envelope {
     var envelope = Envelope()
     envelope.dataType = "metrics"

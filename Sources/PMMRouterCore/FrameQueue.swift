@@ -59,6 +59,9 @@ public struct FrameQueue: Sendable {
     public var unwrittenBytes: Int { bytes.count - written }
     /// Bytes the router holds for this queue: every frame not yet acknowledged.
     public var heldBytes: Int { head < starts.count ? bytes.count - starts[head] : 0 }
+    /// Bytes of the queue's buffer in use: the frames it holds and, before them, the acknowledged ones a
+    /// compaction has not freed yet. This, not `heldBytes`, is the memory the queue takes.
+    public var footprint: Int { bytes.count }
     /// Bytes written and not yet known to be read.
     public var unacknowledgedBytes: Int { written - acknowledged }
 
@@ -103,9 +106,10 @@ public struct FrameQueue: Sendable {
             firstUnwritten = 0
             written = 0
             acknowledged = 0
-        } else if head > 0 && starts[head] >= 1 << 20 && starts[head] >= 4 * (bytes.count - starts[head]) {
+        } else if head > 0 && starts[head] >= Self.compactionFloor && starts[head] >= 4 * (bytes.count - starts[head]) {
             // Moving the R bytes still held frees H >= 4R: at most a quarter of a copy per byte, amortized
             // (compacting whenever half was free made memmove a fifth of the router's time with 4 KB frames).
+            // The freed bytes count against the memory limit until then (`footprint`).
             compact()
         }
     }
@@ -240,6 +244,9 @@ public struct FrameQueue: Sendable {
 
     /// The metadata of every frame held, oldest first (for checks and tests).
     public var heldMetas: ArraySlice<FrameMeta> { metas[head...] }
+
+    /// The fewest acknowledged bytes worth a compaction (below it, the copy is not worth the call).
+    static let compactionFloor = 64 << 10
 
     private mutating func compact() {
         let shift = starts[head]

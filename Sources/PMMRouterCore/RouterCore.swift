@@ -75,7 +75,8 @@ public struct RouterCore: Sendable {
     public internal(set) var counters = Counters()
     /// The other nodes' routers (a multi-node mesh), in the order they were first installed.
     public internal(set) var peers: [Peer] = []
-    /// Bytes held in egress and waiting queues.
+    /// Bytes the egress and waiting queues' buffers take (`FrameQueue.footprint`): the frames they hold and
+    /// acknowledged bytes not yet compacted away. `memoryLimit` bounds this.
     public internal(set) var heldBytes = 0
     /// Bytes of every spool not yet done (what a crash would replay), kept in step with the ledgers.
     public internal(set) var spoolLive: Int64 = 0
@@ -314,9 +315,9 @@ public struct RouterCore: Sendable {
     // MARK: Queue mutations that keep `heldBytes` exact
 
     mutating func withEgressQueue<R>(_ slot: Int, _ body: (inout FrameQueue) -> R) -> R {
-        let before = egress[slot].queue.heldBytes
+        let before = egress[slot].queue.footprint
         let result = body(&egress[slot].queue)
-        heldBytes += egress[slot].queue.heldBytes - before
+        heldBytes += egress[slot].queue.footprint - before
         if !egress[slot].listed && egress[slot].queue.count > 0 {
             egress[slot].listed = true
             activeEgress.append(slot)
@@ -355,9 +356,9 @@ public struct RouterCore: Sendable {
     }
 
     mutating func withWaiting<R>(_ route: Int, _ body: (inout FrameQueue) -> R) -> R {
-        let before = routes[route].waiting.heldBytes
+        let before = routes[route].waiting.footprint
         let result = body(&routes[route].waiting)
-        heldBytes += routes[route].waiting.heldBytes - before
+        heldBytes += routes[route].waiting.footprint - before
         return result
     }
 

@@ -182,6 +182,55 @@ struct FaultTests {
         print("FIGURES router restart: frames the new router took in \(replayed)")
     }
 
+    /// A consumer slower than its producer keeps the router at its memory limit for long. The queue's buffer
+    /// frees what the consumer read only at a compaction, and those bytes count against the limit too: the
+    /// router's peak memory stays near the limit. (Counting only the frames still held, 240 MB through a
+    /// 32 MiB limit peaked at 296 MiB of RSS.)
+    @Test func aSlowConsumer_keepsTheRoutersMemoryNearItsLimit() throws {
+        let h = try MeshHarness("""
+            apiVersion: pmm/v1
+            kind: Mesh
+            name: slow
+            root: ROOT
+            dataTypes:
+              blob:
+                shards: 1
+                qos: {buffer: 1000000}
+            services:
+              api: {uid: 0, produces: [{dataType: blob}]}
+              sink: {uid: 0, consumes: [{dataType: blob}]}
+            routes:
+              blob: {targets: [{service: sink}]}
+
+            """)
+        let limit = 32 << 20
+        try h.startRouter(["--memory-limit", String(limit)])
+        let pid = try #require(h.router?.processIdentifier)
+        func kibibytes(_ field: String) -> Int {
+            let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+            let line = text.split(separator: "\n").first { $0.hasPrefix(field + ":") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+        }
+        h.dir.write(
+            "import os, sys, time\nfd = os.open(sys.argv[1], os.O_RDONLY)\nwhile True:\n    b = os.read(fd, 65536)\n"
+                + "    if not b: break\n    time.sleep(0.001)\n", to: "slow.py")
+        let consumer = Process()
+        consumer.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        consumer.arguments = [h.dir.path + "/slow.py", h.dir.root + "/sink-0.blob.out"]
+        consumer.standardOutput = FileHandle.nullDevice
+        try consumer.run()
+        defer { if consumer.isRunning { kill(consumer.processIdentifier, SIGKILL) } }
+        try h.waitForHealthy(["sink-0"])
+        let idle = kibibytes("VmRSS")
+        let count = 60_000
+        let sent = try h.send("--service", "api", "--data-type", "blob", "--payload", String(repeating: "x", count: 4000), "--count", String(count))
+        #expect(sent.status == 0, "send: \(sent.stderr)")
+        try waitFor("the slow consumer to read everything", timeout: 60) { (h.status?.egress.first?.frames ?? 0) >= UInt64(count) }
+        let peak = kibibytes("VmHWM")
+        print("FIGURES slow consumer, memory limit \(limit >> 20) MiB: \(count) frames of 4 KB, router RSS \(idle >> 10) MiB idle, peak \(peak >> 10) MiB")
+        #expect((peak - idle) << 10 <= 3 * limit, "peak \(peak) KiB, idle \(idle) KiB: more than 3× the limit above idle")
+    }
+
     @Test func everyConsumerDown_framesWait_thenFlow() throws {
         let h = try MeshHarness(faultMesh())
         try h.startRouter()

@@ -50,15 +50,27 @@ struct WorkerTests {
             .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
     }
 
+    /// Exact consumers of both types' instances, once the running router sees them all healthy (killed if it
+    /// does not).
+    static func startConsumers(_ h: MeshHarness, alpha: [String], beta: [String]) throws -> [Process] {
+        var consumers = try alpha.map { try h.startExactConsumer($0, dataType: "alpha") }
+        do {
+            consumers += try beta.map { try h.startExactConsumer($0, dataType: "beta") }
+            try h.waitForHealthy(alpha + beta)
+        } catch {
+            for p in consumers where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            throw error
+        }
+        return consumers
+    }
+
     @Test func twoWorkers_eachRoutesItsType_onItsOwnThread_andAKillAndAReloadLoseNothing() throws {
         let h = try MeshHarness(workerMesh())
         try h.startRouter(["--workers", "2"])
         let alpha = ["sinka-0", "sinka-1"]
         var beta = ["sinkb-0", "sinkb-1"]
-        var consumers = try alpha.map { try h.startExactConsumer($0, dataType: "alpha") }
-        consumers += try beta.map { try h.startExactConsumer($0, dataType: "beta") }
+        var consumers = try Self.startConsumers(h, alpha: alpha, beta: beta)
         defer { for p in consumers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
-        try h.waitForHealthy(alpha + beta)
 
         // One status for the whole router: both workers' pipes, merged.
         let status = try #require(h.status)
@@ -126,10 +138,8 @@ struct WorkerTests {
         try h.startRouter(["--workers", "2"])
         let alpha = ["sinka-0", "sinka-1"]
         let beta = ["sinkb-0", "sinkb-1"]
-        var consumers = try alpha.map { try h.startExactConsumer($0, dataType: "alpha") }
-        consumers += try beta.map { try h.startExactConsumer($0, dataType: "beta") }
+        let consumers = try Self.startConsumers(h, alpha: alpha, beta: beta)
         defer { for p in consumers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
-        try h.waitForHealthy(alpha + beta)
 
         // alpha's consumers stopped: what api sends stays in its pipes' spools (and the consumers' pipes).
         for p in consumers.prefix(2) { kill(p.processIdentifier, SIGSTOP) }

@@ -37,6 +37,11 @@ public enum Varint {
             // The first byte without its high bit ends the varint: one load and a count instead of a loop.
             let stops = ~UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) & 0x8080_8080_8080_8080
             if stops != 0 { return stops.trailingZeroBitCount &>> 3 &+ 1 }
+            // 9 bytes (a 64-bit timestamp in nanoseconds) or 10, whose last byte holds the 64th bit only.
+            if offset &+ 8 < bytes.count {
+                if bytes[offset &+ 8] < 0x80 { return 9 }
+                if offset &+ 9 < bytes.count { return bytes[offset &+ 9] <= 1 ? 10 : nil }
+            }
         }
         guard case .value(_, let size) = decodeLong(bytes, at: offset) else { return nil }
         return size

@@ -137,16 +137,18 @@ extension RouterCore {
     /// The egress slot route `r`'s policy picks, or nil when no instance is available.
     mutating func choose(_ r: Int, key: UnsafeRawBufferPointer, mask: [Bool]?) -> Int? {
         if routes[r].spec.locality == .preferLocal { narrowToNearest(r, mask: mask) }
-        let entry = routes[r].spec.entry
-        switch routes[r].spec.policy {
-        case .shard where key.count > 0:
+        if routes[r].spec.policy == .shard && key.count > 0 {
+            // Before any copy of the route's entry (a retain and release of its arrays per frame).
             if mask == nil {
                 if routes[r].soleEpoch != epoch { findSole(r) }
                 if routes[r].sole >= 0 { return routes[r].sole }
             }
             let hash = ShardHash.fnv1a64(key)
-            guard let (t, i) = entry.chooseByKey(hash: hash, isHealthy: { isAvailable(r, $0, $1, mask) }) else { return nil }
+            guard let (t, i) = routes[r].spec.entry.chooseByKey(hash: hash, isHealthy: { isAvailable(r, $0, $1, mask) }) else { return nil }
             return routes[r].spec.egressIndex[t][i]
+        }
+        let entry = routes[r].spec.entry
+        switch routes[r].spec.policy {
         case .shard, .roundRobin:
             // Smooth weighted round-robin over services with an available instance, then rotate within one.
             var total = 0

@@ -178,3 +178,21 @@ func sampleEnvelope(_ sequence: UInt64, payload: Int = 40) -> Envelope {
         }
     }
 }
+
+@Suite struct BytesEqualTests {
+    /// Every length around the 8-byte steps and the 16-byte switch to memcmp, a difference at every position.
+    @Test func bytesEqual_findsEveryDifference_atEveryLength() {
+        for length in 0...40 {
+            let bytes = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+            bytes.withUnsafeBytes { raw in
+                #expect(raw.bytesEqual(Array(bytes)), "length \(length)")
+                #expect(!raw.bytesEqual(bytes + [0]), "length \(length) against one more")
+                for position in 0..<length {
+                    var other = bytes
+                    other[position] ^= 0x01
+                    #expect(!raw.bytesEqual(other), "length \(length), difference at \(position)")
+                }
+            }
+        }
+    }
+}

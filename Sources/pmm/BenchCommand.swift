@@ -140,9 +140,10 @@ struct BenchCommand: ParsableCommand {
         config.measureIdle = idlePipes > 0
         config.types = types
         config.workers = workers
-        let binary = routerBinary ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let this = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let binary = routerBinary ?? this
         // The relay runs from this binary, whichever router is measured (an older --router-binary may lack it).
-        config.relayExecutable = relay == .process ? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path : nil
+        config.relayExecutable = relay == .process ? this : nil
         var template = Array((NSTemporaryDirectory() as NSString).appendingPathComponent("pmm-bench-XXXXXX").utf8CString)
         guard let made = mkdtemp(&template) else { throw ExitCode(1) }
         let workspace = String(cString: made)

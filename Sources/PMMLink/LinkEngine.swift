@@ -173,7 +173,7 @@ final class LinkEngine {
         if let peer = handler.peer, links[peer] === handler {
             links[peer] = nil
             logger.info("link down", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
-            shared.state.withLock { state in
+            shared.update { state in
                 state.peers[peer]!.up = false
                 state.peers[peer]!.awaitingRouter = false
                 state.peers[peer]!.pendingWrites = []
@@ -191,7 +191,7 @@ final class LinkEngine {
     func refused(peer: String?, remote: String, reason: String) {
         logger.warning(
             "link refused", metadata: ["peer": "\(peer ?? "?")", "remote": "\(remote)", "reason": "\(reason)"])
-        shared.state.withLock { $0.post(.refused(peer: peer, remote: remote, reason: reason)) }
+        shared.update { $0.post(.refused(peer: peer, remote: remote, reason: reason)) }
     }
 
     /// Checks a peer's Hello; nil when it is acceptable, else why not.
@@ -226,7 +226,7 @@ final class LinkEngine {
         if let old = links[peer] {
             links[peer] = nil
             old.replaced(reason: "replaced by a new connection from \(peer)")
-            shared.state.withLock { state in
+            shared.update { state in
                 state.peers[peer]!.up = false
                 state.post(.disconnected(peer: peer, reason: "replaced by a new connection"))
             }
@@ -239,7 +239,7 @@ final class LinkEngine {
         var health: [String: Bool] = [:]
         for h in hello.health { health[h.instance] = h.available }
         let resumeClaim = hello.receivedIncarnation == incarnation ? hello.receivedUpTo : 0
-        shared.state.withLock { state in
+        shared.update { state in
             var p = state.peers[peer]!
             state.peers[peer] = nil  // mutate a unique copy; put it back below
             p.up = true
@@ -309,13 +309,13 @@ final class LinkEngine {
         let received = LinkReceived(
             stream: stream, firstSequence: firstSequence + UInt64(duplicates),
             frames: duplicates == 0 ? frames : frames.dropping(duplicates))
-        shared.state.withLock { $0.post(.received(peer: peer, received)) }
+        shared.update { $0.post(.received(peer: peer, received)) }
     }
 
     /// Returns false for an acknowledgement of frames never sent.
     func acknowledged(_ handler: LinkChannelHandler, upTo: UInt64) -> Bool {
         guard let peer = handler.peer, links[peer] === handler else { return true }
-        return shared.state.withLock { state in
+        return shared.update { state in
             let before = state.peers[peer]!.sender.acknowledgedUpTo
             guard state.peers[peer]!.sender.acknowledge(upTo: upTo) else { return false }
             if upTo > before { state.post(.acknowledged(peer: peer, upTo: upTo)) }
@@ -327,7 +327,7 @@ final class LinkEngine {
         guard let peer = handler.peer, links[peer] === handler else { return }
         var instances: [String: Bool] = [:]
         for h in health.instances { instances[h.instance] = h.available }
-        shared.state.withLock { state in
+        shared.update { state in
             state.peers[peer]!.peerRevision = health.revision
             state.post(.health(peer: peer, revision: health.revision, instances: instances))
         }

@@ -271,7 +271,7 @@ final class LinkEngine {
         hello.node = configuration.node
         hello.protocolVersion = linkProtocolVersion
         hello.incarnation = incarnation
-        shared.state.withLock { state in
+        shared.update { state in
             hello.revision = state.revision
             hello.health = Self.healthList(state.health)
             if let peer, let p = state.peers[peer] {
@@ -300,7 +300,7 @@ final class LinkEngine {
         // A closure, not a key path: `map(\.range.count)` projected a key path per frame, through the runtime
         // (a tenth of the receiving node's CPU in `pmm bench --link`).
         let sizes = frames.entries.map { $0.range.count }
-        let (stream, duplicates) = try shared.state.withLock { (state) throws(ReceiveLedger.Violation) in
+        let (stream, duplicates) = try shared.update { (state) throws(ReceiveLedger.Violation) in
             let duplicates = try state.peers[peer]!.receiver.receive(firstSequence: firstSequence, sizes: sizes)
             return (state.peers[peer]!.receiver.incarnation, duplicates)
         }
@@ -335,7 +335,7 @@ final class LinkEngine {
 
     func broadcastHealth() {
         var message = Pmm_V1_LinkMessage()
-        shared.state.withLock { state in
+        shared.update { state in
             message.health.revision = state.revision
             message.health.instances = Self.healthList(state.health)
         }
@@ -346,12 +346,12 @@ final class LinkEngine {
     /// later tick (or when the channel is writable again).
     func flush(_ peer: String) {
         guard let handler = links[peer] else {
-            shared.state.withLock { $0.peers[peer]?.flushScheduled = false }
+            shared.update { $0.peers[peer]?.flushScheduled = false }
             return
         }
         let writable = handler.isWritable
         let burst = configuration.burstBytes
-        let (ack, writes, more) = shared.state.withLock { state -> (UInt64?, [ByteBuffer], Bool) in
+        let (ack, writes, more) = shared.update { state -> (UInt64?, [ByteBuffer], Bool) in
             guard state.peers[peer]!.generation == handler.generation else { return (nil, [], false) }
             let ack = state.peers[peer]!.pendingAck
             state.peers[peer]!.pendingAck = nil

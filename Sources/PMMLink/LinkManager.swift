@@ -111,7 +111,7 @@ public final class LinkManager: Sendable {
         if stopped.withLock({ $0 }) { return [] }
         var scratch = [UInt8](repeating: 0, count: 64)
         while read(wakeDescriptor, &scratch, scratch.count) > 0 {}
-        return shared.state.withLock { state in
+        return shared.update { state in
             state.wakePending = false
             let events = state.events
             state.events = []
@@ -133,7 +133,7 @@ public final class LinkManager: Sendable {
     public func send(to peer: String, frames: ArraySlice<LinkFrame>) -> LinkSendResult {
         let batchBytes = configuration.batchBytes
         let (result, wake) = frames.withUnsafeBufferPointer { frames in
-            shared.state.withLock { state -> (LinkSendResult, Bool) in
+            shared.update { state -> (LinkSendResult, Bool) in
                 guard state.peers[peer] != nil else { return (LinkSendResult(accepted: 0, firstSequence: 1), false) }
                 return Self.take(&state.peers[peer]!, frames: frames, batchBytes: batchBytes)
             }
@@ -146,7 +146,7 @@ public final class LinkManager: Sendable {
     /// window still goes alone when nothing is in flight): 0 while the link is down, or up but not yet handed to
     /// the router. Lets a sender copy out only what will be taken.
     public func room(for peer: String) -> Int {
-        shared.state.withLock { state in
+        shared.update { state in
             guard let p = state.peers[peer], p.up, !p.awaitingRouter else { return 0 }
             return max(0, p.sender.windowBytes - p.sender.unacknowledgedBytes)
         }
@@ -163,7 +163,7 @@ public final class LinkManager: Sendable {
     /// into the batches, before this returns.
     public func send(to peer: String, borrowing frames: UnsafeBufferPointer<BorrowedLinkFrame>) -> LinkSendResult {
         let batchBytes = configuration.batchBytes
-        let (result, wake) = shared.state.withLock { state -> (LinkSendResult, Bool) in
+        let (result, wake) = shared.update { state -> (LinkSendResult, Bool) in
             guard state.peers[peer] != nil else { return (LinkSendResult(accepted: 0, firstSequence: 1), false) }
             return Self.take(&state.peers[peer]!, frames: frames, batchBytes: batchBytes)
         }
@@ -213,7 +213,7 @@ public final class LinkManager: Sendable {
     /// The router wrote (or spooled) every frame from `peer` up to `upTo` of `stream` (the `LinkReceived`'s).
     /// The peer learns it at once, or from the next Hello if the link is down.
     public func acknowledge(peer: String, stream: UInt64, upTo: UInt64) {
-        let wake = shared.state.withLock { state -> Bool in
+        let wake = shared.update { state -> Bool in
             guard state.peers[peer] != nil, state.peers[peer]!.receiver.incarnation == stream,
                 let ack = state.peers[peer]!.receiver.acknowledge(upTo: upTo), state.peers[peer]!.up
             else { return false }
@@ -227,19 +227,19 @@ public final class LinkManager: Sendable {
 
     /// This node's instances and whether each is available: told to every peer now and in every Hello.
     public func announceHealth(_ instances: [String: Bool]) {
-        shared.state.withLock { $0.health = instances }
+        shared.update { $0.health = instances }
         onLoop { $0.broadcastHealth() }
     }
 
     /// The revision this node's router serves now: told to every peer now and in every Hello.
     public func updateRevision(_ revision: UInt64) {
-        shared.state.withLock { $0.revision = revision }
+        shared.update { $0.revision = revision }
         onLoop { $0.broadcastHealth() }
     }
 
     /// Every peer's link, sorted by name.
     public func status() -> [LinkStatus] {
-        shared.state.withLock { state in
+        shared.update { state in
             state.peers.keys.sorted().map { name in
                 let p = state.peers[name]!
                 return LinkStatus(
@@ -261,7 +261,7 @@ public final class LinkManager: Sendable {
         let engine = self.engine
         try? engine.eventLoop.flatSubmit { engine.value.stop() }.wait()
         try? group.syncShutdownGracefully()
-        shared.state.withLock { state in
+        shared.update { state in
             close(state.wakeWrite)
             state.wakeWrite = -1
         }
@@ -323,16 +323,17 @@ final class LinkShared: Sendable {
         }
     }
 
-    let state: Mutex<State>
+    /// Reached only through `update`, so that no posted event can miss its wake-up.
+    private let state: Mutex<State>
 
     /// Runs `body` under the lock, then, outside it, makes the wake descriptor readable if `body` posted an
     /// event while none was waiting. Writing while holding the lock woke the router straight into the lock:
     /// it spun on the mutex until the loop's write(2) returned (a fifth of each router's samples, paced, in
     /// `pmm bench --link`). Only the loop posts, and `LinkManager.stop` closes the descriptor only after the
     /// loop has ended.
-    func update<R: Sendable>(_ body: (inout State) -> R) -> R {
-        let (result, wake) = state.withLock { state -> (R, Int32) in
-            let result = body(&state)
+    func update<R: Sendable, E: Error>(_ body: (inout State) throws(E) -> R) throws(E) -> R {
+        let (result, wake) = try state.withLock { (state) throws(E) -> (R, Int32) in
+            let result = try body(&state)
             let wake = state.wakeNeeded ? state.wakeWrite : -1
             state.wakeNeeded = false
             return (result, wake)

@@ -185,7 +185,7 @@ struct FaultTests {
     /// A consumer slower than its producer keeps the router at its memory limit for long. The queue's buffer
     /// frees what the consumer read only at a compaction, and those bytes count against the limit too: the
     /// router's peak memory stays near the limit. (Counting only the frames still held, 240 MB through a
-    /// 32 MiB limit peaked at 296 MiB of RSS.)
+    /// 32 MiB limit peaked at 303 MiB of RSS.)
     @Test func aSlowConsumer_keepsTheRoutersMemoryNearItsLimit() throws {
         let h = try MeshHarness("""
             apiVersion: pmm/v1

@@ -3,6 +3,7 @@ import Logging
 import PMMCore
 import PMMLink
 import PMMRouterCore
+import PMMSystem
 
 /// The shell's side of routing across nodes: it starts the `LinkManager`, turns its events into the core's
 /// link events, hands the core's remote frames to the links and the core's acknowledgements back, and tells
@@ -48,6 +49,7 @@ extension Router {
                 core.linkDisconnected(p, reason: reason, now: now)
             case .received(let peer, let received):
                 guard let p = core.peerSlot(peer) else { continue }
+                lastLinkProgress = now
                 let frames = received.frames
                 for index in frames.indices {
                     frames.withFrameBytes(at: index) { bytes in
@@ -74,7 +76,10 @@ extension Router {
     /// node's instances' health when it changed. At the end of every pass, after the consumers' progress.
     func tellPeers() {
         guard let links else { return }
-        core.linkAcknowledgements { peer, stream, upTo in links.acknowledge(peer: peer, stream: stream, upTo: upTo) }
+        core.linkAcknowledgements { peer, stream, upTo in
+            links.acknowledge(peer: peer, stream: stream, upTo: upTo)
+            lastLinkProgress = monotonicNanos()
+        }
         // Availability changes bump the core's epoch: the health is looked at only then, not on every pass.
         guard core.epoch != announcedEpoch else { return }
         announcedEpoch = core.epoch

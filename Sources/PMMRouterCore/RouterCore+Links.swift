@@ -111,6 +111,12 @@ extension RouterCore {
         }
     }
 
+    /// Frames received from some peer that are not done here yet (written to a pipe but not yet read whole,
+    /// or still queued): the peer waits for their acknowledgement before its window takes more.
+    public var awaitsLinkCompletions: Bool {
+        peers.contains { $0.inbound.done.count > $0.inbound.head }
+    }
+
     /// The peer named `name`, if the layout has that node.
     public func peerSlot(_ name: String) -> Int? { peerSlots[name] }
 

@@ -68,17 +68,17 @@ final class TestNetwork: @unchecked Sendable {
     deinit { remove() }
 }
 
-/// A process started under `ip netns exec`, its output in a file.
+/// A process started under `ip netns exec` (or, with no namespace, in the host's), its output in a file.
 final class NamespacedProcess: @unchecked Sendable {
     let process = Process()
     let outputPath: String
 
-    init(namespace: String, _ arguments: [String], output: String) throws {
+    init(namespace: String?, _ arguments: [String], output: String) throws {
         outputPath = output
         _ = FileManager.default.createFile(atPath: output, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["ip", "netns", "exec", namespace] + arguments
+        process.arguments = (namespace.map { ["ip", "netns", "exec", $0] } ?? []) + arguments
         process.standardOutput = handle
         process.standardError = handle
         try process.run()

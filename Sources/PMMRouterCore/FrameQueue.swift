@@ -25,20 +25,39 @@ public struct DetachedFrame: Sendable {
     public var meta: FrameMeta
 }
 
-/// The frames of one egress pipe (or of a route waiting for an instance), as one contiguous byte buffer plus,
-/// per frame, its start offset and metadata.
+/// The frames of one egress pipe (or of a route waiting for an instance): their bytes in segments, plus, per
+/// frame, its start offset and metadata.
 ///
-/// Three positions move forward through the buffer:
+/// Offsets are the queue's own, counted from the first byte appended since it was last empty; frames follow
+/// each other without gaps, and a frame never spans two segments. Three positions move forward:
 /// - `acknowledged`: bytes the consumer has read (learned from FIONREAD); frames ending before it are gone;
-/// - `written`: bytes handed to the pipe with write(2), so a whole batch goes out in one call;
+/// - `written`: bytes handed to the pipe with write(2), a segment's worth of whole frames at most per call;
 /// - the end: frames routed here and not yet written.
 ///
 /// Frames between `acknowledged` and `written` are in the pipe: kept so that, if the consumer dies, the ones it
 /// did not read whole can go to another instance. A frame's spool tag is completed only when the consumer has
 /// read it whole (acknowledged), not when it was written: a frame in a dead consumer's pipe is re-routed with
 /// its tag, so a router crash after that still finds it in the spool.
+///
+/// Why segments: a queue in one contiguous array grew by reallocation, and while it copied, the old buffer and
+/// the new one (twice the size) were both resident: a router with a slow consumer reached about twice its
+/// `--memory-limit` (108 MiB of RSS with a 32 MiB limit). It also had to move what it still held to the front
+/// to free what was read. A segment is never grown, and one whose frames were all read is freed whole, so
+/// nothing held is ever copied.
 public struct FrameQueue: Sendable {
-    public private(set) var bytes: [UInt8] = []
+    /// Bytes per segment: frames go into the last segment while they fit. A frame larger than this has a
+    /// segment of its own.
+    static let segmentSize = 256 << 10
+    /// Segments kept for reuse when freed (so a queue that streams does not allocate and fault in fresh pages).
+    static let spareSegments = 2
+
+    /// Live segments are `segments[firstSegment...]`; `bases[i]` is the offset of `segments[i]`'s first byte.
+    private var segments: [[UInt8]] = []
+    private var bases: [Int] = []
+    private var firstSegment = 0
+    private var spares: [[UInt8]] = []
+    /// The offset after the last byte.
+    private var end = 0
     private var starts: [Int] = []
     private var metas: [FrameMeta] = []
     /// Index of the first frame not yet acknowledged.
@@ -56,25 +75,70 @@ public struct FrameQueue: Sendable {
     /// Frames written but maybe not read.
     public var inPipe: Int { firstUnwritten - head }
     /// Bytes not yet written.
-    public var unwrittenBytes: Int { bytes.count - written }
+    public var unwrittenBytes: Int { end - written }
     /// Bytes the router holds for this queue: every frame not yet acknowledged.
-    public var heldBytes: Int { head < starts.count ? bytes.count - starts[head] : 0 }
-    /// Bytes of the queue's buffer in use: the frames it holds and, before them, the acknowledged ones a
-    /// compaction has not freed yet. This, not `heldBytes`, is the memory the queue takes.
-    public var footprint: Int { bytes.count }
+    public var heldBytes: Int { head < starts.count ? end - starts[head] : 0 }
+    /// Bytes of the queue's live segments in use: the frames it holds and, before them in the first segment,
+    /// acknowledged ones not freed yet (less than a segment). This, not `heldBytes`, is the memory the queue
+    /// takes.
+    public var footprint: Int { firstSegment < segments.count ? end - bases[firstSegment] : 0 }
     /// Bytes written and not yet known to be read.
     public var unacknowledgedBytes: Int { written - acknowledged }
 
-    private func end(of index: Int) -> Int { index + 1 < starts.count ? starts[index + 1] : bytes.count }
+    private func end(of index: Int) -> Int { index + 1 < starts.count ? starts[index + 1] : end }
+
+    /// The live segment holding offset `offset` (at a boundary, the later one).
+    private func segment(containing offset: Int) -> Int {
+        var low = firstSegment
+        var high = segments.count - 1
+        while low < high {
+            let middle = (low + high + 1) / 2
+            if bases[middle] <= offset { low = middle } else { high = middle - 1 }
+        }
+        return low
+    }
+
+    /// Calls `body` with the bytes at `range`, which lie in one segment.
+    private func withBytes<R>(_ range: Range<Int>, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        let index = segment(containing: range.lowerBound)
+        let base = bases[index]
+        return try segments[index].withUnsafeBytes { raw in
+            try body(UnsafeRawBufferPointer(rebasing: raw[(range.lowerBound - base)..<(range.upperBound - base)]))
+        }
+    }
 
     public mutating func append(_ frame: UnsafeRawBufferPointer, meta: FrameMeta) {
-        starts.append(bytes.count)
+        let size = frame.count
+        let last = segments.count - 1
+        if firstSegment > last || (segments[last].count + size > Self.segmentSize && !segments[last].isEmpty) {
+            bases.append(end)
+            segments.append(newSegment(for: size))
+        }
+        starts.append(end)
         metas.append(meta)
-        bytes.append(contentsOf: frame)
+        segments[segments.count - 1].append(contentsOf: frame)
+        end += size
     }
 
     public mutating func append(_ frame: DetachedFrame) {
         frame.bytes.withUnsafeBytes { append($0, meta: frame.meta) }
+    }
+
+    private mutating func newSegment(for size: Int) -> [UInt8] {
+        if size <= Self.segmentSize, var spare = spares.popLast() {
+            spare.removeAll(keepingCapacity: true)
+            return spare
+        }
+        var segment: [UInt8] = []
+        segment.reserveCapacity(max(size, Self.segmentSize))
+        return segment
+    }
+
+    private static func recycle(_ segment: inout [UInt8], into spares: inout [[UInt8]]) {
+        if spares.count < spareSegments && segment.capacity <= 2 * segmentSize {
+            spares.append(segment)
+        }
+        segment = []
     }
 
     /// Records that `n` more bytes were written; returns how many frames are now completely written.
@@ -93,25 +157,50 @@ public struct FrameQueue: Sendable {
     /// `completed` with the tag of every frame now read whole.
     public mutating func acknowledge(unread: Int, completed: (SpoolTag) -> Void) {
         acknowledged = max(acknowledged, written - min(max(0, unread), written))
+        let before = head
         while head < firstUnwritten && end(of: head) <= acknowledged {
             if let tag = metas[head].tag { completed(tag) }
             metas[head].tag = nil
             head += 1
         }
+        guard head != before else { return }
         if head == starts.count {
-            bytes.removeAll(keepingCapacity: bytes.capacity <= 4 << 20)
-            starts.removeAll(keepingCapacity: true)
-            metas.removeAll(keepingCapacity: true)
-            head = 0
-            firstUnwritten = 0
-            written = 0
-            acknowledged = 0
-        } else if head > 0 && starts[head] >= Self.compactionFloor && starts[head] >= 4 * (bytes.count - starts[head]) {
-            // Moving the R bytes still held frees H >= 4R: at most a quarter of a copy per byte, amortized
-            // (compacting whenever half was free made memmove a fifth of the router's time with 4 KB frames).
-            // The freed bytes count against the memory limit until then (`footprint`).
-            compact()
+            empty()
+            return
         }
+        // Segments whose frames were all read are freed whole.
+        let held = starts[head]
+        while firstSegment < segments.count - 1 && bases[firstSegment + 1] <= held {
+            Self.recycle(&segments[firstSegment], into: &spares)
+            firstSegment += 1
+        }
+        // The per-frame arrays drop what was read once it is at least half of them.
+        if head >= 1024 && head * 2 >= starts.count {
+            starts.removeFirst(head)
+            metas.removeFirst(head)
+            firstUnwritten -= head
+            head = 0
+        }
+        if firstSegment >= 64 && firstSegment * 2 >= segments.count {
+            segments.removeFirst(firstSegment)
+            bases.removeFirst(firstSegment)
+            firstSegment = 0
+        }
+    }
+
+    /// Everything was read: offsets start again from 0, and the segments are kept for reuse (up to the spares).
+    private mutating func empty() {
+        for index in firstSegment..<segments.count { Self.recycle(&segments[index], into: &spares) }
+        segments.removeAll(keepingCapacity: true)
+        bases.removeAll(keepingCapacity: true)
+        firstSegment = 0
+        starts.removeAll(keepingCapacity: true)
+        metas.removeAll(keepingCapacity: true)
+        head = 0
+        firstUnwritten = 0
+        end = 0
+        written = 0
+        acknowledged = 0
     }
 
     /// Records that the oldest `frames` frames written are read whole (a link's cumulative acknowledgement):
@@ -124,20 +213,31 @@ public struct FrameQueue: Sendable {
 
     /// Calls `body` with the whole frames not yet written, oldest first, up to about `limit` bytes (at least
     /// one when there is one), borrowed from the queue: valid only during the call.
-    public func withUnwrittenFrames<R>(limit: Int, _ body: ([UnsafeRawBufferPointer]) throws -> R) rethrows -> R {
-        try bytes.withUnsafeBytes { raw in
-            var frames: [UnsafeRawBufferPointer] = []
-            var total = 0
-            var index = firstUnwritten
-            while index < starts.count && (frames.isEmpty || total < limit) {
-                let start = max(starts[index], written)
-                let frame = UnsafeRawBufferPointer(rebasing: raw[start..<end(of: index)])
-                frames.append(frame)
-                total += frame.count
-                index += 1
+    public func withUnwrittenFrames<R>(limit: Int, _ body: ([UnsafeRawBufferPointer]) -> R) -> R {
+        var frames: [UnsafeRawBufferPointer] = []
+        var total = 0
+        var index = firstUnwritten
+        // Each segment lends its bytes only inside its own closure: the segments are visited nested, and `body`
+        // runs in the innermost, while every one of them is lent.
+        func visit(_ segmentIndex: Int) -> R {
+            guard index < starts.count && (frames.isEmpty || total < limit) && segmentIndex < segments.count else {
+                return body(frames)
             }
-            return try body(frames)
+            let base = bases[segmentIndex]
+            let segmentEnd = base + segments[segmentIndex].count
+            return segments[segmentIndex].withUnsafeBytes { raw in
+                while index < starts.count && starts[index] < segmentEnd && (frames.isEmpty || total < limit) {
+                    let start = max(starts[index], written)
+                    let frame = UnsafeRawBufferPointer(rebasing: raw[(start - base)..<(end(of: index) - base)])
+                    frames.append(frame)
+                    total += frame.count
+                    index += 1
+                }
+                return visit(segmentIndex + 1)
+            }
         }
+        guard index < starts.count else { return body([]) }
+        return visit(segment(containing: max(starts[index], written)))
     }
 
     /// The bytes of the first `frames` frames not yet written.
@@ -147,35 +247,59 @@ public struct FrameQueue: Sendable {
         return end(of: last - 1) - written
     }
 
+    /// The index of the first frame not yet started (nothing of it written), or nil.
+    private var firstUnstarted: Int? {
+        var index = firstUnwritten
+        while index < starts.count && starts[index] < written { index += 1 }
+        return index < starts.count ? index : nil
+    }
+
     /// Drops the oldest frame not yet started; returns its metadata, or nil when every unwritten frame has
     /// started.
     public mutating func dropOldestUnwritten() -> FrameMeta? {
-        var index = firstUnwritten
-        while index < starts.count && starts[index] < written { index += 1 }
-        guard index < starts.count else { return nil }
+        guard let index = firstUnstarted else { return nil }
         let start = starts[index]
         let length = end(of: index) - start
         let meta = metas[index]
-        bytes.removeSubrange(start..<(start + length))
+        let segmentIndex = segment(containing: start)
+        let local = start - bases[segmentIndex]
+        segments[segmentIndex].removeSubrange(local..<(local + length))
         starts.remove(at: index)
         metas.remove(at: index)
         for i in index..<starts.count { starts[i] -= length }
+        for i in (segmentIndex + 1)..<segments.count { bases[i] -= length }
+        end -= length
+        if segments[segmentIndex].isEmpty { removeSegment(segmentIndex) }
         return meta
+    }
+
+    /// Removes an empty live segment (its neighbours' offsets already meet).
+    private mutating func removeSegment(_ index: Int) {
+        Self.recycle(&segments[index], into: &spares)
+        segments.remove(at: index)
+        bases.remove(at: index)
+        if firstSegment == segments.count && head == starts.count { empty() }
     }
 
     /// Removes the frames not yet started and returns them (a stalled consumer's backlog); a frame partly
     /// written stays, so the stream on the pipe stays whole.
     public mutating func takeUnstarted() -> [DetachedFrame] {
-        var index = firstUnwritten
-        while index < starts.count && starts[index] < written { index += 1 }
-        guard index < starts.count else { return [] }
+        guard let index = firstUnstarted else { return [] }
         var frames: [DetachedFrame] = []
+        frames.reserveCapacity(starts.count - index)
         for i in index..<starts.count {
-            frames.append(DetachedFrame(bytes: Array(bytes[starts[i]..<end(of: i)]), meta: metas[i]))
+            frames.append(DetachedFrame(bytes: withBytes(starts[i]..<end(of: i)) { Array($0) }, meta: metas[i]))
         }
-        bytes.removeSubrange(starts[index]...)
+        let cut = starts[index]
+        let segmentIndex = segment(containing: cut)
+        for i in (segmentIndex + 1)..<segments.count { Self.recycle(&segments[i], into: &spares) }
+        segments.removeSubrange((segmentIndex + 1)...)
+        bases.removeSubrange((segmentIndex + 1)...)
+        segments[segmentIndex].removeSubrange((cut - bases[segmentIndex])...)
         starts.removeSubrange(index...)
         metas.removeSubrange(index...)
+        end = cut
+        if segments[segmentIndex].isEmpty { removeSegment(segmentIndex) }
         return frames
     }
 
@@ -202,9 +326,13 @@ public struct FrameQueue: Sendable {
         return total
     }
 
-    /// Calls `body` with the unwritten bytes.
+    /// Calls `body` with the unwritten bytes of the segment being written: whole frames (and the rest of a
+    /// frame in progress), at most a segment's worth. What follows is in the next segment, for the next call.
     public func withUnwritten<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        try bytes.withUnsafeBytes { raw in try body(UnsafeRawBufferPointer(rebasing: raw[written...])) }
+        guard written < end else { return try body(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        let index = segment(containing: written)
+        let base = bases[index]
+        return try segments[index].withUnsafeBytes { raw in try body(UnsafeRawBufferPointer(rebasing: raw[(written - base)...])) }
     }
 
     /// Empties the queue and returns the frames the reader did not read whole: those still unwritten, and
@@ -214,7 +342,7 @@ public struct FrameQueue: Sendable {
         var frames: [DetachedFrame] = []
         frames.reserveCapacity(starts.count - head)
         for index in head..<starts.count {
-            frames.append(DetachedFrame(bytes: Array(bytes[starts[index]..<end(of: index)]), meta: metas[index]))
+            frames.append(DetachedFrame(bytes: withBytes(starts[index]..<end(of: index)) { Array($0) }, meta: metas[index]))
         }
         self = FrameQueue()
         return frames
@@ -228,34 +356,26 @@ public struct FrameQueue: Sendable {
     }
 
     /// Checks that every frame held is exactly one length-prefixed frame (for checks and tests); returns the
-    /// index of the first that is not.
+    /// position among the frames held of the first that is not.
     public func firstMalformedFrame() -> Int? {
         for index in head..<starts.count {
-            let range = starts[index]..<end(of: index)
-            let whole = bytes.withUnsafeBytes { raw -> Bool in
-                let frame = UnsafeRawBufferPointer(rebasing: raw[range])
+            let whole = withBytes(starts[index]..<end(of: index)) { frame -> Bool in
                 guard case .value(let length, let prefix) = Varint.decode(frame, at: 0) else { return false }
                 return prefix + Int(length) == frame.count
             }
-            if !whole { return index }
+            if !whole { return index - head }
         }
         return nil
     }
 
+    /// The bytes of every frame held, oldest first, in one array (a copy: for checks and tests).
+    public var heldFrameBytes: [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(heldBytes)
+        for index in head..<starts.count { withBytes(starts[index]..<end(of: index)) { bytes.append(contentsOf: $0) } }
+        return bytes
+    }
+
     /// The metadata of every frame held, oldest first (for checks and tests).
     public var heldMetas: ArraySlice<FrameMeta> { metas[head...] }
-
-    /// The fewest acknowledged bytes worth a compaction (below it, the copy is not worth the call).
-    static let compactionFloor = 64 << 10
-
-    private mutating func compact() {
-        let shift = starts[head]
-        bytes.removeSubrange(0..<shift)
-        starts = starts[head...].map { $0 - shift }
-        metas = Array(metas[head...])
-        firstUnwritten -= head
-        head = 0
-        written -= shift
-        acknowledged -= shift
-    }
 }

@@ -182,10 +182,10 @@ struct FaultTests {
         print("FIGURES router restart: frames the new router took in \(replayed)")
     }
 
-    /// A consumer slower than its producer keeps the router at its memory limit for long. The queue's buffer
-    /// frees what the consumer read only at a compaction, and those bytes count against the limit too: the
-    /// router's peak memory stays near the limit. (Counting only the frames still held, 240 MB through a
-    /// 32 MiB limit peaked at 303 MiB of RSS.)
+    /// A consumer slower than its producer keeps the router at its memory limit for long: the router's peak
+    /// memory stays near the limit. (Counting only the frames still held, 240 MB through a 32 MiB limit peaked
+    /// at 303 MiB of RSS; counting the queue's whole buffer, 108 MiB, 65 above idle: the buffer, one array,
+    /// was resident twice while it grew by copying. In segments that never grow, 77 MiB, 34 above idle.)
     @Test func aSlowConsumer_keepsTheRoutersMemoryNearItsLimit() throws {
         let h = try MeshHarness("""
             apiVersion: pmm/v1
@@ -228,7 +228,7 @@ struct FaultTests {
         try waitFor("the slow consumer to read everything", timeout: 60) { (h.status?.egress.first?.frames ?? 0) >= UInt64(count) }
         let peak = kibibytes("VmHWM")
         print("FIGURES slow consumer, memory limit \(limit >> 20) MiB: \(count) frames of 4 KB, router RSS \(idle >> 10) MiB idle, peak \(peak >> 10) MiB")
-        #expect((peak - idle) << 10 <= 3 * limit, "peak \(peak) KiB, idle \(idle) KiB: more than 3× the limit above idle")
+        #expect((peak - idle) << 10 <= limit * 3 / 2, "peak \(peak) KiB, idle \(idle) KiB: more than 1.5× the limit above idle")
     }
 
     @Test func everyConsumerDown_framesWait_thenFlow() throws {

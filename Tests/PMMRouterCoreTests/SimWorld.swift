@@ -508,9 +508,9 @@ struct SimWorld {
         for pipe in core.egress {
             let queue = pipe.queue
             // Every frame not read whole.
-            inMemory += queue.bytes.withUnsafeBytes { Self.frameIDPositions(in: UnsafeRawBufferPointer(rebasing: $0[($0.count - queue.heldBytes)...])) }.map(\.id)
+            inMemory += queue.heldFrameBytes.withUnsafeBytes { Self.frameIDPositions(in: $0) }.map(\.id)
         }
-        for route in core.routes { inMemory += Self.frameIDs(in: route.waiting.bytes) }
+        for route in core.routes { inMemory += Self.frameIDs(in: route.waiting.heldFrameBytes) }
         for pipe in core.ingress {
             // A frame whose head the router had read: scanned with what follows in the pipe, so a marker cut
             // by the read is found too.

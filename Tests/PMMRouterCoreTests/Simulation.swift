@@ -313,10 +313,10 @@ extension SimWorld {
         for fifo in ingressFDs.values where Self.frameIDs(in: fifo.bytes).contains(id) { places.append("held fifo \(fifo.name)#\(fifo.inode)") }
         for fifo in egressFDs.values where Self.frameIDs(in: fifo.bytes).contains(id) { places.append("egress fifo \(fifo.name)#\(fifo.inode)") }
         for pipe in core.ingress where Self.frameIDs(in: pipe.debugPendingBytes).contains(id) { places.append("buffer of \(pipe.name)") }
-        for pipe in core.egress where Self.frameIDs(in: pipe.queue.bytes).contains(id) {
+        for pipe in core.egress where Self.frameIDs(in: pipe.queue.heldFrameBytes).contains(id) {
             places.append("queue of \(pipe.name) (written \(pipe.queue.written), acked \(pipe.queue.acknowledged))")
         }
-        for route in core.routes where Self.frameIDs(in: route.waiting.bytes).contains(id) { places.append("waiting") }
+        for route in core.routes where Self.frameIDs(in: route.waiting.heldFrameBytes).contains(id) { places.append("waiting") }
         for (name, file) in spoolFiles where Self.frameIDs(in: file.bytes).contains(id) { places.append("spool \(name) mark \(file.mark)") }
         for (name, consumer) in consumers where Self.frameIDs(in: consumer.partial).contains(id) { places.append("partial of \(name)") }
         if let names = delivered[id] { places.append("delivered to \(names)") }

@@ -48,8 +48,10 @@ public struct FrameQueue: Sendable {
     /// Bytes per segment: frames go into the last segment while they fit. A frame larger than this has a
     /// segment of its own.
     static let segmentSize = 256 << 10
-    /// Segments kept for reuse when freed (so a queue that streams does not allocate and fault in fresh pages).
-    static let spareSegments = 2
+    /// Segments kept for reuse when freed, so a queue that streams does not allocate and fault in fresh pages
+    /// for each one. One: an idle queue keeps at most that one (its pages, once touched, stay resident; the
+    /// contiguous buffer kept up to 4 MiB).
+    static let spareSegments = 1
 
     /// Live segments are `segments[firstSegment...]`; `bases[i]` is the offset of `segments[i]`'s first byte.
     private var segments: [[UInt8]] = []

@@ -58,17 +58,7 @@ final class LoopbackTwoNodes: @unchecked Sendable {
         routers["b"] = try start("b", [pmmBinary, "router", "--node", "b"], output: "router-b.log")
     }
 
-    func status(_ node: String) -> [String: Any] {
-        guard let data = FileManager.default.contents(atPath: state(node) + "/router.json"),
-            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-        else { return [:] }
-        return object
-    }
-
-    func healthy(_ node: String, _ pipe: String) -> Bool {
-        let egress = status(node)["egress"] as? [[String: Any]] ?? []
-        return egress.contains { $0["name"] as? String == pipe && $0["healthy"] as? Bool == true }
-    }
+    func healthy(_ node: String, _ pipe: String) -> Bool { egressHealthy(routerStatus(stateDirectory: state(node)), pipe) }
 
     /// Node a's `pmm_link_unacknowledged_frames` for its link to b, scraped from its metrics endpoint (nil if
     /// the scrape failed).

@@ -46,12 +46,7 @@ final class ThreeNodeMesh: @unchecked Sendable {
     }
 
     /// The router's status file.
-    func status(_ node: String) -> [String: Any] {
-        guard let data = FileManager.default.contents(atPath: state(node) + "/router.json"),
-            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-        else { return [:] }
-        return object
-    }
+    func status(_ node: String) -> [String: Any] { routerStatus(stateDirectory: state(node)) }
 
     /// Whether `node`'s router has its link to `peer` up (per its status file).
     func linkUp(_ node: String, _ peer: String) -> Bool {
@@ -60,10 +55,7 @@ final class ThreeNodeMesh: @unchecked Sendable {
     }
 
     /// Whether `node`'s router counts `pipe` (an egress pipe, local or remote) healthy.
-    func healthy(_ node: String, _ pipe: String) -> Bool {
-        let egress = status(node)["egress"] as? [[String: Any]] ?? []
-        return egress.contains { $0["name"] as? String == pipe && $0["healthy"] as? Bool == true }
-    }
+    func healthy(_ node: String, _ pipe: String) -> Bool { egressHealthy(status(node), pipe) }
 
     func logs() -> String {
         routers.keys.sorted().map { "--- router \($0):\n" + (routers[$0]?.output.suffix(3000) ?? "") }.joined(separator: "\n")
@@ -73,6 +65,20 @@ final class ThreeNodeMesh: @unchecked Sendable {
         for node in routers.keys { kill(node) }
         network.remove()
     }
+}
+
+/// A router's status file (`router.json` in its state directory), or nothing yet.
+func routerStatus(stateDirectory: String) -> [String: Any] {
+    guard let data = FileManager.default.contents(atPath: stateDirectory + "/router.json"),
+        let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+    else { return [:] }
+    return object
+}
+
+/// Whether a router's status counts `pipe` (an egress pipe, local or remote) healthy.
+func egressHealthy(_ status: [String: Any], _ pipe: String) -> Bool {
+    let egress = status["egress"] as? [[String: Any]] ?? []
+    return egress.contains { $0["name"] as? String == pipe && $0["healthy"] as? Bool == true }
 }
 
 /// Sequence numbers in `pmm tail -o json` output.

@@ -141,15 +141,6 @@ public final class Router {
     var announcedEpoch: UInt64 = .max
     /// When frames from other nodes were last received or acknowledged (monotonic nanoseconds).
     var lastLinkProgress: UInt64 = 0
-    /// How long the router may sleep while frames from other nodes wait to be read by their consumers here.
-    /// Nothing wakes it when a consumer reads a pipe that was not full, and the sender's window stays closed
-    /// until the frames are acknowledged, so it looks every millisecond while they are being read; once nothing
-    /// was read for 200 ms (a consumer that stopped), every 50 ms. (Doubling the wait after each look without
-    /// progress was tried: on a busy machine a consumer thread not scheduled for a few milliseconds pushed the
-    /// wait to its ceiling, and the link idled: 4 KB frames across 90,000 msg/s instead of 120,000.)
-    func linkCompletionPoll(now: UInt64) -> UInt64 {
-        now &- lastLinkProgress < 200_000_000 ? 1_000_000 : 50_000_000
-    }
 
     /// A descriptor and the inode it was opened on.
     struct Held {
@@ -378,6 +369,16 @@ public final class Router {
             if paused > now { wake = min(wake, paused) }
         }
         return wake <= now ? 0 : Int32(clamping: (wake - now + 999_999) / 1_000_000)
+    }
+
+    /// How long the router may sleep while frames from other nodes wait to be read by their consumers here.
+    /// Nothing wakes it when a consumer reads a pipe that was not full, and the sender's window stays closed
+    /// until the frames are acknowledged, so it looks every millisecond while they are being read; once nothing
+    /// was read for 200 ms (a consumer that stopped), every 50 ms. (Doubling the wait after each look without
+    /// progress was tried: on a busy machine a consumer thread not scheduled for a few milliseconds pushed the
+    /// wait to its ceiling, and the link idled: 4 KB frames across 90,000 msg/s instead of 120,000.)
+    func linkCompletionPoll(now: UInt64) -> UInt64 {
+        now &- lastLinkProgress < 200_000_000 ? 1_000_000 : 50_000_000
     }
 
     /// An ingress pipe is readable: read it if the core wants it read, else switch its readiness off until the

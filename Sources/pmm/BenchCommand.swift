@@ -15,8 +15,9 @@ struct BenchCommand: ParsableCommand {
             write of whole frames per egress per read, no routing: the floor of any hop; in a process of its own, \
             as the router runs, unless --relay thread); and through the router. \
             Reports messages/s, MB/s, latency p50/p99/p99.9/max (HdrHistogram, from the send timestamp in each \
-            envelope), the router's (and the relay's) CPU seconds and the router's peak RSS, and the ratios \
-            routed/direct and routed/relay. Every sequence number is checked: lost or duplicated \
+            envelope), the router's (and the relay's) CPU seconds beside the run's wall clock (CPU seconds far \
+            below it in an unpaced run: the path waited instead of working) and the router's peak RSS, and the \
+            ratios routed/direct and routed/relay. Every sequence number is checked: lost or duplicated \
             frames are reported. Use --rate for a paced latency run and --runs for medians (the machine is shared: \
             compare ratios, not absolutes).
 
@@ -263,7 +264,7 @@ struct BenchCommand: ParsableCommand {
             format: "%-28@ %9.0f msg/s %7.1f MB/s  p50 %6.0f µs  p99 %7.0f µs  p99.9 %7.0f µs  max %7.0f µs  lost %d dup %d",
             r.path as NSString, r.messagesPerSecond, r.megabytesPerSecond, r.p50Microseconds, r.p99Microseconds, r.p999Microseconds, r.maxMicroseconds, r.lost,
             r.duplicated)
-        if let cpu = r.routerCPUSeconds { text += String(format: "  router %.2f CPU s", cpu) }
+        if let cpu = r.routerCPUSeconds { text += String(format: "  router %.2f CPU s (run %.2f s)", cpu, r.seconds) }
         if let rss = r.routerPeakRSSMiB { text += String(format: ", %.1f MiB peak RSS", rss) }
         return text
     }

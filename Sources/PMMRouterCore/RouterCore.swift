@@ -75,8 +75,8 @@ public struct RouterCore: Sendable {
     public internal(set) var counters = Counters()
     /// The other nodes' routers (a multi-node mesh), in the order they were first installed.
     public internal(set) var peers: [Peer] = []
-    /// Bytes the egress and waiting queues' buffers take (`FrameQueue.footprint`): the frames they hold and
-    /// acknowledged bytes not yet compacted away. `memoryLimit` bounds this.
+    /// Bytes the egress and waiting queues' segments take (`FrameQueue.footprint`): the frames they hold and
+    /// acknowledged bytes whose segment is not freed yet. `memoryLimit` bounds this.
     public internal(set) var heldBytes = 0
     /// Bytes of every spool not yet done (what a crash would replay), kept in step with the ledgers.
     public internal(set) var spoolLive: Int64 = 0

@@ -636,7 +636,7 @@ struct SimWorld {
 
     /// Checked after every step: memory bounds, buffers, spools.
     mutating func checkInvariants() {
-        // `heldBytes` must be what the queues' buffers take, acknowledged bytes not yet compacted away included,
+        // `heldBytes` must be what the queues' buffers take, acknowledged bytes whose segment is not freed yet included,
         // and within the bound: the memory limit bounds that, not only the frames still held.
         let memoryBound = options.memoryLimit + options.maximumFrameSize
         if core.heldBytes > memoryBound { violations.append("held \(core.heldBytes) bytes, bound \(memoryBound)") }

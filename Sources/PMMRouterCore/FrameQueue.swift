@@ -112,7 +112,8 @@ public struct FrameQueue: Sendable {
     public mutating func append(_ frame: UnsafeRawBufferPointer, meta: FrameMeta) {
         let size = frame.count
         let last = segments.count - 1
-        if firstSegment > last || (segments[last].count + size > Self.segmentSize && !segments[last].isEmpty) {
+        // (No live segment is ever empty: one emptied by a drop is removed.)
+        if firstSegment > last || segments[last].count + size > Self.segmentSize {
             bases.append(end)
             segments.append(newSegment(for: size))
         }

@@ -36,6 +36,10 @@ public struct BenchConfig: Sendable {
     /// Runs the relay in a process of its own from this executable (`pmm bench-relay`), as the router runs;
     /// nil runs it as a thread of the bench.
     public var relayExecutable: String?
+    /// Each node a host of one core: the one-host paths run on CPU 0 (producers, relay or router, consumers);
+    /// across nodes, node a (producers, router a) on CPU 0 and node b (router b, consumers) on CPU 1. What two
+    /// hosts would give the link, on a machine that has to play both.
+    public var oneCorePerNode = false
 
     public init() {}
 }
@@ -65,6 +69,8 @@ public struct BenchResult: Codable, Sendable {
     public var duplicated: Int
     public var routerCPUSeconds: Double?
     public var routerPeakRSSMiB: Double?
+    /// The CPUs each router process was allowed (`Cpus_allowed_list`), in the order they were started.
+    public var routerCPUs: [String]?
     /// Pipes the router served (the idle ones included), when measured.
     public var pipes: Int?
     /// The router's CPU while nothing moved, in percent of one core, before the traffic started.
@@ -108,7 +114,7 @@ public final class Bench {
             mkfifo(path, 0o600)
         }
         let tally = Tally(producers: config.producers, count: config.count)
-        let readers = paths.map { path in ConsumerThread(path: path, tally: tally, expected: config.producers * config.count) }
+        let readers = paths.map { path in ConsumerThread(path: path, tally: tally, expected: config.producers * config.count, cpu: cpu(node: nil)) }
         for reader in readers { reader.start() }
         let seconds = produce(into: paths, tally: tally)
         for reader in readers { reader.stop() }
@@ -126,22 +132,22 @@ public final class Bench {
         let egress = (0..<config.consumers).map { directory + "/c\($0).out" }
         for path in ingress + egress { mkfifo(path, 0o600) }
         let tally = Tally(producers: config.producers, count: config.count)
-        let readers = egress.map { ConsumerThread(path: $0, tally: tally, expected: config.producers * config.count) }
+        let readers = egress.map { ConsumerThread(path: $0, tally: tally, expected: config.producers * config.count, cpu: cpu(node: nil)) }
         for reader in readers { reader.start() }
         let seconds: Double
-        let cpu: Double
+        let relayCPU: Double
         if let executable = config.relayExecutable {
-            let relay = try RelayProcess(executable: executable, ingress: ingress, egress: egress)
+            let relay = try RelayProcess(executable: executable, ingress: ingress, egress: egress, cpu: cpu(node: nil))
             seconds = produce(into: ingress, tally: tally)
-            cpu = try relay.wait()
+            relayCPU = try relay.wait()
         } else {
-            let relay = RelayThread(ingress: ingress, egress: egress)
+            let relay = RelayThread(ingress: ingress, egress: egress, cpu: cpu(node: nil))
             relay.start()
             seconds = produce(into: ingress, tally: tally)
-            cpu = relay.wait()
+            relayCPU = relay.wait()
         }
         for reader in readers { reader.stop() }
-        return tally.result(path: "relay (no routing)", seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (cpu, nil))
+        return tally.result(path: "relay (no routing)", seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (relayCPU, nil))
     }
 
     // MARK: Routed
@@ -179,7 +185,7 @@ public final class Bench {
                 Naming.egress(instance: "\(sinkName(k, of: config.types))-\($0)", dataType: typeName(k, of: config.types))
             }
         }
-        let readers = try startReaders(directory: directory, pipes: pipes, statusPath: state + "/router.json")
+        let readers = try startReaders(directory: directory, pipes: pipes, statusPath: state + "/router.json", node: nil)
         var idleCPU: Double?
         var idleRSS: Double?
         if config.idleSeconds > 0 && (idlePipes > 0 || config.measureIdle) {
@@ -237,12 +243,18 @@ public final class Bench {
         // Node a's status shows the remote instances healthy once the link is up and b's consumers read.
         let readers = try startReaders(
             directory: directory, pipes: (0..<config.consumers).map { Naming.egress(instance: "sink-b-\($0)", dataType: "bench") },
-            statusPath: states[0].0 + "/router.json")
+            statusPath: states[0].0 + "/router.json", node: "b")
         return measure(
             "across nodes (\(tls ? "TLS" : "plaintext"))", directory: directory, readers: readers.readers, tally: readers.tally, routers: [a, b])
     }
 
     // MARK: Helpers
+
+    /// The CPU a node's threads and router run on with `oneCorePerNode` (nil: one host), else nil.
+    func cpu(node: String?) -> Int? {
+        guard config.oneCorePerNode else { return nil }
+        return node == "b" ? 1 : 0
+    }
 
     func fresh(_ name: String) throws -> String {
         let directory = workspace + "/" + name
@@ -284,9 +296,11 @@ public final class Bench {
 
     func startRouter(state: String, node: String?, workers: Int? = nil) throws -> Process {
         let router = Process()
-        router.executableURL = URL(fileURLWithPath: pmm)
-        router.arguments =
-            ["router", "--state-dir", state, "--log-level", "error"] + (node.map { ["--node", $0] } ?? []) + (workers.map { ["--workers", "\($0)"] } ?? [])
+        let (executable, arguments) = pinned(
+            pmm, ["router", "--state-dir", state, "--log-level", "error"] + (node.map { ["--node", $0] } ?? []) + (workers.map { ["--workers", "\($0)"] } ?? []),
+            cpu: cpu(node: node))
+        router.executableURL = URL(fileURLWithPath: executable)
+        router.arguments = arguments
         router.standardOutput = FileHandle.nullDevice
         try router.run()
         let statusPath = state + "/router.json"
@@ -315,10 +329,11 @@ public final class Bench {
 
     /// Starts a consumer thread on each egress pipe (names in the pipe root); returns once the router at
     /// `statusPath` counts them all healthy.
-    func startReaders(directory: String, pipes: [String], statusPath: String) throws -> (readers: [ConsumerThread], tally: Tally) {
+    /// - Parameter node: the node the consumers run on (nil: one host).
+    func startReaders(directory: String, pipes: [String], statusPath: String, node: String?) throws -> (readers: [ConsumerThread], tally: Tally) {
         let tally = Tally(producers: config.producers, count: config.count)
         let readers = pipes.map { pipe in
-            ConsumerThread(path: directory + "/pipes/" + pipe, tally: tally, expected: config.producers * config.count)
+            ConsumerThread(path: directory + "/pipes/" + pipe, tally: tally, expected: config.producers * config.count, cpu: cpu(node: node))
         }
         for reader in readers { reader.start() }
         let wanted = Set(pipes)
@@ -345,9 +360,12 @@ public final class Bench {
             dataTypes: dataTypes, tally: tally)
         let cpu = zip(routers, cpuBefore).reduce(0) { $0 + ProcessTable.cpuSeconds(of: $1.0.processIdentifier) - $1.1 }
         let rss = routers.compactMap { peakRSSMiB($0.processIdentifier) }.max()
+        let allowed = routers.compactMap { allowedCPUs($0.processIdentifier) }
         for router in routers { kill(router.processIdentifier, SIGTERM) }
         for reader in readers { reader.stop() }
-        return tally.result(path: path, seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (cpu, rss))
+        var result = tally.result(path: path, seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (cpu, rss))
+        result.routerCPUs = allowed
+        return result
     }
 
     /// `count` TCP ports on 127.0.0.1 that nothing listens on now.
@@ -401,7 +419,8 @@ public final class Bench {
     func produce(into paths: [String], dataTypes: [String]? = nil, tally: Tally) -> Double {
         let started = realtimeNanos()
         let producers = paths.enumerated().map { index, path in
-            ProducerThread(path: path, index: index, config: config, dataType: dataTypes?[index] ?? "bench")
+            // Producers are on node a when there are nodes: the one host's CPU either way.
+            ProducerThread(path: path, index: index, config: config, dataType: dataTypes?[index] ?? "bench", cpu: cpu(node: nil))
         }
         for producer in producers { producer.start() }
         for producer in producers { producer.wait() }
@@ -485,9 +504,17 @@ func residentMiB(_ pid: Int32) -> Double? { statusField("VmRSS:", pid) }
 func peakRSSMiB(_ pid: Int32) -> Double? { statusField("VmHWM:", pid) }
 
 func statusField(_ name: String, _ pid: Int32) -> Double? {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-        let line = text.split(separator: "\n").first(where: { $0.hasPrefix(name) }),
-        let kib = Double(line.split(separator: " ", omittingEmptySubsequences: true)[1])
-    else { return nil }
+    guard let kib = statusText(name, pid).flatMap(Double.init) else { return nil }
     return kib / 1024
+}
+
+/// The CPUs a process may run on (its `Cpus_allowed_list`, as "0-1" or "1").
+func allowedCPUs(_ pid: Int32) -> String? { statusText("Cpus_allowed_list:", pid) }
+
+/// The first word after `name` on its line of /proc/<pid>/status.
+func statusText(_ name: String, _ pid: Int32) -> String? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+        let line = text.split(separator: "\n").first(where: { $0.hasPrefix(name) })
+    else { return nil }
+    return line.dropFirst(name.count).split(whereSeparator: { $0 == " " || $0 == "\t" }).first.map(String.init)
 }

@@ -70,13 +70,16 @@ final class ProducerThread: @unchecked Sendable {
     let config: BenchConfig
     /// The envelopes' data type (the ingress pipe's).
     let dataType: [UInt8]
+    /// The CPU it runs on (nil: any).
+    let cpu: Int?
     private let done = DispatchSemaphore(value: 0)
 
-    init(path: String, index: Int, config: BenchConfig, dataType: String = "bench") {
+    init(path: String, index: Int, config: BenchConfig, dataType: String = "bench", cpu: Int? = nil) {
         self.path = path
         self.index = index
         self.config = config
         self.dataType = Array(dataType.utf8)
+        self.cpu = cpu
     }
 
     /// Bytes of one frame (prefix included) for this workload, with a 7-byte sequence field (sizes vary by a
@@ -96,6 +99,7 @@ final class ProducerThread: @unchecked Sendable {
 
     func run() {
         defer { done.signal() }
+        if let cpu { pinThisThread(toCPU: cpu) }
         let fd = open(path, O_WRONLY)
         guard fd >= 0 else { return }
         defer { close(fd) }
@@ -160,17 +164,23 @@ final class ConsumerThread: @unchecked Sendable {
     let path: String
     let tally: Tally
     let expected: Int
+    /// The CPU it runs on (nil: any).
+    let cpu: Int?
     private let lock = NSLock()
     private var stopped = false
 
-    init(path: String, tally: Tally, expected: Int) {
+    init(path: String, tally: Tally, expected: Int, cpu: Int? = nil) {
         self.path = path
         self.tally = tally
         self.expected = expected
+        self.cpu = cpu
     }
 
     func start() {
-        let thread = Thread { self.run() }
+        let thread = Thread {
+            if let cpu = self.cpu { pinThisThread(toCPU: cpu) }
+            self.run()
+        }
         thread.start()
     }
 
@@ -312,6 +322,13 @@ public enum Relay {
     }
 }
 
+/// The executable and arguments that run `executable` with `arguments` on CPU `cpu` (taskset, from util-linux,
+/// which every Debian has); unchanged for nil.
+func pinned(_ executable: String, _ arguments: [String], cpu: Int?) -> (String, [String]) {
+    guard let cpu else { return (executable, arguments) }
+    return ("/usr/bin/taskset", ["--cpu-list", "\(cpu)", executable] + arguments)
+}
+
 /// `Relay` on a thread of the bench process.
 final class RelayThread: @unchecked Sendable {
     let ingress: [String]
@@ -320,15 +337,19 @@ final class RelayThread: @unchecked Sendable {
     private let opened = DispatchSemaphore(value: 0)
     private let lock = NSLock()
     private var cpu: Double = 0
+    /// The CPU it runs on (nil: any).
+    let processor: Int?
 
-    init(ingress: [String], egress: [String]) {
+    init(ingress: [String], egress: [String], cpu: Int? = nil) {
         self.ingress = ingress
         self.egress = egress
+        self.processor = cpu
     }
 
     /// Starts the relay and returns once its ingress pipes are open (so producers can open theirs).
     func start() {
         let thread = Thread {
+            if let processor = self.processor { pinThisThread(toCPU: processor) }
             let seconds = Relay.run(ingress: self.ingress, egress: self.egress) { self.opened.signal() }
             self.lock.withLock { self.cpu = seconds }
             self.done.signal()
@@ -352,9 +373,11 @@ final class RelayProcess {
     let output = Pipe()
 
     /// Starts the relay and returns once its ingress pipes are open.
-    init(executable: String, ingress: [String], egress: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["bench-relay"] + ingress.flatMap { ["--ingress", $0] } + egress.flatMap { ["--egress", $0] }
+    init(executable: String, ingress: [String], egress: [String], cpu: Int? = nil) throws {
+        let (path, arguments) = pinned(
+            executable, ["bench-relay"] + ingress.flatMap { ["--ingress", $0] } + egress.flatMap { ["--egress", $0] }, cpu: cpu)
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
         process.standardOutput = output
         try process.run()
         guard readLine() == "ready" else {

@@ -81,3 +81,10 @@ public final class Epoll {
 public func nameThisThread(_ name: String) {
     _ = pmm_set_thread_name(String(name.utf8.prefix(15))!)
 }
+
+/// Keeps the calling thread on CPU `cpu` (and the threads it starts after). False if the kernel refused (no
+/// such CPU, or one outside this process's cpuset).
+@discardableResult
+public func pinThisThread(toCPU cpu: Int) -> Bool {
+    pmm_pin_thread(Int32(cpu)) == 0
+}

@@ -24,7 +24,10 @@ struct BenchCommand: ParsableCommand {
             --link adds a fourth path: the same workload across two nodes, producers on node a and consumers on \
             node b, one router process per node on loopback, linked over TCP with mutual TLS (certificates made by \
             openssl for the run; --link-plaintext without TLS), and reports the ratio across-nodes/routed and the \
-            latency the link adds.
+            latency the link adds. On one machine the two nodes share its cores, and the path across does two \
+            routers' work: --one-core-per-node plays two hosts of one core each instead (node a's producers and \
+            router on CPU 0, node b's router and consumers on CPU 1, and every one-host path on CPU 0), so the \
+            ratio compares hosts of the same size.
 
             --idle-pipes N adds another path: the routed workload in a mesh that also holds N idle pipes (a \
             16-shard data type whose producers never write, and consumer instances whose pipes are open but never \
@@ -71,6 +74,9 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "With --link: plaintext links instead of mutual TLS.")
     var linkPlaintext = false
 
+    @Flag(help: "Make each node a host of one core: one-host paths on CPU 0; across nodes, node a on CPU 0 and node b on CPU 1.")
+    var oneCorePerNode = false
+
     @Option(help: "Also measure the routed path in a mesh holding this many idle pipes besides (0: not).")
     var idlePipes = 0
 
@@ -112,6 +118,9 @@ struct BenchCommand: ParsableCommand {
         for (name, value) in [("--workers", workers), ("--compare-workers", compareWorkers)] {
             if let value, value < 1 || value > 256 { throw ValidationError("\(name): 1 to 256") }
         }
+        if oneCorePerNode, ProcessInfo.processInfo.activeProcessorCount < 2 {
+            throw ValidationError("--one-core-per-node needs two CPUs (this machine has \(ProcessInfo.processInfo.activeProcessorCount))")
+        }
         if let routerBinary, access(routerBinary, X_OK) != 0 { throw ValidationError("--router-binary: \(routerBinary) is not an executable") }
         guard count >= 1, runs >= 1, rate >= 0 else { throw ValidationError("--count and --runs must be positive, --rate not negative") }
         guard RoutingPolicy(rawValue: policy) != nil else { throw ValidationError("unknown --policy \(policy)") }
@@ -141,6 +150,7 @@ struct BenchCommand: ParsableCommand {
         config.measureIdle = idlePipes > 0
         config.types = types
         config.workers = workers
+        config.oneCorePerNode = oneCorePerNode
         let this = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let binary = routerBinary ?? this
         // The relay runs from this binary, whichever router is measured (an older --router-binary may lack it).
@@ -152,7 +162,7 @@ struct BenchCommand: ParsableCommand {
         let interactive = isatty(STDERR_FILENO) == 1
         let bench = Bench(config: config, pmm: binary, workspace: workspace) { if interactive { printError($0) } }
         let workload =
-            "\(producers) producer(s) -> \(consumers) consumer(s)\(types > 1 ? " over \(types) data types" : ""), \(size) B payloads, \(count) per producer, \(rate > 0 ? "paced at \(Int(rate))/s per producer" : "unpaced"), policy \(policy), \(delivery), \(writes) writes, relay in a \(relay.rawValue)"
+            "\(producers) producer(s) -> \(consumers) consumer(s)\(types > 1 ? " over \(types) data types" : ""), \(size) B payloads, \(count) per producer, \(rate > 0 ? "paced at \(Int(rate))/s per producer" : "unpaced"), policy \(policy), \(delivery), \(writes) writes, relay in a \(relay.rawValue)\(oneCorePerNode ? ", one core per node" : "")"
         if output == .text { print("pmm bench: \(workload)") }
         var all: [[BenchResult]] = []
         for run in 1...runs {

@@ -365,6 +365,21 @@ import Testing
         let median = report?["median"] as? [String: Double]
         #expect((median?["ratioLinkedToRouted"] ?? 0) > 0)
     }
+
+    /// `--one-core-per-node` plays two hosts of one core: the one-host router on CPU 0, node a's router on CPU 0
+    /// and node b's on CPU 1, as each process's allowed CPUs say while it ran.
+    @Test(.enabled(if: ProcessInfo.processInfo.activeProcessorCount >= 2, "needs two CPUs"))
+    func benchLink_oneCorePerNode_runsEachNodesRouterOnItsOwnCPU() throws {
+        let outcome = try pmm("bench", "--link", "--link-plaintext", "--one-core-per-node", "--count", "3000", "-o", "json")
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any]
+        let run = (report?["runs"] as? [[[String: Any]]])?.first ?? []
+        let cpus = Dictionary(run.compactMap { r in (r["path"] as? String).map { ($0, r["routerCPUs"] as? [String]) } }) { a, _ in a }
+        #expect(cpus["routed (at-most-once)"] == ["0"], "\(run)")
+        #expect(cpus["across nodes (plaintext)"] == ["0", "1"], "\(run)")
+        #expect(run.allSatisfy { ($0["frames"] as? Int) == 3000 && ($0["lost"] as? Int) == 0 }, "\(run)")
+        #expect((report?["workload"] as? String)?.hasSuffix("one core per node") == true)
+    }
 }
 
 /// Files that must stay in step with the code.

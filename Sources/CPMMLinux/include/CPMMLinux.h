@@ -26,3 +26,5 @@ int pmm_epoll_wait(int epfd, pmm_epoll_ready *ready, int capacity, int timeout);
 
 /// pthread_setname_np for the calling thread (a GNU extension Glibc's module leaves out); at most 15 bytes.
 int pmm_set_thread_name(const char *name);
+/// sched_setaffinity of the calling thread to the one CPU `cpu` (CPU_SET is a macro Swift cannot call).
+int pmm_pin_thread(int cpu);

@@ -96,10 +96,11 @@ public enum LinkCodecError: Error, Equatable, Sendable, CustomStringConvertible 
 public enum LinkCodec {
     /// Decodes the first message in `bytes`.
     ///
+    /// - Parameter buffers: where a batch's buffer comes from (nil: a new one).
     /// - Returns: the message and how many bytes it took, or nil when more bytes are needed.
     /// - Throws: `LinkCodecError` when the bytes can never become a message; the link must be closed.
     public static func decode(
-        _ bytes: UnsafeRawBufferPointer, maximumMessageSize: Int
+        _ bytes: UnsafeRawBufferPointer, maximumMessageSize: Int, buffers: BatchBuffers? = nil
     ) throws(LinkCodecError) -> (message: LinkInbound, consumed: Int)? {
         let length: UInt64
         let prefix: Int
@@ -114,16 +115,17 @@ public enum LinkCodec {
         let total = prefix + Int(length)
         if bytes.count < total { return nil }
         let body = UnsafeRawBufferPointer(rebasing: bytes[prefix..<total])
-        return (try decodeMessage(body), total)
+        return (try decodeMessage(body, buffers: buffers), total)
     }
 
     /// Decodes one message without its length prefix.
-    public static func decodeMessage(_ body: UnsafeRawBufferPointer) throws(LinkCodecError) -> LinkInbound {
+    /// - Parameter buffers: where a batch's buffer comes from (nil: a new one).
+    public static func decodeMessage(_ body: UnsafeRawBufferPointer, buffers: BatchBuffers? = nil) throws(LinkCodecError) -> LinkInbound {
         // A batch alone in its message (what encodeBatch writes) is decoded by hand.
         if body.count >= 2, body[0] == 0x12, case .value(let length, let size) = Varint.decode(body, at: 1),
             length == UInt64(body.count - 1 - size)
         {
-            return try decodeBatch(UnsafeRawBufferPointer(rebasing: body[(1 + size)...]))
+            return try decodeBatch(UnsafeRawBufferPointer(rebasing: body[(1 + size)...]), buffers: buffers)
         }
         let message: Pmm_V1_LinkMessage
         do {
@@ -155,8 +157,9 @@ public enum LinkCodec {
 
     /// Decodes a `LinkBatch`'s fields by hand: field 1 first_sequence (varint), field 2 frames (LinkFrame,
     /// whose field 1 is the target and field 2 the frame bytes). Unknown fields are skipped, as protobuf does.
-    /// The batch's bytes are copied once into the `LinkFrames`' storage; frames are ranges of it.
-    static func decodeBatch(_ bytes: UnsafeRawBufferPointer) throws(LinkCodecError) -> LinkInbound {
+    /// The batch's bytes are copied once into the `LinkFrames`' storage (from `buffers` when given); frames are
+    /// ranges of it.
+    static func decodeBatch(_ bytes: UnsafeRawBufferPointer, buffers: BatchBuffers?) throws(LinkCodecError) -> LinkInbound {
         var reader = FieldReader(bytes: bytes)
         var first: UInt64 = 0
         var entries: [LinkFrames.Entry] = []
@@ -193,7 +196,9 @@ public enum LinkCodec {
             default: break
             }
         }
-        return .batch(firstSequence: first, frames: LinkFrames(storage: [UInt8](bytes), entries: entries))
+        var storage = buffers?.take() ?? []
+        storage.append(contentsOf: bytes)
+        return .batch(firstSequence: first, frames: LinkFrames(storage: storage, entries: entries))
     }
 
     /// A frame must be exactly one pipe frame, so a peer can never tear or glue frames on our pipes.

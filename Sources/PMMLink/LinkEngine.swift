@@ -15,6 +15,8 @@ final class LinkEngine {
     let loop: any EventLoop
     let ssl: (server: NIOSSLContext, client: NIOSSLContext)?
     let incarnation: UInt64
+    /// Where received batches' buffers come from.
+    let buffers: BatchBuffers
 
     /// The current link to each peer (Hello exchanged).
     var links: [String: LinkChannelHandler] = [:]
@@ -29,8 +31,9 @@ final class LinkEngine {
 
     init(
         configuration: LinkConfiguration, logger: Logger, shared: LinkShared, loop: any EventLoop,
-        ssl: (server: NIOSSLContext, client: NIOSSLContext)?, incarnation: UInt64
+        ssl: (server: NIOSSLContext, client: NIOSSLContext)?, incarnation: UInt64, buffers: BatchBuffers
     ) {
+        self.buffers = buffers
         self.configuration = configuration
         self.logger = logger
         self.logger[metadataKey: "node"] = "\(configuration.node)"
@@ -80,6 +83,7 @@ final class LinkEngine {
     func listen() -> EventLoopFuture<Int> {
         let bound = NIOLoopBound(self, eventLoop: loop)
         let maximum = configuration.maximumMessageSize
+        let buffers = self.buffers
         let server = ssl?.server
         return ServerBootstrap(group: loop)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -92,7 +96,7 @@ final class LinkEngine {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: server))
                     }
                     try channel.pipeline.syncOperations.addHandlers(
-                        ByteToMessageHandler(LinkMessageDecoder(maximumMessageSize: maximum)),
+                        ByteToMessageHandler(LinkMessageDecoder(maximumMessageSize: maximum, buffers: buffers)),
                         LinkChannelHandler(engine: engine, dialed: nil, tls: server != nil))
                 }
             }
@@ -113,6 +117,7 @@ final class LinkEngine {
         guard !stopped, links[peer] == nil, let address = configuration.peers[peer] else { return }
         let bound = NIOLoopBound(self, eventLoop: loop)
         let maximum = configuration.maximumMessageSize
+        let buffers = self.buffers
         let client = ssl?.client
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(.nanoseconds(configuration.connectTimeout.nanoseconds))
@@ -126,7 +131,7 @@ final class LinkEngine {
                             try NIOSSLClientHandler(context: client, serverHostname: nil))
                     }
                     try channel.pipeline.syncOperations.addHandlers(
-                        ByteToMessageHandler(LinkMessageDecoder(maximumMessageSize: maximum)),
+                        ByteToMessageHandler(LinkMessageDecoder(maximumMessageSize: maximum, buffers: buffers)),
                         LinkChannelHandler(engine: engine, dialed: peer, tls: client != nil))
                 }
             }
@@ -410,11 +415,13 @@ extension Duration {
 struct LinkMessageDecoder: ByteToMessageDecoder {
     typealias InboundOut = LinkInbound
     let maximumMessageSize: Int
+    let buffers: BatchBuffers
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         let maximum = maximumMessageSize
+        let buffers = self.buffers
         let decoded = try buffer.withUnsafeReadableBytes { raw in
-            try LinkCodec.decode(raw, maximumMessageSize: maximum)
+            try LinkCodec.decode(raw, maximumMessageSize: maximum, buffers: buffers)
         }
         guard let (message, consumed) = decoded else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: consumed)

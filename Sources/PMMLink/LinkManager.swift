@@ -37,6 +37,8 @@ public final class LinkManager: Sendable {
     public let incarnation: UInt64
 
     let shared: LinkShared
+    /// Received batches' buffers, reused (`recycle`).
+    public let batchBuffers: BatchBuffers
     let group: MultiThreadedEventLoopGroup
     let engine: NIOLoopBound<LinkEngine>
     private let stopped = Mutex(false)
@@ -70,6 +72,8 @@ public final class LinkManager: Sendable {
             throw error
         }
         let ssl = sslContexts
+        let buffers = BatchBuffers(limit: configuration.windowBytes)
+        batchBuffers = buffers
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         let shared = self.shared
@@ -80,7 +84,7 @@ public final class LinkManager: Sendable {
                 NIOLoopBound(
                     LinkEngine(
                         configuration: configuration, logger: logger, shared: shared, loop: loop, ssl: ssl,
-                        incarnation: incarnation), eventLoop: loop)
+                        incarnation: incarnation, buffers: buffers), eventLoop: loop)
             }.wait()
         } catch {
             // Only a loop that is already shut down refuses work; say so rather than trap.
@@ -103,6 +107,14 @@ public final class LinkManager: Sendable {
 
     deinit {
         stop()
+    }
+
+    /// Gives the received batches among `events` their buffers back, for the next batches to reuse; call it once
+    /// the frames were copied out (a buffer still shared elsewhere is never written again, only dropped).
+    public func recycle(_ events: consuming [LinkEvent]) {
+        while let event = events.popLast() {
+            if case .received(_, let received) = event { batchBuffers.give(received.frames) }
+        }
     }
 
     /// Takes what happened since the last call, oldest first, and clears `wakeDescriptor`.

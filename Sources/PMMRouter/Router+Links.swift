@@ -37,7 +37,8 @@ extension Router {
     /// Link events in, remote frames out. Once per loop pass, before the pipes are written.
     func pumpLinks(now: UInt64) {
         guard let links else { return }
-        for event in links.events() {
+        let events = links.events()
+        for event in events {
             switch event {
             case .connected(let peer, let info):
                 guard let p = core.peerSlot(peer) else { continue }
@@ -69,6 +70,8 @@ extension Router {
             }
             performActions()
         }
+        // Every received frame was copied into a queue (or dead-lettered): the batches' buffers can serve again.
+        links.recycle(events)
         sendLinkFrames(links)
     }
 

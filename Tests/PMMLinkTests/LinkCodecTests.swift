@@ -198,4 +198,49 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
         #expect(rest.storage == decoded.storage)
         #expect(LinkFrames(frames) == decoded)
     }
+
+    /// A batch's buffer given back is the next batch's: same memory, frames right. One still held elsewhere is
+    /// not written under its holder, and the pool keeps no more than its limit.
+    @Test func batchBuffers_givenBack_serveTheNextBatch_andNeverOverwriteFramesStillHeld() throws {
+        func batch(_ first: Int, _ count: Int) -> (bytes: [UInt8], frames: [LinkFrame]) {
+            let frames = (first..<(first + count)).map { LinkFrame(target: "sink-b-\($0 % 2)", bytes: numberedFrame($0)) }
+            var bytes: [UInt8] = []
+            LinkCodec.encodeBatch(firstSequence: UInt64(first), frames: frames[...], into: &bytes)
+            return (bytes, frames)
+        }
+        func decoded(_ bytes: [UInt8], _ buffers: BatchBuffers) throws -> LinkFrames {
+            let result = bytes.withUnsafeBytes { raw in
+                Result { () throws(LinkCodecError) in try LinkCodec.decode(raw, maximumMessageSize: 1 << 20, buffers: buffers) }
+            }
+            guard case .batch(_, let frames)? = try result.get()?.message else { throw LinkCodecError.emptyMessage }
+            return frames
+        }
+        func address(_ frames: LinkFrames) -> UnsafeRawPointer? { frames.storage.withUnsafeBytes { $0.baseAddress } }
+
+        let buffers = BatchBuffers(limit: 1 << 20)
+        let (firstBytes, firstFrames) = batch(1, 40)
+        var first: LinkFrames? = try decoded(firstBytes, buffers)
+        let firstAddress = address(first!)
+        #expect(Array(first!) == firstFrames)
+        buffers.give(first!)
+        first = nil
+        #expect(buffers.keptBytes > 0)
+
+        let (secondBytes, secondFrames) = batch(41, 30)
+        let second = try decoded(secondBytes, buffers)
+        #expect(address(second) == firstAddress, "the buffer given back was reused")
+        #expect(Array(second) == secondFrames)
+        #expect(buffers.keptBytes == 0)
+
+        // Given back while still held: the next batch gets other memory, and the held frames stay as they were.
+        buffers.give(second)
+        let third = try decoded(batch(71, 40).bytes, buffers)
+        #expect(address(third) != address(second))
+        #expect(Array(second) == secondFrames)
+
+        // The limit: a buffer that would take the pool over it is dropped.
+        let small = BatchBuffers(limit: 16)
+        small.give(third)
+        #expect(small.keptBytes == 0)
+    }
 }

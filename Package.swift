@@ -179,7 +179,10 @@ let package = Package(
         // Links: codec and bookkeeping (pure), loopback sockets with real TLS, and two network namespaces (root).
         .testTarget(
             name: "PMMLinkTests",
-            dependencies: ["PMMLink", "PMMWire", "link-probe", "pmm", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            dependencies: [
+                "PMMLink", "PMMWire", "link-probe", "pmm", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
             swiftSettings: upcoming),
         .testTarget(
             name: "PMMSpecYAMLTests",

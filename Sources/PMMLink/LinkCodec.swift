@@ -92,15 +92,31 @@ public enum LinkCodecError: Error, Equatable, Sendable, CustomStringConvertible 
     }
 }
 
+/// Where a decoded batch keeps its frames' bytes.
+public enum BatchStorage {
+    /// A copy of the batch, in a buffer from `BatchBuffers` when given (else a new one).
+    case copy(BatchBuffers?)
+    /// The buffer the bytes being decoded are in, from `base` on: the frames are ranges of it, nothing is
+    /// copied. The buffer must not change afterwards (it is shared with the frames).
+    case shared([UInt8], base: Int)
+
+    func advanced(by n: Int) -> BatchStorage {
+        switch self {
+        case .copy: self
+        case .shared(let buffer, let base): .shared(buffer, base: base + n)
+        }
+    }
+}
+
 /// Length-delimited `pmm.v1.LinkMessage`s: a varint length, then the message. Pure: no I/O, no NIO.
 public enum LinkCodec {
     /// Decodes the first message in `bytes`.
     ///
-    /// - Parameter buffers: where a batch's buffer comes from (nil: a new one).
+    /// - Parameter storage: where a batch keeps its frames (a copy, unless `bytes` lie in a buffer to share).
     /// - Returns: the message and how many bytes it took, or nil when more bytes are needed.
     /// - Throws: `LinkCodecError` when the bytes can never become a message; the link must be closed.
     public static func decode(
-        _ bytes: UnsafeRawBufferPointer, maximumMessageSize: Int, buffers: BatchBuffers? = nil
+        _ bytes: UnsafeRawBufferPointer, maximumMessageSize: Int, storage: BatchStorage = .copy(nil)
     ) throws(LinkCodecError) -> (message: LinkInbound, consumed: Int)? {
         let length: UInt64
         let prefix: Int
@@ -115,17 +131,40 @@ public enum LinkCodec {
         let total = prefix + Int(length)
         if bytes.count < total { return nil }
         let body = UnsafeRawBufferPointer(rebasing: bytes[prefix..<total])
-        return (try decodeMessage(body, buffers: buffers), total)
+        return (try decodeMessage(body, storage: storage.advanced(by: prefix)), total)
+    }
+
+    /// Decodes every whole message in `buffer` from `offset` on, its batches sharing `buffer` (no copy).
+    ///
+    /// - Returns: the messages, and the offset after the last (where the next, incomplete one starts).
+    public static func decodeAll(
+        sharing buffer: [UInt8], from offset: Int, maximumMessageSize: Int
+    ) throws(LinkCodecError) -> (messages: [LinkInbound], end: Int) {
+        var messages: [LinkInbound] = []
+        var end = offset
+        let result = buffer.withUnsafeBytes { raw in
+            Result { () throws(LinkCodecError) in
+                while let (message, consumed) = try decode(
+                    UnsafeRawBufferPointer(rebasing: raw[end...]), maximumMessageSize: maximumMessageSize,
+                    storage: .shared(buffer, base: end))
+                {
+                    messages.append(message)
+                    end += consumed
+                }
+            }
+        }
+        try result.get()
+        return (messages, end)
     }
 
     /// Decodes one message without its length prefix.
-    /// - Parameter buffers: where a batch's buffer comes from (nil: a new one).
-    public static func decodeMessage(_ body: UnsafeRawBufferPointer, buffers: BatchBuffers? = nil) throws(LinkCodecError) -> LinkInbound {
+    /// - Parameter storage: where a batch keeps its frames.
+    public static func decodeMessage(_ body: UnsafeRawBufferPointer, storage: BatchStorage = .copy(nil)) throws(LinkCodecError) -> LinkInbound {
         // A batch alone in its message (what encodeBatch writes) is decoded by hand.
         if body.count >= 2, body[0] == 0x12, case .value(let length, let size) = Varint.decode(body, at: 1),
             length == UInt64(body.count - 1 - size)
         {
-            return try decodeBatch(UnsafeRawBufferPointer(rebasing: body[(1 + size)...]), buffers: buffers)
+            return try decodeBatch(UnsafeRawBufferPointer(rebasing: body[(1 + size)...]), storage: storage.advanced(by: 1 + size))
         }
         let message: Pmm_V1_LinkMessage
         do {
@@ -157,10 +196,16 @@ public enum LinkCodec {
 
     /// Decodes a `LinkBatch`'s fields by hand: field 1 first_sequence (varint), field 2 frames (LinkFrame,
     /// whose field 1 is the target and field 2 the frame bytes). Unknown fields are skipped, as protobuf does.
-    /// The batch's bytes are copied once into the `LinkFrames`' storage (from `buffers` when given); frames are
-    /// ranges of it.
-    static func decodeBatch(_ bytes: UnsafeRawBufferPointer, buffers: BatchBuffers?) throws(LinkCodecError) -> LinkInbound {
+    /// The frames are ranges of the `LinkFrames`' storage: a copy of the batch's bytes, or the buffer they
+    /// are in (`storage`).
+    static func decodeBatch(_ bytes: UnsafeRawBufferPointer, storage: BatchStorage) throws(LinkCodecError) -> LinkInbound {
         var reader = FieldReader(bytes: bytes)
+        // Where the batch's bytes start in the frames' storage.
+        let shift: Int
+        switch storage {
+        case .copy: shift = 0
+        case .shared(_, let base): shift = base
+        }
         var first: UInt64 = 0
         var entries: [LinkFrames.Entry] = []
         var lastTarget = ""
@@ -192,13 +237,18 @@ public enum LinkCodec {
                     }
                 }
                 try checkFrame(UnsafeRawBufferPointer(rebasing: bytes[frame]), index: entries.count)
-                entries.append(LinkFrames.Entry(target: target, range: frame))
+                entries.append(LinkFrames.Entry(target: target, range: (frame.lowerBound + shift)..<(frame.upperBound + shift)))
             default: break
             }
         }
-        var storage = buffers?.take() ?? []
-        storage.append(contentsOf: bytes)
-        return .batch(firstSequence: first, frames: LinkFrames(storage: storage, entries: entries))
+        switch storage {
+        case .copy(let buffers):
+            var copy = buffers?.take() ?? []
+            copy.append(contentsOf: bytes)
+            return .batch(firstSequence: first, frames: LinkFrames(storage: copy, entries: entries))
+        case .shared(let buffer, _):
+            return .batch(firstSequence: first, frames: LinkFrames(storage: buffer, entries: entries))
+        }
     }
 
     /// A frame must be exactly one pipe frame, so a peer can never tear or glue frames on our pipes.

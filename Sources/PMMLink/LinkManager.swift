@@ -112,8 +112,13 @@ public final class LinkManager: Sendable {
     /// Gives the received batches among `events` their buffers back, for the next batches to reuse; call it once
     /// the frames were copied out (a buffer still shared elsewhere is never written again, only dropped).
     public func recycle(_ events: consuming [LinkEvent]) {
+        // Batches read together share one buffer: it is given back once.
+        var last: UnsafeRawPointer?
         while let event = events.popLast() {
-            if case .received(_, let received) = event { batchBuffers.give(received.frames) }
+            guard case .received(_, let received) = event else { continue }
+            let base = received.frames.storage.withUnsafeBytes { $0.baseAddress }
+            if base != last { batchBuffers.give(received.frames) }
+            last = base
         }
     }
 

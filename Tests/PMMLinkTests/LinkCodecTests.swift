@@ -210,7 +210,7 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
         }
         func decoded(_ bytes: [UInt8], _ buffers: BatchBuffers) throws -> LinkFrames {
             let result = bytes.withUnsafeBytes { raw in
-                Result { () throws(LinkCodecError) in try LinkCodec.decode(raw, maximumMessageSize: 1 << 20, buffers: buffers) }
+                Result { () throws(LinkCodecError) in try LinkCodec.decode(raw, maximumMessageSize: 1 << 20, storage: .copy(buffers)) }
             }
             guard case .batch(_, let frames)? = try result.get()?.message else { throw LinkCodecError.emptyMessage }
             return frames

@@ -9,7 +9,7 @@ final class LoopbackTwoNodes: @unchecked Sendable {
     let ports: [Int]
     var routers: [String: NamespacedProcess] = [:]
 
-    init(dataTypeQoS: String = "{delivery: at-most-once}") throws {
+    init() throws {
         ports = try freeLoopbackPorts(3)
         let spec = """
             apiVersion: pmm/v1
@@ -21,7 +21,7 @@ final class LoopbackTwoNodes: @unchecked Sendable {
               b: {address: "127.0.0.1:\(ports[1])"}
             dataTypes:
               metrics:
-                qos: \(dataTypeQoS)
+                qos: {delivery: at-most-once}
             services:
               gen:
                 uid: 0

@@ -180,7 +180,7 @@ let package = Package(
         .testTarget(
             name: "PMMLinkTests",
             dependencies: [
-                "PMMLink", "PMMWire", "link-probe", "pmm", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                "PMMLink", "PMMWire", "PMMRouterCore", "link-probe", "pmm", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             swiftSettings: upcoming),

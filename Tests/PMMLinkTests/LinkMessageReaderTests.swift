@@ -1,6 +1,7 @@
 import NIOCore
 import NIOEmbedded
 @testable import PMMLink
+import PMMRouterCore
 import PMMWire
 import SwiftProtobuf
 import Testing
@@ -15,7 +16,7 @@ import Testing
         var expected: [LinkInbound] = []
         var sequence = 1
         for _ in 0..<60 {
-            switch random.next() % 4 {
+            switch Int(random.next() % 4) {
             case 0:
                 var ack = Pmm_V1_LinkMessage()
                 ack.ack.upTo = UInt64(sequence)
@@ -103,18 +104,5 @@ import Testing
         let (rest, restEnd) = try LinkCodec.decodeAll(sharing: bytes, from: end, maximumMessageSize: 1 << 20)
         #expect(rest == [expected.last!])
         #expect(restEnd == bytes.count)
-    }
-}
-
-/// A small seeded generator (SplitMix64), so a failing seed can be replayed.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> Int {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return Int(truncatingIfNeeded: (z ^ (z >> 31)) >> 1)
     }
 }

@@ -6,7 +6,8 @@ import Synchronization
 /// Memory just allocated is faulted in page by page, and the allocator hands it back to the system when
 /// enough of it is free at once: on the receiving node of `pmm bench --link` at 4 KB frames, with a buffer per
 /// batch, those page faults took 8% of its core. A buffer is given back by `LinkManager.recycle` after the
-/// router copied its frames into queues; the decoder takes one for the next batch. A buffer still shared
+/// router copied its frames into queues; the link's reader (`LinkMessageReader`) gathers the next bytes that
+/// arrive in it. A buffer still shared
 /// (someone kept the frames) is never written: `[UInt8]`'s copy-on-write gives the decoder a fresh one
 /// instead, so reuse can make no frame wrong, only cheaper.
 public final class BatchBuffers: Sendable {

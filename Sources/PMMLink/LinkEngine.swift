@@ -439,7 +439,8 @@ final class LinkMessageReader: ChannelInboundHandler {
         guard !failed else { return }
         let buffer = unwrapInboundIn(data)
         if start == pending.count {
-            pending = buffers.take()
+            // Nothing pending: a buffer of its own (one given back), or the one kept after small messages.
+            if pending.capacity == 0 { pending = buffers.take() } else { pending.removeAll(keepingCapacity: true) }
             start = 0
         }
         buffer.withUnsafeReadableBytes { pending.append(contentsOf: $0) }

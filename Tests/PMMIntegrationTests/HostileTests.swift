@@ -176,13 +176,12 @@ struct HostileTests {
     @Test func thousandControlConnectionsAtOnce_serverSurvivesAndAnswers() throws {
         let c = try ControlHarness()
         let socketPath = c.mesh.dir.path + "/state/pmm.sock"
+        // The 1,000 idle clients are another process (HeldDescriptors); the 100 past the cap are this one's.
+        let clients = try HeldDescriptors(connections: 1000, toUnixSocket: socketPath)
+        defer { clients.release() }
         var fds: [Int32] = []
         defer { for fd in fds { close(fd) } }
-        for _ in 0..<1000 {
-            let fd = Self.connectUnix(socketPath)
-            if fd >= 0 { fds.append(fd) }
-        }
-        #expect(fds.count == 1000, "every connect succeeded: \(fds.count)")
+        #expect(clients.count == 1000, "every connect succeeded: \(clients.count)")
         usleep(500_000)  // serve accepts them all
         let during = try pmm("pipe-name", c.mesh.stateArgument, "--data-type", "metrics", "--service", "api")
         #expect(during.status == 0 && during.stdout.contains("api.metrics.s"), "answered with 1000 idle clients: \(during.stderr)")
@@ -208,6 +207,7 @@ struct HostileTests {
         #expect(c.serveLog.contains("too many connections"), "the refusal is logged")
         for fd in fds { close(fd) }
         fds = []
+        clients.release()
         usleep(500_000)
         let after = try pmm("pipe-name", c.mesh.stateArgument, "--data-type", "metrics", "--service", "api")
         #expect(after.status == 0, "answers once they are gone: \(after.stderr)")

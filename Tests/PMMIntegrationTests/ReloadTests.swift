@@ -95,16 +95,11 @@ struct RouterIdleCostTests {
 
     @Test func anIdleRouterOverThousandsOfPipes_usesAlmostNoCPU() throws {
         let h = try MeshHarness(Self.crowdedMesh())
-        _ = raiseDescriptorLimit()
-        var readers: [Int32] = []
-        defer { for fd in readers { close(fd) } }
-        for k in 0..<2 {
-            for i in 0..<1000 {
-                let fd = open(h.dir.root + "/idle-sink\(k)-\(i).idle.out", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-                try #require(fd >= 0, "cannot open a consumer's pipe: errno \(errno)")
-                readers.append(fd)
-            }
-        }
+        // 2,000 idle consumers, each with its pipe open, in a process of their own (HeldDescriptors).
+        let readers = try HeldDescriptors(
+            readingFIFOs: (0..<2).flatMap { k in (0..<1000).map { h.dir.root + "/idle-sink\(k)-\($0).idle.out" } })
+        defer { readers.release() }
+        #expect(readers.count == 2000)
         try h.startRouter()
         try waitFor("every instance healthy", timeout: 20) { h.status?.egress.filter(\.healthy).count == 2000 }
         let pid = h.router!.processIdentifier

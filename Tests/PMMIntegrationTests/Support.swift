@@ -198,3 +198,72 @@ func parentProcess(_ pid: Int32) -> Int32? {
     let fields = stat[stat.index(after: end)...].split(separator: " ")
     return fields.count > 1 ? Int32(fields[1]) : nil
 }
+
+/// Descriptors held open by a child process (python3) rather than by the test process.
+///
+/// The test process must not hold more than a few hundred descriptors while other tests start processes:
+/// Foundation's `Process.run` (swift-corelibs-foundation before pull request 5472, which includes Swift
+/// 6.3.1) lists /proc/self/fd and copies 256 bytes of every entry's name, past the end of glibc's directory
+/// buffer when an entry sits at its end. With about 1,300 descriptors open, the listing reaches that end, and
+/// a full run crashed twice with SIGSEGV in `Process.run` (descriptor names 1358 and 1359 in the registers).
+/// Consumers or clients that a test needs by the thousand are held here, as real ones would be, by another
+/// process.
+final class HeldDescriptors {
+    let process = Process()
+    private let input = Pipe()
+    /// How many the child holds.
+    let count: Int
+
+    /// Opens each FIFO for reading (non-blocking), as an idle consumer would.
+    convenience init(readingFIFOs paths: [String]) throws {
+        try self.init(["fifo"] + paths)
+    }
+
+    /// Connects `connections` times to the Unix socket at `path` and keeps every connection open.
+    convenience init(connections: Int, toUnixSocket path: String) throws {
+        try self.init(["unix", path, String(connections)])
+    }
+
+    private init(_ arguments: [String]) throws {
+        let script = """
+            import os, resource, socket, sys
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            held = []
+            if sys.argv[1] == "fifo":
+                for path in sys.argv[2:]:
+                    held.append(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            else:
+                for _ in range(int(sys.argv[3])):
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.connect(sys.argv[2])
+                    held.append(s)
+            print(len(held), flush=True)
+            sys.stdin.read()
+            """
+        let output = Pipe()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = ["-c", script] + arguments
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while read(output.fileHandleForReading.fileDescriptor, &byte, 1) == 1 && byte != UInt8(ascii: "\n") { line.append(byte) }
+        guard let held = Int(String(decoding: line, as: UTF8.self)) else {
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+            throw SetupFailure(description: "python3 could not open the descriptors asked of it (exit \(process.terminationStatus))")
+        }
+        count = held
+    }
+
+    /// Closes them all: the child exits.
+    func release() {
+        try? input.fileHandleForWriting.close()
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    deinit { release() }
+}

@@ -3,6 +3,7 @@ import Glibc
 import PMMCore
 import PMMReconciler
 import PMMSystem
+import Testing
 
 /// Whether the tests run as root (CI does): needed to give pipes to other uids and to drop privileges.
 let isRoot = geteuid() == 0
@@ -83,6 +84,12 @@ func run(
     _ executable: String, _ arguments: [String], in directory: String? = nil, environment: [String: String] = [:], stdin: String? = nil,
     background: (() -> Void)? = nil
 ) throws -> Outcome {
+    // A test holding descriptors by the thousand makes Process.run crash the whole test process (see
+    // HeldDescriptors): said here as a failure of the test that spawns, not a SIGSEGV of every test.
+    let held = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0
+    if held > 1_000 {
+        Issue.record("the test process holds \(held) descriptors: over about 1,300, Foundation's Process.run can crash it; hold them in a child (HeldDescriptors)")
+    }
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments

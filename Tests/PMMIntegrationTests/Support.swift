@@ -209,9 +209,9 @@ func parentProcess(_ pid: Int32) -> Int32? {
 /// Descriptors held open by a child process (python3) rather than by the test process.
 ///
 /// The test process must not hold more than a few hundred descriptors while other tests start processes:
-/// Foundation's `Process.run` (swift-corelibs-foundation before pull request 5472, which includes Swift
-/// 6.3.1) lists /proc/self/fd and copies 256 bytes of every entry's name, past the end of glibc's directory
-/// buffer when an entry sits at its end. With about 1,300 descriptors open, the listing reaches that end, and
+/// Foundation's `Process.run` lists /proc/self/fd and copies 256 bytes of every entry's name, past the end of
+/// glibc's directory buffer when an entry sits at its end (fixed in swift-corelibs-foundation by pull request
+/// 5472; Swift 6.3.1, this toolchain, still has it). With about 1,300 descriptors open, the listing reaches that end, and
 /// a full run crashed twice with SIGSEGV in `Process.run` (descriptor names 1358 and 1359 in the registers).
 /// Consumers or clients that a test needs by the thousand are held here, as real ones would be, by another
 /// process.

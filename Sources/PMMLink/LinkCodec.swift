@@ -94,8 +94,8 @@ public enum LinkCodecError: Error, Equatable, Sendable, CustomStringConvertible 
 
 /// Where a decoded batch keeps its frames' bytes.
 public enum BatchStorage {
-    /// A copy of the batch, in a buffer from `BatchBuffers` when given (else a new one).
-    case copy(BatchBuffers?)
+    /// A copy of the batch, in a buffer of its own.
+    case copy
     /// The buffer the bytes being decoded are in, from `base` on: the frames are ranges of it, nothing is
     /// copied. The buffer must not change afterwards (it is shared with the frames).
     case shared([UInt8], base: Int)
@@ -116,7 +116,7 @@ public enum LinkCodec {
     /// - Returns: the message and how many bytes it took, or nil when more bytes are needed.
     /// - Throws: `LinkCodecError` when the bytes can never become a message; the link must be closed.
     public static func decode(
-        _ bytes: UnsafeRawBufferPointer, maximumMessageSize: Int, storage: BatchStorage = .copy(nil)
+        _ bytes: UnsafeRawBufferPointer, maximumMessageSize: Int, storage: BatchStorage = .copy
     ) throws(LinkCodecError) -> (message: LinkInbound, consumed: Int)? {
         let length: UInt64
         let prefix: Int
@@ -159,7 +159,7 @@ public enum LinkCodec {
 
     /// Decodes one message without its length prefix.
     /// - Parameter storage: where a batch keeps its frames.
-    public static func decodeMessage(_ body: UnsafeRawBufferPointer, storage: BatchStorage = .copy(nil)) throws(LinkCodecError) -> LinkInbound {
+    public static func decodeMessage(_ body: UnsafeRawBufferPointer, storage: BatchStorage = .copy) throws(LinkCodecError) -> LinkInbound {
         // A batch alone in its message (what encodeBatch writes) is decoded by hand.
         if body.count >= 2, body[0] == 0x12, case .value(let length, let size) = Varint.decode(body, at: 1),
             length == UInt64(body.count - 1 - size)
@@ -242,10 +242,8 @@ public enum LinkCodec {
             }
         }
         switch storage {
-        case .copy(let buffers):
-            var copy = buffers?.take() ?? []
-            copy.append(contentsOf: bytes)
-            return .batch(firstSequence: first, frames: LinkFrames(storage: copy, entries: entries))
+        case .copy:
+            return .batch(firstSequence: first, frames: LinkFrames(storage: [UInt8](bytes), entries: entries))
         case .shared(let buffer, _):
             return .batch(firstSequence: first, frames: LinkFrames(storage: buffer, entries: entries))
         }

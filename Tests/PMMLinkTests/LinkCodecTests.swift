@@ -208,11 +208,12 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
             LinkCodec.encodeBatch(firstSequence: UInt64(first), frames: frames[...], into: &bytes)
             return (bytes, frames)
         }
+        /// What the link's reader does: the bytes gathered in a buffer from the pool, the batch decoded in place.
         func decoded(_ bytes: [UInt8], _ buffers: BatchBuffers) throws -> LinkFrames {
-            let result = bytes.withUnsafeBytes { raw in
-                Result { () throws(LinkCodecError) in try LinkCodec.decode(raw, maximumMessageSize: 1 << 20, storage: .copy(buffers)) }
-            }
-            guard case .batch(_, let frames)? = try result.get()?.message else { throw LinkCodecError.emptyMessage }
+            var buffer = buffers.take()
+            buffer.append(contentsOf: bytes)
+            guard case .batch(_, let frames)? = try LinkCodec.decodeAll(sharing: buffer, from: 0, maximumMessageSize: 1 << 20).messages.first
+            else { throw LinkCodecError.emptyMessage }
             return frames
         }
         func address(_ frames: LinkFrames) -> UnsafeRawPointer? { frames.storage.withUnsafeBytes { $0.baseAddress } }

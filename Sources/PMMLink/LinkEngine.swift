@@ -16,7 +16,7 @@ final class LinkEngine {
     let ssl: (server: NIOSSLContext, client: NIOSSLContext)?
     let incarnation: UInt64
     /// Where received batches' buffers come from.
-    let buffers: BatchBuffers
+    let buffers: BufferPool
 
     /// The current link to each peer (Hello exchanged).
     var links: [String: LinkChannelHandler] = [:]
@@ -31,7 +31,7 @@ final class LinkEngine {
 
     init(
         configuration: LinkConfiguration, logger: Logger, shared: LinkShared, loop: any EventLoop,
-        ssl: (server: NIOSSLContext, client: NIOSSLContext)?, incarnation: UInt64, buffers: BatchBuffers
+        ssl: (server: NIOSSLContext, client: NIOSSLContext)?, incarnation: UInt64, buffers: BufferPool
     ) {
         self.buffers = buffers
         self.configuration = configuration
@@ -413,7 +413,7 @@ extension Duration {
 
 /// NIO's face of `LinkCodec`: bytes in, `LinkInbound` messages out. A codec error closes the connection.
 ///
-/// What arrives is gathered in a buffer of its own (from `BatchBuffers`), and every whole message is decoded
+/// What arrives is gathered in a buffer of its own (from `BufferPool`), and every whole message is decoded
 /// from it in place: a batch's frames stay in that buffer, which goes to the router as it is. The bytes are
 /// copied once between TLS and the router's queues (NIO's `ByteToMessageHandler` gathered them in its own
 /// buffer, and a batch was then copied out of it: two copies, the second 4% of the receiving node's core at
@@ -424,13 +424,13 @@ final class LinkMessageReader: ChannelInboundHandler {
     typealias InboundOut = LinkInbound
 
     let maximumMessageSize: Int
-    let buffers: BatchBuffers
+    let buffers: BufferPool
     /// Bytes received and not yet decoded, from `start` on.
     var pending: [UInt8] = []
     var start = 0
     var failed = false
 
-    init(maximumMessageSize: Int, buffers: BatchBuffers) {
+    init(maximumMessageSize: Int, buffers: BufferPool) {
         self.maximumMessageSize = maximumMessageSize
         self.buffers = buffers
     }

@@ -3,7 +3,7 @@ public import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
-import PMMWire
+public import PMMWire
 import Synchronization
 
 /// The links of one node to every other node's router, for a synchronous poll-loop router.
@@ -38,7 +38,7 @@ public final class LinkManager: Sendable {
 
     let shared: LinkShared
     /// Received batches' buffers, reused (`recycle`).
-    public let batchBuffers: BatchBuffers
+    public let batchBuffers: BufferPool
     let group: MultiThreadedEventLoopGroup
     let engine: NIOLoopBound<LinkEngine>
     private let stopped = Mutex(false)
@@ -72,7 +72,7 @@ public final class LinkManager: Sendable {
             throw error
         }
         let ssl = sslContexts
-        let buffers = BatchBuffers(limit: configuration.windowBytes)
+        let buffers = BufferPool(limit: configuration.windowBytes)
         batchBuffers = buffers
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
@@ -117,7 +117,7 @@ public final class LinkManager: Sendable {
         while let event = events.popLast() {
             guard case .received(_, let received) = event else { continue }
             let base = received.frames.storage.withUnsafeBytes { $0.baseAddress }
-            if base != last { batchBuffers.give(received.frames) }
+            if base != last { batchBuffers.give(received.frames.storage) }
             last = base
         }
     }

@@ -1,4 +1,4 @@
-import PMMWire
+public import PMMWire
 
 /// Marks a frame whose delivery an at-least-once spool tracks: which spool ledger, and the frame's place in it.
 ///
@@ -42,22 +42,22 @@ public struct DetachedFrame: Sendable {
 /// Why segments: a queue in one contiguous array grew by reallocation, and while it copied, the old buffer and
 /// the new one (twice the size) were both resident: a router with a slow consumer reached about twice its
 /// `--memory-limit` (108 MiB of RSS with a 32 MiB limit). It also had to move what it still held to the front
-/// to free what was read. A segment is never grown, and one whose frames were all read is freed whole, so
-/// nothing held is ever copied.
+/// to free what was read. A segment is never grown, and one whose frames were all read is given back whole to
+/// the pool, so nothing held is ever copied.
 public struct FrameQueue: Sendable {
     /// Bytes per segment: frames go into the last segment while they fit. A frame larger than this has a
     /// segment of its own.
     static let segmentSize = 256 << 10
-    /// Segments kept for reuse when freed, so a queue that streams does not allocate and fault in fresh pages
-    /// for each one. One: an idle queue keeps at most that one (its pages, once touched, stay resident; the
-    /// contiguous buffer kept up to 4 MiB).
-    static let spareSegments = 1
+    /// Where queues give freed segments back and take new ones: a queue that streams cycles through the
+    /// segments a pipe's worth of frames needs, and reuses them instead of faulting in fresh pages for each
+    /// one. Shared by every queue of the process (an idle queue keeps none), at most 16 segments (4 MiB).
+    public static let sharedPool = BufferPool(limit: 16 * segmentSize)
 
     /// Live segments are `segments[firstSegment...]`; `bases[i]` is the offset of `segments[i]`'s first byte.
     private var segments: [[UInt8]] = []
     private var bases: [Int] = []
     private var firstSegment = 0
-    private var spares: [[UInt8]] = []
+    private let pool: BufferPool
     /// The offset after the last byte.
     private var end = 0
     private var starts: [Int] = []
@@ -69,7 +69,9 @@ public struct FrameQueue: Sendable {
     public private(set) var written = 0
     public private(set) var acknowledged = 0
 
-    public init() {}
+    public init(pool: BufferPool = FrameQueue.sharedPool) {
+        self.pool = pool
+    }
 
     /// Frames not yet completely written.
     public var count: Int { starts.count - firstUnwritten }
@@ -127,20 +129,18 @@ public struct FrameQueue: Sendable {
         frame.bytes.withUnsafeBytes { append($0, meta: frame.meta) }
     }
 
-    private mutating func newSegment(for size: Int) -> [UInt8] {
-        if size <= Self.segmentSize, var spare = spares.popLast() {
-            spare.removeAll(keepingCapacity: true)
-            return spare
+    private func newSegment(for size: Int) -> [UInt8] {
+        guard size <= Self.segmentSize else {
+            var segment: [UInt8] = []
+            segment.reserveCapacity(size)
+            return segment
         }
-        var segment: [UInt8] = []
-        segment.reserveCapacity(max(size, Self.segmentSize))
-        return segment
+        return pool.take(reserving: Self.segmentSize)
     }
 
-    private static func recycle(_ segment: inout [UInt8], into spares: inout [[UInt8]]) {
-        if spares.count < spareSegments && segment.capacity <= 2 * segmentSize {
-            spares.append(segment)
-        }
+    /// Gives a freed segment to the pool (one of a frame larger than a segment is let go).
+    private static func recycle(_ segment: inout [UInt8], to pool: BufferPool) {
+        if segment.capacity >= segmentSize && segment.capacity <= 2 * segmentSize { pool.give(segment) }
         segment = []
     }
 
@@ -174,7 +174,7 @@ public struct FrameQueue: Sendable {
         // Segments whose frames were all read are freed whole.
         let held = starts[head]
         while firstSegment < segments.count - 1 && bases[firstSegment + 1] <= held {
-            Self.recycle(&segments[firstSegment], into: &spares)
+            Self.recycle(&segments[firstSegment], to: pool)
             firstSegment += 1
         }
         // The per-frame arrays drop what was read once it is at least half of them.
@@ -191,9 +191,9 @@ public struct FrameQueue: Sendable {
         }
     }
 
-    /// Everything was read: offsets start again from 0, and the segments are kept for reuse (up to the spares).
+    /// Everything was read: offsets start again from 0, and the segments go back to the pool.
     private mutating func empty() {
-        for index in firstSegment..<segments.count { Self.recycle(&segments[index], into: &spares) }
+        for index in firstSegment..<segments.count { Self.recycle(&segments[index], to: pool) }
         segments.removeAll(keepingCapacity: true)
         bases.removeAll(keepingCapacity: true)
         firstSegment = 0
@@ -278,7 +278,7 @@ public struct FrameQueue: Sendable {
 
     /// Removes an empty live segment (its neighbours' offsets already meet).
     private mutating func removeSegment(_ index: Int) {
-        Self.recycle(&segments[index], into: &spares)
+        Self.recycle(&segments[index], to: pool)
         segments.remove(at: index)
         bases.remove(at: index)
         if firstSegment == segments.count && head == starts.count { empty() }
@@ -295,7 +295,7 @@ public struct FrameQueue: Sendable {
         }
         let cut = starts[index]
         let segmentIndex = segment(containing: cut)
-        for i in (segmentIndex + 1)..<segments.count { Self.recycle(&segments[i], into: &spares) }
+        for i in (segmentIndex + 1)..<segments.count { Self.recycle(&segments[i], to: pool) }
         segments.removeSubrange((segmentIndex + 1)...)
         bases.removeSubrange((segmentIndex + 1)...)
         segments[segmentIndex].removeSubrange((cut - bases[segmentIndex])...)
@@ -347,7 +347,8 @@ public struct FrameQueue: Sendable {
         for index in head..<starts.count {
             frames.append(DetachedFrame(bytes: withBytes(starts[index]..<end(of: index)) { Array($0) }, meta: metas[index]))
         }
-        self = FrameQueue()
+        for index in firstSegment..<segments.count { Self.recycle(&segments[index], to: pool) }
+        self = FrameQueue(pool: pool)
         return frames
     }
 
@@ -378,6 +379,9 @@ public struct FrameQueue: Sendable {
         for index in head..<starts.count { withBytes(starts[index]..<end(of: index)) { bytes.append(contentsOf: $0) } }
         return bytes
     }
+
+    /// Live segments (for tests).
+    var segmentCount: Int { segments.count - firstSegment }
 
     /// The metadata of every frame held, oldest first (for checks and tests).
     public var heldMetas: ArraySlice<FrameMeta> { metas[head...] }

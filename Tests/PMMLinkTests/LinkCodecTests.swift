@@ -209,7 +209,7 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
             return (bytes, frames)
         }
         /// What the link's reader does: the bytes gathered in a buffer from the pool, the batch decoded in place.
-        func decoded(_ bytes: [UInt8], _ buffers: BatchBuffers) throws -> LinkFrames {
+        func decoded(_ bytes: [UInt8], _ buffers: BufferPool) throws -> LinkFrames {
             var buffer = buffers.take()
             buffer.append(contentsOf: bytes)
             guard case .batch(_, let frames)? = try LinkCodec.decodeAll(sharing: buffer, from: 0, maximumMessageSize: 1 << 20).messages.first
@@ -218,12 +218,12 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
         }
         func address(_ frames: LinkFrames) -> UnsafeRawPointer? { frames.storage.withUnsafeBytes { $0.baseAddress } }
 
-        let buffers = BatchBuffers(limit: 1 << 20)
+        let buffers = BufferPool(limit: 1 << 20)
         let (firstBytes, firstFrames) = batch(1, 40)
         var first: LinkFrames? = try decoded(firstBytes, buffers)
         let firstAddress = address(first!)
         #expect(Array(first!) == firstFrames)
-        buffers.give(first!)
+        buffers.give(first!.storage)
         first = nil
         #expect(buffers.keptBytes > 0)
 
@@ -234,14 +234,14 @@ func decodeAll(_ bytes: [UInt8], limit: Int = 1 << 20) throws(LinkCodecError) ->
         #expect(buffers.keptBytes == 0)
 
         // Given back while still held: the next batch gets other memory, and the held frames stay as they were.
-        buffers.give(second)
+        buffers.give(second.storage)
         let third = try decoded(batch(71, 40).bytes, buffers)
         #expect(address(third) != address(second))
         #expect(Array(second) == secondFrames)
 
         // The limit: a buffer that would take the pool over it is dropped.
-        let small = BatchBuffers(limit: 16)
-        small.give(third)
+        let small = BufferPool(limit: 16)
+        small.give(third.storage)
         #expect(small.keptBytes == 0)
     }
 }

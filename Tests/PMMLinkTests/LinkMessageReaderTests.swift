@@ -41,7 +41,7 @@ import Testing
     @Test(arguments: [1, 2, 3, 4] as [UInt64])
     func chunksOfAnySize_giveEveryMessageOnce_inOrder(seed: UInt64) throws {
         let (bytes, expected) = Self.stream(seed: seed)
-        let buffers = BatchBuffers(limit: 1 << 20)
+        let buffers = BufferPool(limit: 1 << 20)
         let channel = EmbeddedChannel(handler: LinkMessageReader(maximumMessageSize: 1 << 20, buffers: buffers))
         var random = SplitMix(seed: seed &* 31)
         var offset = 0
@@ -55,7 +55,7 @@ import Testing
                 received.append(message)
                 // As the router does: once a batch's frames were copied out, its buffer serves again.
                 if case .batch(let first, let frames) = message {
-                    buffers.give(frames)
+                    buffers.give(frames.storage)
                     received[received.count - 1] = .batch(firstSequence: first, frames: LinkFrames(Array(frames)))
                 }
             }
@@ -67,7 +67,7 @@ import Testing
 
     @Test func batchesReadTogether_shareTheBufferTheyArrivedIn() throws {
         let (bytes, expected) = Self.stream(seed: 9)
-        let channel = EmbeddedChannel(handler: LinkMessageReader(maximumMessageSize: 1 << 20, buffers: BatchBuffers(limit: 0)))
+        let channel = EmbeddedChannel(handler: LinkMessageReader(maximumMessageSize: 1 << 20, buffers: BufferPool(limit: 0)))
         try channel.writeInbound(channel.allocator.buffer(bytes: bytes))
         var batches: [LinkFrames] = []
         var received: [LinkInbound] = []
@@ -82,7 +82,7 @@ import Testing
     }
 
     @Test func bytesThatAreNoMessage_raiseTheCodecError_andNothingMore() throws {
-        let channel = EmbeddedChannel(handler: LinkMessageReader(maximumMessageSize: 1 << 10, buffers: BatchBuffers(limit: 0)))
+        let channel = EmbeddedChannel(handler: LinkMessageReader(maximumMessageSize: 1 << 10, buffers: BufferPool(limit: 0)))
         #expect(throws: LinkCodecError.oversized(size: 1 << 20, limit: 1 << 10)) {
             var prefix: [UInt8] = []
             Varint.encode(1 << 20, into: &prefix)

@@ -138,4 +138,34 @@ import Testing
         #expect(largest > 2 * Self.segment, "seed \(seed): held at most \(largest) bytes")
         #expect(link || splitWrites > 0, "seed \(seed): no write stopped at a segment's end")
     }
+
+    /// A queue that streams (frames appended, written, read, freed segment by segment, several segments in the
+    /// pipe at once, as with a 1 MiB pipe) takes its segments from the pool segments were given back to: once
+    /// warm, it allocates none. Fresh memory is faulted in page by page, and the allocator gives freed segments
+    /// back to the system: at 4 KB frames, those page faults took 8% of a router's time in `append`.
+    @Test func aStreamingQueue_reusesTheSegmentsItFreed() {
+        let pool = BufferPool(limit: 8 * Self.segment)
+        var queue = FrameQueue(pool: pool)
+        var next = 0
+        var missesWhenWarm = 0
+        for round in 0..<20 {
+            if round == 2 { missesWhenWarm = pool.misses }
+            // More than a 1 MiB pipe's worth of 4 KB frames written, some read on the way, then the rest.
+            for index in 0..<300 {
+                Self.frame(next, size: 4000).withUnsafeBytes { queue.append($0, meta: FrameMeta(route: 0, version: 0, tag: nil)) }
+                next += 1
+                _ = queue.wrote(queue.unwrittenBytes)
+                if index == 99 || index == 199 { queue.acknowledge(unread: 600_000) { _ in } }
+            }
+            #expect(queue.segmentCount >= 4, "round \(round): \(queue.segmentCount) segments live")
+            queue.acknowledge(unread: 0) { _ in }
+            #expect(queue.isEmpty)
+        }
+        #expect(pool.misses == missesWhenWarm, "a warm queue allocated \(pool.misses - missesWhenWarm) segments")
+        #expect(pool.keptBytes > 0 && pool.keptBytes <= pool.limit)
+        // What it kept is a pool's, bounded: a pool with no room keeps nothing, and the queue still works.
+        var unpooled = FrameQueue(pool: BufferPool(limit: 0))
+        Self.frame(0, size: 4000).withUnsafeBytes { unpooled.append($0, meta: FrameMeta(route: 0, version: 0, tag: nil)) }
+        #expect(unpooled.heldFrameBytes == Self.frame(0, size: 4000))
+    }
 }

@@ -127,7 +127,7 @@ extension Router {
                 }
                 try? old.fd.close()
             }
-            ingressFDs[id] = Held(fd: fd, inode: file.inode, device: file.device, capacity: 0, armed: true)
+            ingressFDs[id] = Held(fd: fd, inode: file.inode, device: file.device, armed: true)
             epoll.add(raw, interest: Epoll.readable, token: Token.ingress | UInt64(id.raw))
             if let slot = core.ingressSlot(id), let ledger = core.spool(of: slot) { spoolFiles[ledger.pipe]?.source = file.inode }
             core.ingressOpened(id)
@@ -195,45 +195,70 @@ extension Router {
     }
 
     /// Writes as much of egress `slot`'s queue as the pipe surely takes, as whole frames, in one write(2).
+    ///
+    /// The pipe is asked what it holds (FIONREAD) only when the bound kept since the last ask does not leave
+    /// room for everything queued; the core then also learns the consumer's progress. When not one whole frame
+    /// fits by that count, a frame of at most PIPE_BUF bytes is written alone: the kernel takes it whole or
+    /// refuses it (EAGAIN), and a refusal means the pipe is full, which EPOLLOUT reports the end of.
     func flush(_ slot: Int) {
         let id = core.egress[slot].id
         guard let held = egressFDs[id] else { return }
         defer { if !core.hasUnwritten(slot) { armEgress(id, false) } }
+        var occupancy = held.occupancy
         while core.hasUnwritten(slot) {
-            let unread = unreadBytes(held.fd)
-            if egressFDs[id]?.acknowledgedIn != acknowledgements {
-                // What the pipe holds tells the core what was read (progress, acknowledgements) as well as the
-                // room: the round's acknowledgeAll does not ask this pipe again. Its actions (notices, frames
-                // routed elsewhere from a stall) are performed there.
-                egressFDs[id]?.acknowledgedIn = acknowledgements
-                core.egressUnread(slot, unread: unread, now: monotonicNanos())
-                if !core.hasUnwritten(slot) { break }
+            if occupancy.mustAsk(toWrite: core.egress[slot].queue.unwrittenBytes) {
+                askEgress(slot, id: id, fd: held.fd, now: monotonicNanos())
+                guard let asked = egressFDs[id]?.occupancy, core.hasUnwritten(slot) else { break }
+                occupancy = asked
             }
-            // A pipe holds `capacity / 4096` pages; what it holds may use one page more than its bytes
-            // need (a half-read page at the head, a half-filled one at the tail). Counted that way, the room is
-            // a lower bound, so the kernel takes the whole write.
-            let room = max(0, held.capacity - (unread + 4095) / 4096 * 4096 - 4096)
-            let n = inPlace {
-                $0.withUnwritten(slot, room: room, pipeEmpty: unread == 0) { bytes -> Int in
+            var n = inPlace {
+                $0.withUnwritten(slot, room: occupancy.room, pipeEmpty: occupancy.bound == 0) { bytes -> Int in
                     bytes.isEmpty ? 0 : write(held.fd.rawValue, bytes.baseAddress, bytes.count)
                 }
             }
+            if n == 0 {
+                n = inPlace {
+                    $0.withNextFrame(slot, atMost: Self.atomicPipeWrite) { bytes -> Int in
+                        bytes.isEmpty ? 0 : write(held.fd.rawValue, bytes.baseAddress, bytes.count)
+                    }
+                }
+            }
             if n > 0 {
+                occupancy.wrote(n)
+                egressFDs[id]?.occupancy = occupancy
                 core.wrote(slot, count: n)
                 continue
             }
             let error = errno
-            if n == 0 || error == EAGAIN || error == EWOULDBLOCK {
-                // No whole frame fits now: EPOLLOUT says when the reader made room.
+            if n == 0 {
+                // A frame larger than PIPE_BUF waits for room by the count. The kernel, with pages still free,
+                // reports the pipe writable, so EPOLLOUT (level-triggered) would wake every pass: it is kept on
+                // only while the reader reads, to write again as soon as it made room; a reader that stopped is
+                // looked at by the loop's timeout instead (`roomPoll`).
+                core.egressWouldBlock(slot)
+                let now = monotonicNanos()
+                let sinceRead = now &- held.readAt
+                let reading = sinceRead < Self.readingWindow
+                armEgress(id, reading)
+                if !reading { roomPoll = min(roomPoll ?? .max, sinceRead < 200_000_000 ? 1_000_000 : 50_000_000) }
+                return
+            }
+            if error == EAGAIN || error == EWOULDBLOCK {
+                // The pipe is full: EPOLLOUT says when the reader freed a page.
                 core.egressWouldBlock(slot)
                 armEgress(id, true)
                 return
             }
-            if n < 0 && error == EINTR { continue }
+            if error == EINTR { continue }
             egressFailed(slot, reason: error == EPIPE ? "the reader went away (EPIPE)" : String(cString: strerror(error)))
             return
         }
     }
+
+    /// Bytes a pipe takes whole or not at all (PIPE_BUF on Linux).
+    static let atomicPipeWrite = 4096
+    /// A reader that read within this is reading: a pipe it must make room in is retried at every pass.
+    static let readingWindow: UInt64 = 1_000_000
 
     /// The consumer of egress `slot` is gone: the core learns what its pipe still held and re-routes.
     func egressFailed(_ slot: Int, reason: String) {
@@ -250,7 +275,8 @@ extension Router {
             let fd = FileDescriptor(rawValue: raw)
             if let old = egressFDs[id] { try? old.fd.close() }
             setPipeSize(fd, pipeSize, name: name)
-            egressFDs[id] = Held(fd: fd, inode: file.inode, device: file.device, capacity: pipeCapacity(fd), armed: false)
+            egressFDs[id] = Held(
+                fd: fd, inode: file.inode, device: file.device, armed: false, occupancy: PipeOccupancy(capacity: pipeCapacity(fd)), readAt: now)
             // Interest 0: only an error or hang-up (the reader went away) is reported until a write blocks.
             epoll.add(raw, interest: 0, token: Token.egress | UInt64(id.raw))
             core.egressOpened(id, now: now)

@@ -85,7 +85,6 @@ public final class Router {
     /// Write descriptors of egress pipes (present while a reader is there).
     var egressFDs: [PipeID: Held] = [:]
     /// Rounds of `acknowledgeAll`, so that a pipe a flush asked for FIONREAD is not asked again in the round.
-    var acknowledgements: UInt64 = 0
     /// Ingress pipes that need a look on every pass without an event of their own: frames buffered unrouted,
     /// spooled bytes to read back, or readiness switched off because the core does not want them read now (a
     /// rate pause, the memory limit, a blocked route): level-triggered epoll would otherwise wake at once.
@@ -100,6 +99,9 @@ public final class Router {
     /// `sweepInterval` at the latest; not on every pass.
     var nextTimer: UInt64 = 0
     var nextSweep: UInt64 = 0
+    /// Set by this pass's flushes: how soon an egress pipe that waits for room by the router's count, with a
+    /// reader not seen reading (so without EPOLLOUT), is looked at again.
+    var roomPoll: UInt64?
     var sweptEpoch: UInt64 = .max
     /// Spool files by ingress pipe name.
     var spoolFiles: [String: SpoolFile] = [:]
@@ -147,12 +149,12 @@ public final class Router {
         var fd: FileDescriptor
         var inode: UInt64
         var device: UInt64
-        /// The pipe's capacity in bytes (F_GETPIPE_SZ), for egress pipes.
-        var capacity: Int
         /// Ingress: EPOLLIN is on. Egress: EPOLLOUT is on (a write found the pipe full).
         var armed: Bool
-        /// Egress: the `acknowledgements` round in which a flush already told the core what the pipe holds.
-        var acknowledgedIn: UInt64 = .max
+        /// Egress: how much the pipe may hold (its capacity, F_GETPIPE_SZ, and a bound kept between asks).
+        var occupancy = PipeOccupancy(capacity: 0)
+        /// Egress: when its reader was last seen reading (or the pipe opened).
+        var readAt: UInt64 = 0
     }
 
     /// Identifiers in the order they joined, each once.
@@ -343,6 +345,7 @@ public final class Router {
             // Links before the pipes: what this pass routed to other nodes goes out now, and what came from them
             // is written to its pipes in this pass's flush, not the next one's.
             pumpLinks(now: monotonicNanos())
+            roomPoll = nil
             flushAll()
             housekeeping(now: monotonicNanos())
             if let seat, seat.index == 0, seat.board.version != mergedVersion { writeMergedStatus(force: false) }
@@ -362,6 +365,7 @@ public final class Router {
     func waitTimeout(now: UInt64) -> Int32 {
         var wake = min(nextTimer, nextSweep, now + 100_000_000)
         if core.awaitsLinkCompletions { wake = min(wake, now + linkCompletionPoll(now: now)) }
+        if let roomPoll { wake = min(wake, now + roomPoll) }
         for id in attention.ids {
             guard let slot = core.ingressSlot(id) else { continue }
             if core.hasBufferedWork(slot) && inPlace({ $0.wantsToRead(slot, now: now) }) { return 0 }
@@ -487,7 +491,7 @@ public final class Router {
     /// consumer's progress is read first, so what goes elsewhere is exactly what it did not read.
     func install(_ new: RouterLayout) {
         let now = monotonicNanos()
-        acknowledgeAll(now: now)
+        acknowledgeAll(now: now, everyPipe: true)
         let names = Set(new.ingress.map(\.name))
         var replacedIngress: Set<String> = []
         for pipe in core.ingress where !pipe.draining && names.contains(pipe.name) {
@@ -556,19 +560,30 @@ public final class Router {
     static let watchedCheckInterval: Double = 30
 
     /// Tells the core how much the pipes of instances that await progress still hold (FIONREAD); instances
-    /// with nothing queued and nothing unread are not asked.
-    /// A flush since the last round already asked (before it wrote): that pipe is not asked twice.
-    func acknowledgeAll(now: UInt64) {
+    /// with nothing queued and nothing unread are not asked, nor (unless `everyPipe`) a pipe asked less than
+    /// `PipeOccupancy.progressInterval` ago, or one that surely holds nothing: FIONREAD waits for the pipe's
+    /// mutex, which a reader holds while it copies (see `PipeOccupancy`).
+    func acknowledgeAll(now: UInt64, everyPipe: Bool = false) {
         var index = 0
         while index < core.activeEgress.count {
             let slot = core.activeEgress[index]
             index += 1
-            guard let held = egressFDs[core.egress[slot].id], held.acknowledgedIn != acknowledgements else { continue }
-            core.egressUnread(slot, unread: unreadBytes(held.fd), now: now)
+            let id = core.egress[slot].id
+            guard let held = egressFDs[id], everyPipe || held.occupancy.wantsProgress(now: now) else { continue }
+            askEgress(slot, id: id, fd: held.fd, now: now)
         }
-        acknowledgements &+= 1
         core.settleActiveEgress()
         performActions()
+    }
+
+    /// Asks egress `slot`'s pipe what it holds, and tells the core (what was read: progress, acknowledgements).
+    /// Returns what it holds.
+    @discardableResult
+    func askEgress(_ slot: Int, id: PipeID, fd: FileDescriptor, now: UInt64) -> Int {
+        let unread = unreadBytes(fd)
+        if egressFDs[id]?.occupancy.asked(unread: unread, now: now) == true { egressFDs[id]?.readAt = now }
+        core.egressUnread(slot, unread: unread, now: now)
+        return unread
     }
 
     /// Writes every spool's watermark; frees what is delivered.
@@ -645,6 +660,7 @@ public final class Router {
         let settle = monotonicNanos() + 1_000_000_000
         while monotonicNanos() < deadline {
             pumpLinks(now: monotonicNanos())
+            roomPoll = nil
             flushAll()
             housekeeping(now: monotonicNanos())
             if core.waitingFrames == 0 && (core.heldFrames == 0 || core.spools.isEmpty || monotonicNanos() > settle) { break }

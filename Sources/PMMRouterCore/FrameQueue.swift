@@ -329,6 +329,14 @@ public struct FrameQueue: Sendable {
         return total
     }
 
+    /// The size of the next frame to write when nothing of it is written yet and it is at most `limit` bytes;
+    /// else 0.
+    public func nextFrameSize(atMost limit: Int) -> Int {
+        guard firstUnwritten < starts.count, starts[firstUnwritten] == written else { return 0 }
+        let size = end(of: firstUnwritten) - written
+        return size <= limit ? size : 0
+    }
+
     /// Calls `body` with the unwritten bytes of the segment being written: whole frames (and the rest of a
     /// frame in progress), at most a segment's worth. What follows is in the next segment, for the next call.
     public func withUnwritten<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {

@@ -57,6 +57,15 @@ extension RouterCore {
         return try egress[slot].queue.withUnwritten { try body(UnsafeRawBufferPointer(rebasing: $0[0..<min(count, $0.count)])) }
     }
 
+    /// Calls `body` with egress `slot`'s next frame alone when nothing of it is written yet and it is at most
+    /// `limit` bytes, else with no bytes. With `limit` PIPE_BUF, the kernel takes such a write whole or not at
+    /// all, whatever the pipe holds: the way to write when the shell's count of the pipe's room is too
+    /// cautious to say.
+    public func withNextFrame<R>(_ slot: Int, atMost limit: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        let size = egress[slot].queue.nextFrameSize(atMost: limit)
+        return try egress[slot].queue.withUnwritten { try body(UnsafeRawBufferPointer(rebasing: $0[0..<min(size, $0.count)])) }
+    }
+
     /// `count` bytes of egress `slot`'s queue were written to its pipe.
     public mutating func wrote(_ slot: Int, count: Int) {
         guard count > 0 else { return }
@@ -77,7 +86,9 @@ extension RouterCore {
 
     /// Egress `slot`'s pipe holds `unread` bytes (FIONREAD): what was written before that was read whole, and
     /// is done. A reader that reads nothing for the stall timeout while its pipe holds data is stalled (its
-    /// backlog goes elsewhere); it recovers once it has emptied its pipe.
+    /// backlog goes elsewhere); it recovers once it has emptied its pipe. The shell asks when it needs room or
+    /// progress, not on a clock: the time counts from the last ask that found the reader had read, or its pipe
+    /// empty.
     public mutating func egressUnread(_ slot: Int, unread: Int, now: UInt64) {
         guard egress[slot].open else { return }
         if egress[slot].progressPending {
@@ -86,7 +97,9 @@ extension RouterCore {
         }
         acknowledge(slot, unread: unread)
         let consumed = egress[slot].bytes - UInt64(min(max(0, unread), Int(clamping: egress[slot].bytes)))
-        if consumed > egress[slot].consumed || (unread == 0 && egress[slot].queue.unwrittenBytes == 0) {
+        // A pipe that holds nothing is not held up by its reader, whatever waits to be written: the shell does
+        // not ask an idle pipe, so the first ask after frames arrived must not find the reader late.
+        if consumed > egress[slot].consumed || unread == 0 {
             if consumed > egress[slot].consumed { egress[slot].flushBlocked = false }
             egress[slot].consumed = consumed
             egress[slot].lastProgress = now

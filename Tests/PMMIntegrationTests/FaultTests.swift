@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import PMMCore
 import PMMRouter
+import PMMSystem
 import PMMWire
 import Testing
 
@@ -294,6 +295,36 @@ struct FaultTests {
         try waitFor("every frame", timeout: 30) { Set(h.exactReceived(["worker-0", "worker-1"])).count == 20_000 }
         try waitFor("worker-0 back in service") { h.status?.egress.first { $0.instance == "worker-0" }?.healthy == true }
         account("slow consumer (stopped, then resumed)", sent: 20_000, received: h.exactReceived(["worker-0", "worker-1"]))
+    }
+
+    /// A consumer stopped while its pipe fills: the router waits for it to read instead of spinning. The pipe is
+    /// full by the router's count (pages, not bytes: a 3000-byte frame written alone takes a page of its own)
+    /// before it is full by the kernel's, which then still reports it writable; the router must not take that
+    /// as room, over and over, until the stall timeout. Frames up to PIPE_BUF then go one by one until the
+    /// kernel refuses one (the pipe is full: EPOLLOUT waits); larger ones wait for the reader, looked at by the
+    /// loop's timeout.
+    @Test(arguments: [3000, 7000])
+    func stoppedConsumer_withItsPipeFullByTheRoutersCount_costsTheRouterNoCPU(payload: Int) throws {
+        let h = try MeshHarness(faultMesh(delivery: "at-most-once", replicas: 1))
+        try h.startRouter(["--stall-timeout", "60"])
+        let consumer = try h.startExactConsumer("worker-0")
+        defer { kill(consumer.processIdentifier, SIGCONT); kill(consumer.processIdentifier, SIGKILL) }
+        try h.waitForHealthy(["worker-0"])
+        kill(consumer.processIdentifier, SIGSTOP)
+        // One frame per write, as paced traffic comes: each takes a page of the 64 KiB pipe.
+        for _ in 0..<40 {
+            try h.send("--service", "api", "--data-type", "events", "--payload", String(repeating: "p", count: payload), "--count", "1")
+        }
+        try waitFor("frames queued behind the full pipe") { (h.status?.egress.first?.queued ?? 0) > 0 }
+        let router = try #require(h.router).processIdentifier
+        let before = ProcessTable.cpuSeconds(of: router)
+        Thread.sleep(forTimeInterval: 2)
+        let used = ProcessTable.cpuSeconds(of: router) - before
+        print("FIGURES stopped consumer, pipe full by the router's count, \(payload) B frames: router used \(String(format: "%.2f", used)) CPU s in 2 s")
+        #expect(used < 0.2, "the router used \(used) CPU seconds in 2 s waiting for a stopped consumer")
+        kill(consumer.processIdentifier, SIGCONT)
+        // (Each `pmm send` numbers its frames from 1: 40 frames numbered 1.)
+        try waitFor("every frame") { h.exactReceived(["worker-0"]).count == 40 }
     }
 
     @Test func pipeDeletedUnderTheRouter_trafficMoves_andApplyRestoresIt() throws {

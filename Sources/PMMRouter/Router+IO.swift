@@ -198,27 +198,30 @@ extension Router {
     ///
     /// The pipe is asked what it holds (FIONREAD) only when the bound kept since the last ask does not leave
     /// room for everything queued; the core then also learns the consumer's progress. When not one whole frame
-    /// fits by that count, a frame of at most PIPE_BUF bytes is written alone: the kernel takes it whole or
+    /// fits by that count, whole frames go PIPE_BUF bytes at a time: the kernel takes such a write whole or
     /// refuses it (EAGAIN), and a refusal means the pipe is full, which EPOLLOUT reports the end of.
     func flush(_ slot: Int) {
         let id = core.egress[slot].id
         guard let held = egressFDs[id] else { return }
         defer { if !core.hasUnwritten(slot) { armEgress(id, false) } }
         var occupancy = held.occupancy
+        // Set once not one whole frame fits by the count: from then on, PIPE_BUF at a time until EAGAIN.
+        var countFull = false
         while core.hasUnwritten(slot) {
-            if occupancy.mustAsk(toWrite: core.egress[slot].queue.unwrittenBytes) {
+            if !countFull && occupancy.mustAsk(toWrite: core.egress[slot].queue.unwrittenBytes) {
                 askEgress(slot, id: id, fd: held.fd, now: monotonicNanos())
                 guard let asked = egressFDs[id]?.occupancy, core.hasUnwritten(slot) else { break }
                 occupancy = asked
             }
-            var n = inPlace {
+            var n = countFull ? 0 : inPlace {
                 $0.withUnwritten(slot, room: occupancy.room, pipeEmpty: occupancy.bound == 0) { bytes -> Int in
                     bytes.isEmpty ? 0 : write(held.fd.rawValue, bytes.baseAddress, bytes.count)
                 }
             }
             if n == 0 {
+                countFull = true
                 n = inPlace {
-                    $0.withNextFrame(slot, atMost: Self.atomicPipeWrite) { bytes -> Int in
+                    $0.withNextFrames(slot, atMost: Self.atomicPipeWrite) { bytes -> Int in
                         bytes.isEmpty ? 0 : write(held.fd.rawValue, bytes.baseAddress, bytes.count)
                     }
                 }

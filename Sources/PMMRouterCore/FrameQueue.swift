@@ -329,12 +329,17 @@ public struct FrameQueue: Sendable {
         return total
     }
 
-    /// The size of the next frame to write when nothing of it is written yet and it is at most `limit` bytes;
-    /// else 0.
-    public func nextFrameSize(atMost limit: Int) -> Int {
+    /// The bytes of the next whole frames to write, none of them started, as many as fit in `limit` bytes and
+    /// lie in one segment (0 when the next frame has started or is larger).
+    public func nextFramesSize(atMost limit: Int) -> Int {
         guard firstUnwritten < starts.count, starts[firstUnwritten] == written else { return 0 }
-        let size = end(of: firstUnwritten) - written
-        return size <= limit ? size : 0
+        let segmentEnd: Int = {
+            let index = segment(containing: written)
+            return bases[index] + segments[index].count
+        }()
+        var index = firstUnwritten
+        while index < starts.count && end(of: index) <= min(written + limit, segmentEnd) { index += 1 }
+        return index == firstUnwritten ? 0 : end(of: index - 1) - written
     }
 
     /// Calls `body` with the unwritten bytes of the segment being written: whole frames (and the rest of a

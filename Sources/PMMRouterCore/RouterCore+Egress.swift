@@ -57,12 +57,12 @@ extension RouterCore {
         return try egress[slot].queue.withUnwritten { try body(UnsafeRawBufferPointer(rebasing: $0[0..<min(count, $0.count)])) }
     }
 
-    /// Calls `body` with egress `slot`'s next frame alone when nothing of it is written yet and it is at most
-    /// `limit` bytes, else with no bytes. With `limit` PIPE_BUF, the kernel takes such a write whole or not at
-    /// all, whatever the pipe holds: the way to write when the shell's count of the pipe's room is too
+    /// Calls `body` with egress `slot`'s next whole frames, none of them started, as many as fit in `limit`
+    /// bytes (none when the next frame is larger). With `limit` PIPE_BUF, the kernel takes such a write whole
+    /// or not at all, whatever the pipe holds: the way to write when the shell's count of the pipe's room is too
     /// cautious to say.
-    public func withNextFrame<R>(_ slot: Int, atMost limit: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        let size = egress[slot].queue.nextFrameSize(atMost: limit)
+    public func withNextFrames<R>(_ slot: Int, atMost limit: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        let size = egress[slot].queue.nextFramesSize(atMost: limit)
         return try egress[slot].queue.withUnwritten { try body(UnsafeRawBufferPointer(rebasing: $0[0..<min(size, $0.count)])) }
     }
 

@@ -300,9 +300,9 @@ struct FaultTests {
     /// A consumer stopped while its pipe fills: the router waits for it to read instead of spinning. The pipe is
     /// full by the router's count (pages, not bytes: a 3000-byte frame written alone takes a page of its own)
     /// before it is full by the kernel's, which then still reports it writable; the router must not take that
-    /// as room, over and over, until the stall timeout. Frames up to PIPE_BUF then go one by one until the
-    /// kernel refuses one (the pipe is full: EPOLLOUT waits); larger ones wait for the reader, looked at by the
-    /// loop's timeout.
+    /// as room, over and over, until the stall timeout. Frames then go PIPE_BUF bytes at a time until the kernel
+    /// refuses a write (the pipe is full: EPOLLOUT waits); a frame larger than PIPE_BUF waits for the reader,
+    /// looked at by the loop's timeout.
     @Test(arguments: [3000, 7000])
     func stoppedConsumer_withItsPipeFullByTheRoutersCount_costsTheRouterNoCPU(payload: Int) throws {
         let h = try MeshHarness(faultMesh(delivery: "at-most-once", replicas: 1))

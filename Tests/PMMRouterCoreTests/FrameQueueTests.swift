@@ -168,4 +168,24 @@ import Testing
         Self.frame(0, size: 4000).withUnsafeBytes { unpooled.append($0, meta: FrameMeta(route: 0, version: 0, tag: nil)) }
         #expect(unpooled.heldFrameBytes == Self.frame(0, size: 4000))
     }
+
+    /// What a router writes when its count of the pipe's room is too cautious: the next whole frames, none
+    /// started, up to PIPE_BUF bytes (a write the kernel takes whole or refuses).
+    @Test func nextFramesSize_takesWholeUnstartedFramesUpToTheLimit() {
+        var queue = FrameQueue(pool: BufferPool(limit: 0))
+        let sizes = [100, 2000, 3000, 5000, 10]
+        let frames = sizes.enumerated().map { Self.frame($0.offset, size: $0.element) }
+        for frame in frames { frame.withUnsafeBytes { queue.append($0, meta: FrameMeta(route: 0, version: 0, tag: nil)) } }
+        #expect(queue.nextFramesSize(atMost: 4096) == frames[0].count + frames[1].count)
+        #expect(queue.nextFramesSize(atMost: 50) == 0, "the next frame is larger than the limit")
+        _ = queue.wrote(frames[0].count + frames[1].count)
+        #expect(queue.nextFramesSize(atMost: 4096) == frames[2].count)
+        _ = queue.wrote(10)
+        #expect(queue.nextFramesSize(atMost: 4096) == 0, "the next frame has started")
+        _ = queue.wrote(frames[2].count - 10)
+        #expect(queue.nextFramesSize(atMost: 4096) == 0, "a 5000-byte frame does not fit PIPE_BUF")
+        _ = queue.wrote(frames[3].count)
+        #expect(queue.nextFramesSize(atMost: 4096) == frames[4].count)
+    }
 }
+

@@ -180,7 +180,8 @@ let package = Package(
         .testTarget(
             name: "PMMLinkTests",
             dependencies: [
-                "PMMLink", "PMMWire", "PMMRouterCore", "link-probe", "pmm", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                "PMMLink", "PMMWire", "PMMRouterCore", "PMMSystem", "link-probe", "pmm",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             swiftSettings: upcoming),

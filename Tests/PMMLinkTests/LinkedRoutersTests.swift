@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import PMMSystem
 import Testing
 
 /// Two nodes of one mesh on 127.0.0.1 (no root, no namespaces): each its own pipe root and state directory,
@@ -129,16 +130,6 @@ func httpGet(port: Int, path: String) -> String? {
     return String(text[body.upperBound...])
 }
 
-/// User plus system CPU seconds of process `pid` so far (/proc/PID/stat).
-func cpuSeconds(of pid: Int32) -> Double {
-    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-        let close = stat.lastIndex(of: ")")
-    else { return 0 }
-    // Fields after the command: state is field 3; utime and stime are fields 14 and 15.
-    let fields = stat[stat.index(after: close)...].split(separator: " ")
-    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
-    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-}
 
 extension NamespacedProcess {
     /// A process in this test's own network namespace (none: the host's loopback).
@@ -182,10 +173,10 @@ extension NamespacedProcess {
         #expect(waitFor(seconds: 10) { mesh.unacknowledgedAtA() == 50 }, "the 50 frames never reached b\n\(mesh.logs())")
         usleep(500_000)
         let router = try #require(mesh.routers["b"]).process.processIdentifier
-        let before = cpuSeconds(of: router)
+        let before = ProcessTable.cpuSeconds(of: router)
         let start = Date()
         usleep(4_000_000)
-        let share = (cpuSeconds(of: router) - before) / Date().timeIntervalSince(start)
+        let share = (ProcessTable.cpuSeconds(of: router) - before) / Date().timeIntervalSince(start)
         print("router b with 50 frames unread by a stopped consumer: \(String(format: "%.2f", share * 100))% of a core")
         #expect(share < 0.015, "router b used \(share * 100)% of a core waiting for a stopped consumer")
         _ = tail

@@ -240,7 +240,7 @@ extension Router {
                 // looked at by the loop's timeout instead (`roomPoll`).
                 core.egressWouldBlock(slot)
                 let now = monotonicNanos()
-                let sinceRead = now &- held.readAt
+                let sinceRead = now &- (egressFDs[id]?.readAt ?? held.readAt)
                 let reading = sinceRead < Self.readingWindow
                 armEgress(id, reading)
                 if !reading { roomPoll = min(roomPoll ?? .max, sinceRead < 200_000_000 ? 1_000_000 : 50_000_000) }

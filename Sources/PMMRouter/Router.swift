@@ -84,7 +84,6 @@ public final class Router {
     var ingressFDs: [PipeID: Held] = [:]
     /// Write descriptors of egress pipes (present while a reader is there).
     var egressFDs: [PipeID: Held] = [:]
-    /// Rounds of `acknowledgeAll`, so that a pipe a flush asked for FIONREAD is not asked again in the round.
     /// Ingress pipes that need a look on every pass without an event of their own: frames buffered unrouted,
     /// spooled bytes to read back, or readiness switched off because the core does not want them read now (a
     /// rate pause, the memory limit, a blocked route): level-triggered epoll would otherwise wake at once.

@@ -207,24 +207,17 @@ extension Router {
         var occupancy = held.occupancy
         // Set once not one whole frame fits by the count: from then on, PIPE_BUF at a time until EAGAIN.
         var countFull = false
+        let send = { (bytes: UnsafeRawBufferPointer) -> Int in bytes.isEmpty ? 0 : write(held.fd.rawValue, bytes.baseAddress, bytes.count) }
         while core.hasUnwritten(slot) {
             if !countFull && occupancy.mustAsk(toWrite: core.egress[slot].queue.unwrittenBytes) {
                 askEgress(slot, id: id, fd: held.fd, now: monotonicNanos())
                 guard let asked = egressFDs[id]?.occupancy, core.hasUnwritten(slot) else { break }
                 occupancy = asked
             }
-            var n = countFull ? 0 : inPlace {
-                $0.withUnwritten(slot, room: occupancy.room, pipeEmpty: occupancy.bound == 0) { bytes -> Int in
-                    bytes.isEmpty ? 0 : write(held.fd.rawValue, bytes.baseAddress, bytes.count)
-                }
-            }
+            var n = countFull ? 0 : inPlace { $0.withUnwritten(slot, room: occupancy.room, pipeEmpty: occupancy.bound == 0, send) }
             if n == 0 {
                 countFull = true
-                n = inPlace {
-                    $0.withNextFrames(slot, atMost: Self.atomicPipeWrite) { bytes -> Int in
-                        bytes.isEmpty ? 0 : write(held.fd.rawValue, bytes.baseAddress, bytes.count)
-                    }
-                }
+                n = inPlace { $0.withNextFrames(slot, atMost: Self.atomicPipeWrite, send) }
             }
             if n > 0 {
                 occupancy.wrote(n)

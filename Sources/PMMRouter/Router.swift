@@ -576,13 +576,10 @@ public final class Router {
     }
 
     /// Asks egress `slot`'s pipe what it holds, and tells the core (what was read: progress, acknowledgements).
-    /// Returns what it holds.
-    @discardableResult
-    func askEgress(_ slot: Int, id: PipeID, fd: FileDescriptor, now: UInt64) -> Int {
+    func askEgress(_ slot: Int, id: PipeID, fd: FileDescriptor, now: UInt64) {
         let unread = unreadBytes(fd)
         if egressFDs[id]?.occupancy.asked(unread: unread, now: now) == true { egressFDs[id]?.readAt = now }
         core.egressUnread(slot, unread: unread, now: now)
-        return unread
     }
 
     /// Writes every spool's watermark; frees what is delivered.

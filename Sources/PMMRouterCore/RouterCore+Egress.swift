@@ -53,8 +53,7 @@ extension RouterCore {
     ///   - room: bytes the pipe is sure to take now (its capacity less what it holds, counted in pages).
     ///   - pipeEmpty: the pipe holds nothing.
     public func withUnwritten<R>(_ slot: Int, room: Int, pipeEmpty: Bool, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        let count = egress[slot].queue.writable(room: room, pipeEmpty: pipeEmpty)
-        return try egress[slot].queue.withUnwritten { try body(UnsafeRawBufferPointer(rebasing: $0[0..<min(count, $0.count)])) }
+        try withUnwritten(slot, first: egress[slot].queue.writable(room: room, pipeEmpty: pipeEmpty), body)
     }
 
     /// Calls `body` with egress `slot`'s next whole frames, none of them started, as many as fit in `limit`
@@ -62,8 +61,13 @@ extension RouterCore {
     /// or not at all, whatever the pipe holds: the way to write when the shell's count of the pipe's room is too
     /// cautious to say.
     public func withNextFrames<R>(_ slot: Int, atMost limit: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        let size = egress[slot].queue.nextFramesSize(atMost: limit)
-        return try egress[slot].queue.withUnwritten { try body(UnsafeRawBufferPointer(rebasing: $0[0..<min(size, $0.count)])) }
+        try withUnwritten(slot, first: egress[slot].queue.nextFramesSize(atMost: limit), body)
+    }
+
+    /// Calls `body` with the first `count` unwritten bytes of egress `slot` (fewer if the segment being written
+    /// ends first).
+    private func withUnwritten<R>(_ slot: Int, first count: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try egress[slot].queue.withUnwritten { try body(UnsafeRawBufferPointer(rebasing: $0[0..<min(count, $0.count)])) }
     }
 
     /// `count` bytes of egress `slot`'s queue were written to its pipe.

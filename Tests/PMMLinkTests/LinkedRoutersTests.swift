@@ -130,7 +130,6 @@ func httpGet(port: Int, path: String) -> String? {
     return String(text[body.upperBound...])
 }
 
-
 extension NamespacedProcess {
     /// A process in this test's own network namespace (none: the host's loopback).
     convenience init(_ arguments: [String], output: String) throws {

@@ -188,4 +188,3 @@ import Testing
         #expect(queue.nextFramesSize(atMost: 4096) == frames[4].count)
     }
 }
-

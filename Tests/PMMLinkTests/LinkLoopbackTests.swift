@@ -58,6 +58,31 @@ import Testing
         b.manager.stop()
     }
 
+    /// A rollout that raises the default window runs nodes of both builds side by side: a receiver accepts twice
+    /// its own window unacknowledged, so a sender whose window is twice the receiver's fills it and the link
+    /// stays up.
+    @Test func aSenderWithTwiceTheReceiversWindow_fillsIt_andTheLinkStaysUp() throws {
+        let window = 64 << 10
+        let b = try Node("edge-b", nodes: nodes) { $0.windowBytes = window }
+        b.autoAcknowledge = false
+        let a = try Node("edge-a", peers: ["edge-b": b.address], nodes: nodes) { $0.windowBytes = 2 * window }
+        #expect(pump([a, b]) { a.connected })
+        let frames = (0..<10_000).map { LinkFrame(target: "t", bytes: numberedFrame($0)) }
+        var taken = 0
+        pump([a, b], seconds: 2) {
+            taken += a.manager.send(to: "edge-b", frames: frames[taken...]).accepted
+            return false
+        }
+        #expect(taken == 2 * window / frames[0].bytes.count)
+        #expect(b.received.count == taken)
+        #expect(a.connected && a.connectedCount == 1 && b.refusals.isEmpty, "\(a.events)")
+        b.acknowledgeAll()
+        #expect(pump([a, b]) { a.manager.status()[0].unacknowledgedBytes == 0 })
+        #expect(a.connectedCount == 1)
+        a.manager.stop()
+        b.manager.stop()
+    }
+
     @Test func send_whenTheLinkIsDown_takesNothing() throws {
         let a = try Node("edge-a", peers: ["edge-b": LinkAddress(host: "127.0.0.1", port: 1)], nodes: nodes)
         #expect(a.manager.send(to: "edge-b", frames: [LinkFrame(target: "t", bytes: numberedFrame(0))]).accepted == 0)

@@ -87,9 +87,9 @@ public struct RouterCore: Sendable {
     public internal(set) var stopping = false
 
     /// Bytes a queue for an instance on another node may hold beyond what the link carries (a quarter of the
-    /// link's default window). Enough that the link never waits for the router to refill it (`pmm bench --link`, paired:
-    /// 8, 2 and 1 MiB carried the same), and every byte more is latency under load and memory (4 KB frames across,
-    /// unpaced: p50 9 ms at 8 MiB, 3.5 ms at 2; the sending router's peak RSS 6 MiB lower).
+    /// link's default window). Enough that the link never waits for the router to refill it (`pmm bench
+    /// --link`, paired: 8, 2 and 1 MiB carried the same), and every byte more is latency under load and memory
+    /// (4 KB frames across, unpaced: p50 9 ms at 8 MiB, 3.5 ms at 2; the sending router's peak RSS 6 MiB lower).
     public static let remoteBacklogBytes = 2 << 20
 
     /// What the shell must do, in order. The shell empties it with `takeActions()`.

@@ -184,8 +184,11 @@ extension Router {
 
     // MARK: Egress
 
-    /// Writes every egress pipe that has frames to write (only instances in the core's `activeEgress`).
+    /// Writes every egress pipe that has frames to write (only instances in the core's `activeEgress`). Every
+    /// pipe that waits for room is flushed here again, so `roomPoll` starts afresh: what an earlier flush set
+    /// for a pipe that has room by now must not keep the loop's timeout short.
     func flushAll() {
+        roomPoll = nil
         var index = 0
         while index < core.activeEgress.count {
             let slot = core.activeEgress[index]

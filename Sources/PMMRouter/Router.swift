@@ -98,8 +98,8 @@ public final class Router {
     /// `sweepInterval` at the latest; not on every pass.
     var nextTimer: UInt64 = 0
     var nextSweep: UInt64 = 0
-    /// Set by this pass's flushes: how soon an egress pipe that waits for room by the router's count, with a
-    /// reader not seen reading (so without EPOLLOUT), is looked at again.
+    /// Set by the flushes since the last `flushAll` began: how soon an egress pipe that waits for room by the
+    /// router's count, with a reader not seen reading (so without EPOLLOUT), is looked at again.
     var roomPoll: UInt64?
     var sweptEpoch: UInt64 = .max
     /// Spool files by ingress pipe name.
@@ -344,7 +344,6 @@ public final class Router {
             // Links before the pipes: what this pass routed to other nodes goes out now, and what came from them
             // is written to its pipes in this pass's flush, not the next one's.
             pumpLinks(now: monotonicNanos())
-            roomPoll = nil
             flushAll()
             housekeeping(now: monotonicNanos())
             if let seat, seat.index == 0, seat.board.version != mergedVersion { writeMergedStatus(force: false) }
@@ -656,7 +655,6 @@ public final class Router {
         let settle = monotonicNanos() + 1_000_000_000
         while monotonicNanos() < deadline {
             pumpLinks(now: monotonicNanos())
-            roomPoll = nil
             flushAll()
             housekeeping(now: monotonicNanos())
             if core.waitingFrames == 0 && (core.heldFrames == 0 || core.spools.isEmpty || monotonicNanos() > settle) { break }

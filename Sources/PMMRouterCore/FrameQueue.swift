@@ -68,6 +68,9 @@ public struct FrameQueue: Sendable {
     private var firstUnwritten = 0
     public private(set) var written = 0
     public private(set) var acknowledged = 0
+    /// Counts the changes that move frames not yet written (drops, frames taken back, the queue emptied and its
+    /// offsets started again): an offset into the queue noted before is still good while this is unchanged.
+    public private(set) var removals = 0
 
     public init(pool: BufferPool = FrameQueue.sharedPool) {
         self.pool = pool
@@ -80,6 +83,8 @@ public struct FrameQueue: Sendable {
     public var inPipe: Int { firstUnwritten - head }
     /// Bytes not yet written.
     public var unwrittenBytes: Int { end - written }
+    /// The offset the next frame appended will start at.
+    public var endOffset: Int { end }
     /// Bytes the router holds for this queue: every frame not yet acknowledged.
     public var heldBytes: Int { head < starts.count ? end - starts[head] : 0 }
     /// Bytes of the queue's live segments in use: the frames it holds and, before them in the first segment,
@@ -193,6 +198,7 @@ public struct FrameQueue: Sendable {
 
     /// Everything was read: offsets start again from 0, and the segments go back to the pool.
     private mutating func empty() {
+        removals += 1
         for index in firstSegment..<segments.count { Self.recycle(&segments[index], to: pool) }
         segments.removeAll(keepingCapacity: true)
         bases.removeAll(keepingCapacity: true)
@@ -261,6 +267,7 @@ public struct FrameQueue: Sendable {
     /// started.
     public mutating func dropOldestUnwritten() -> FrameMeta? {
         guard let index = firstUnstarted else { return nil }
+        removals += 1
         let start = starts[index]
         let length = end(of: index) - start
         let meta = metas[index]
@@ -288,6 +295,7 @@ public struct FrameQueue: Sendable {
     /// written stays, so the stream on the pipe stays whole.
     public mutating func takeUnstarted() -> [DetachedFrame] {
         guard let index = firstUnstarted else { return [] }
+        removals += 1
         var frames: [DetachedFrame] = []
         frames.reserveCapacity(starts.count - index)
         for i in index..<starts.count {
@@ -361,7 +369,9 @@ public struct FrameQueue: Sendable {
             frames.append(DetachedFrame(bytes: withBytes(starts[index]..<end(of: index)) { Array($0) }, meta: metas[index]))
         }
         for index in firstSegment..<segments.count { Self.recycle(&segments[index], to: pool) }
+        let removals = self.removals
         self = FrameQueue(pool: pool)
+        self.removals = removals + 1
         return frames
     }
 

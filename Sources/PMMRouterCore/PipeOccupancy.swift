@@ -35,6 +35,8 @@ public struct PipeOccupancy: Sendable, Equatable {
     /// `written`'s terms) and the pages it may take.
     private var writeEnds: [Int] = []
     private var writePages: [Int] = []
+    /// Whether each of those was moved in with splice(2): its buffers are the source pipe's, not packed pages.
+    private var writeSpliced: [Bool] = []
     private var firstWrite = 0
     /// The pages of `writePages[(firstWrite + 1)...]`.
     private var laterPages = 0
@@ -55,7 +57,9 @@ public struct PipeOccupancy: Sendable, Equatable {
         if ours > 0 && firstWrite < writeEnds.count {
             // The oldest write still there may have been read in part: what is left of it may straddle a page.
             let left = writeEnds[firstWrite] - (written - ours)
-            used += (left + Self.page - 1) / Self.page + 1 + laterPages
+            // Spliced buffers need not be full pages: what is left of them may take every slot they took.
+            let oldest = writeSpliced[firstWrite] ? writePages[firstWrite] : (left + Self.page - 1) / Self.page + 1
+            used += oldest + laterPages
         }
         return min(used, pages)
     }
@@ -84,14 +88,18 @@ public struct PipeOccupancy: Sendable, Equatable {
         return progressed
     }
 
-    /// `count` bytes were written to the pipe, in one write.
-    public mutating func wrote(_ count: Int) {
+    /// `count` bytes were written to the pipe, in one write, or moved into it with splice(2) taking at most
+    /// `pages` slots (by default, a write's: its length in pages rounded up).
+    public mutating func wrote(_ count: Int, pages: Int? = nil) {
         guard count > 0, let bound else { return }
         self.bound = bound + count
         written += count
-        if firstWrite < writeEnds.count { laterPages += (count + Self.page - 1) / Self.page }
+        let spliced = pages != nil
+        let pages = pages ?? (count + Self.page - 1) / Self.page
+        if firstWrite < writeEnds.count { laterPages += pages }
         writeEnds.append(written)
-        writePages.append((count + Self.page - 1) / Self.page)
+        writePages.append(pages)
+        writeSpliced.append(spliced)
     }
 
     /// Drops the writes read whole (by the bound).
@@ -105,11 +113,13 @@ public struct PipeOccupancy: Sendable, Equatable {
         if firstWrite == writeEnds.count {
             writeEnds.removeAll(keepingCapacity: true)
             writePages.removeAll(keepingCapacity: true)
+            writeSpliced.removeAll(keepingCapacity: true)
             firstWrite = 0
             laterPages = 0
         } else if firstWrite >= 64 && firstWrite * 2 >= writeEnds.count {
             writeEnds.removeFirst(firstWrite)
             writePages.removeFirst(firstWrite)
+            writeSpliced.removeFirst(firstWrite)
             firstWrite = 0
         }
     }

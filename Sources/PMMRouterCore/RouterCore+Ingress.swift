@@ -184,6 +184,7 @@ extension RouterCore {
                     }
                 }
                 ingress[slot].resetBackoff = 0
+                notePeekedFrame(frame.range)
                 buffer.withBytes(frame.range) { bytes in accept(bytes, frame: frame, slot: slot, tag: tag, now: now) }
                 if needsFlush {
                     // A queue is at its buffer and its pipe may take more: the shell writes, then parsing goes on.

@@ -69,6 +69,7 @@ extension RouterCore {
                 break  // reading stops while the queue is full (routeBlocked); this frame was already read
             }
         }
+        logPeekedFrame(to: slot)
         withEgressQueue(slot) { $0.append(frame, meta: meta) }
     }
 

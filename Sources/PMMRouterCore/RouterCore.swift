@@ -20,6 +20,9 @@ public struct RouterCoreOptions: Sendable {
     public var drainGrace: UInt64 = 5_000_000_000
     /// Probing a consumer instance that has no reader backs off from the first to the second (ns).
     public var probeBackoff: (first: UInt64, limit: UInt64) = (50_000_000, 1_000_000_000)
+    /// A run of frames from a peeked ingress pipe to one consumer shorter than this is written from its queue
+    /// rather than moved between the pipes with splice(2) (each splice is a system call of its own).
+    public var minimumSplice: Int = 64 << 10
     /// Breaks the core on purpose, for the simulation's proof that it catches such breaks. Never set outside
     /// the tests.
     package var sabotage: Sabotage?
@@ -43,6 +46,8 @@ package enum Sabotage: String, Sendable, CaseIterable {
     case forgetRerouteOnLinkDrop
     /// A peer's acknowledgements are ignored: frames sent over a link are never done.
     case ignoreLinkAcknowledgements
+    /// A peeked run may move into its consumer's pipe even when frames queued before it are not written yet.
+    case spliceOutOfTurn
 
     /// Breaks only a multi-node mesh can show (CrossNodeTests catches them, not the one-host simulation).
     package var needsLinks: Bool { self == .forgetRerouteOnLinkDrop || self == .ignoreLinkAcknowledgements }
@@ -114,6 +119,11 @@ public struct RouterCore: Sendable {
     /// The local instance the last frame from a link was written for, resolved: the frames of a batch mostly
     /// name one target, so they skip the lookups by name. Valid while `epoch` is.
     var linkTarget: LinkTarget?
+    /// During `ingressPeeked`: where the peeked bytes start in the ingress buffer, the frame being routed, and
+    /// where each frame that went to a local queue was in the pipe.
+    var peekBase: Int?
+    var peekFrame: Range<Int>?
+    var peekLog: [PeekEntry] = []
 
     struct LinkTarget {
         var target: String

@@ -70,6 +70,11 @@ struct SimWorld {
     /// Consumer opens so far (the shell hears three of every four, as through inotify).
     var opensSeen = 0
     var crashes = 0
+    /// Draws whether each read of an at-most-once pipe is a peek instead (`Router.peekIngress`): tee, route, then
+    /// splice runs into consumers' pipes and drop the rest. nil: never (the regression seeds' first replay).
+    var peekRandom: SimRandom?
+    /// Bytes moved by peeks' splices.
+    var splicedBytes = 0
 
     // MARK: Services
 
@@ -325,6 +330,10 @@ struct SimWorld {
             perform()
             return false
         }
+        if peekRandom?.chance(50) == true && core.canPeek(slot) {
+            peekOnce(slot, fifo)
+            return true
+        }
         let bytes = fifo.bytes
         let n = core.withReadSpace(slot) { raw in
             let count = min(raw.count, bytes.count)
@@ -339,6 +348,38 @@ struct SimWorld {
         if traceActions { print("AFTER pending \(core.ingress[slot].pendingBytes) ids \(Self.frameIDs(in: core.ingress[slot].debugPendingBytes)) held \(core.heldBytes)") }
         perform()
         return true
+    }
+
+    /// One peek of ingress `slot`, as `Router.peekIngress` does: copy the head without taking it, let the core
+    /// route, then take exactly what the plan says, moving each run into its consumer's pipe when the core
+    /// says it may go and the pipe takes it whole.
+    mutating func peekOnce(_ slot: Int, _ fifo: FIFO) {
+        let bytes = fifo.bytes
+        let n = core.withReadSpace(slot) { raw in
+            let count = min(raw.count, bytes.count)
+            bytes.withUnsafeBytes { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+            return count
+        }
+        let plan = core.ingressPeeked(slot, count: n, now: now)
+        let taken = plan.steps.reduce(0) { $0 + $1.count }
+        if taken + plan.left != n { violations.append("\(fifo.name): a peek of \(n) bytes planned \(taken) taken and \(plan.left) left") }
+        var refused: Set<Int> = []
+        for step in plan.steps {
+            var moved = false
+            if let egress = step.egress, !refused.contains(egress) {
+                if core.spliceable(step), let out = egressFDs[core.egress[egress].id], out.readers > 0, out.room >= step.count {
+                    out.bytes += fifo.bytes[0..<step.count]
+                    core.wrote(egress, count: step.count)
+                    splicedBytes += step.count
+                    moved = true
+                } else {
+                    refused.insert(egress)
+                }
+            }
+            if traceActions { print("PEEK \(core.ingress[slot].name) step \(step) moved \(moved) ids \(Self.frameIDs(in: Array(fifo.bytes.prefix(step.count))))") }
+            fifo.bytes.removeFirst(min(step.count, fifo.bytes.count))
+        }
+        perform()
     }
 
     /// Writes the instances the core lists as active, as the shell does (never a scan of every instance).

@@ -115,10 +115,12 @@ struct Simulation {
         options.spoolLimit = 256 << 10
         options.stallTimeout = 2_000_000_000
         options.drainGrace = 3_000_000_000
+        // Any run of frames a peek finds may be spliced (the sim's frames are small).
+        options.minimumSplice = 1
         return options
     }
 
-    init(seed: UInt64, sabotage: Sabotage? = nil, leases: Bool = true) {
+    init(seed: UInt64, sabotage: Sabotage? = nil, leases: Bool = true, peeks: Bool = true) {
         self.seed = seed
         random = SimRandom(seed: seed)
         mesh = SimMesh()
@@ -139,6 +141,8 @@ struct Simulation {
         var options = Self.options
         options.sabotage = sabotage
         world = SimWorld(spec: mesh.spec, options: options)
+        // Its own stream too, so the other events keep their schedule.
+        if peeks { world.peekRandom = SimRandom(seed: seed ^ 0x7ee_5e11_ce00) }
     }
 
     /// Runs `count` random steps, then lets everything settle; returns the violations found.

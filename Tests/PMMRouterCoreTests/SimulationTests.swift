@@ -1,5 +1,6 @@
 import Foundation
 import PMMCore
+import Synchronization
 import PMMRouterCore
 import Testing
 
@@ -25,9 +26,10 @@ let regressionSeeds: [UInt64] = [
 
 @Suite struct SimulationTests {
     /// Runs one seed; on failure, records the seed, the violations and the last steps.
-    static func check(_ seed: UInt64, steps: Int = 300, leases: Bool = true) -> Bool {
-        var simulation = Simulation(seed: seed, leases: leases)
+    static func check(_ seed: UInt64, steps: Int = 300, leases: Bool = true, peeks: Bool = true) -> Bool {
+        var simulation = Simulation(seed: seed, leases: leases, peeks: peeks)
         let violations = simulation.run(steps: steps)
+        splicedBytes.add(simulation.world.splicedBytes, ordering: .relaxed)
         guard violations.isEmpty else {
             Issue.record(
                 """
@@ -44,6 +46,9 @@ let regressionSeeds: [UInt64] = [
         }
         return true
     }
+
+    /// Bytes the schedules' peeks moved with (simulated) splices: the path is taken, not only compiled.
+    static let splicedBytes = Atomic<Int>(0)
 
     /// The schedules are split into shares that run in parallel (one per core is enough).
     static let shares = 8
@@ -68,12 +73,14 @@ let regressionSeeds: [UInt64] = [
                 if failures >= 2 { break }
             }
         }
-        print("SIMULATION share \(share): \(ran) schedules of 300 steps, \(failures) failed, \(started.duration(to: .now))")
+        print(
+            "SIMULATION share \(share): \(ran) schedules of 300 steps, \(failures) failed, \(started.duration(to: .now)); spliced so far \(Self.splicedBytes.load(ordering: .relaxed)) bytes"
+        )
     }
 
-    /// Each as it first failed (no lease changes), then with the leases of `randomSchedules`.
+    /// Each as it first failed (no lease changes, no peeks), then with the leases and peeks of `randomSchedules`.
     @Test(arguments: regressionSeeds) func regressionSeed_staysFixed(_ seed: UInt64) {
-        _ = Self.check(seed, leases: false)
+        _ = Self.check(seed, leases: false, peeks: false)
         _ = Self.check(seed)
     }
 

@@ -69,11 +69,17 @@ extension Router {
                 }
             } else {
                 guard let held else { return }
+                if wantsToPeek(slot, held), let peekPipe {
+                    if peekIngress(slot, id: id, fd: held.fd.rawValue, through: peekPipe, now: now) { continue }
+                    return
+                }
                 var asked = 0
                 n = core.withReadSpace(slot) { raw in
                     asked = raw.count
                     return read(held.fd.rawValue, raw.baseAddress, raw.count)
                 }
+                if held.peekPause > 0 { ingressFDs[id]?.peekPause -= 1 }
+                ingressFDs[id]?.busy = n >= core.options.minimumSplice
                 if n == 0 {
                     core.ingressEOF(slot, now: now)
                     performActions()
@@ -101,6 +107,117 @@ extension Router {
             logger.error("read failed", metadata: ["pipe": "\(core.ingress[slot].name)", "errno": "\(error)"])
             return
         }
+    }
+
+    /// Whether to peek ingress `slot` rather than read it: an at-most-once pipe, busy (`auto`: its last read or
+    /// peek found a run's worth of bytes) or any (`always`).
+    func wantsToPeek(_ slot: Int, _ held: Held) -> Bool {
+        switch options.splice {
+        case .never: return false
+        case .auto: return held.busy && held.peekPause == 0 && core.canPeek(slot)
+        case .always: return held.peekPause == 0 && core.canPeek(slot)
+        }
+    }
+
+    /// Looks at the head of ingress `slot`'s pipe without taking it (tee(2) through `pipe`), lets the core
+    /// route the frames it completes, then empties the pipe's head in the core's order: a run of frames that
+    /// went to one consumer back to back moves into that consumer's pipe with splice(2), when it is the next
+    /// thing its queue must write and the pipe surely takes it whole; every other byte is dropped from the
+    /// ingress pipe (splice into /dev/null), its frames already in their queues (written from there), dead-
+    /// lettered, or buffered. The frames moved stay in their queue too, as written: if the consumer dies
+    /// before reading them, they go to another instance, as after a write.
+    ///
+    /// Against a read and a write, this saves the write's copy of every byte moved (about a quarter of the
+    /// router's time with 4 KB frames), and a router killed between the look and the splice loses nothing:
+    /// the bytes are still in the ingress pipe. Returns whether to go on reading.
+    func peekIngress(_ slot: Int, id: PipeID, fd: Int32, through pipe: PeekPipe, now: UInt64) -> Bool {
+        let n = core.withReadSpace(slot) { raw in pipe.look(at: fd, into: raw) }
+        if n == 0 {
+            core.ingressEOF(slot, now: now)
+            performActions()
+            return false
+        }
+        if n < 0 {
+            let error = errno
+            if error == EINTR { return true }
+            if error == EAGAIN || error == EWOULDBLOCK {
+                ingressFDs[id]?.busy = false
+                core.ingressEmpty(slot, now: now)
+                performActions()
+                return false
+            }
+            // tee(2) refused the pipe: read it instead from now on.
+            logger.warning("cannot peek an ingress pipe; reading it instead", metadata: ["pipe": "\(core.ingress[slot].name)", "errno": "\(error)"])
+            ingressFDs[id]?.peekPause = .max
+            return true
+        }
+        let plan = core.ingressPeeked(slot, count: n, now: now)
+        var moved = 0
+        var refused: [Int] = []
+        // Whether a run could have moved, if not now: a long enough run to a pipe large enough for one.
+        var couldMove = false
+        for step in plan.steps {
+            var done = 0
+            if let egress = step.egress, !refused.contains(egress) {
+                if let spliced = spliceRun(step, from: fd, slots: pipe.slots) {
+                    done = spliced
+                    couldMove = true
+                }
+                moved += done
+                if done < step.count { refused.append(egress) }  // its later runs would pass frames still queued
+            }
+            if done < step.count && dropFromPipe(fd, count: step.count - done) < step.count - done {
+                // The pipe holds what was looked at until the router takes it: only an error gets here.
+                logger.error("cannot take peeked bytes from an ingress pipe", metadata: ["pipe": "\(core.ingress[slot].name)", "errno": "\(errno)"])
+                break
+            }
+        }
+        shellCounters.splicedBytes += UInt64(moved)
+        ingressFDs[id]?.busy = n >= core.options.minimumSplice
+        if options.splice == .auto && !couldMove {
+            // No run long enough (frames spread over consumers), or only to pipes too small for one: for a
+            // while, peeking only adds system calls. (A run refused because its queue holds older frames or its
+            // pipe is full keeps the pipe peeked: going back to reading then left a backlog in the queues that
+            // kept every later run from moving, 0.70× the relay's throughput at 4 KB against 0.88×.)
+            ingressFDs[id]?.peekPause = Self.readsAfterIdlePeek
+        }
+        performActions()
+        return true
+    }
+
+    /// After a peek in which no run could move, this many reads come before the next peek.
+    static let readsAfterIdlePeek = 16
+
+    /// Moves `step`'s run from ingress `source` into its egress pipe with splice(2), if it is the next thing its
+    /// queue must write and the pipe surely takes it whole: the run spans at most `slots` of the ingress pipe's
+    /// buffers (what one look covers), each taking a slot, so the pipe must have that many pages free by the
+    /// count kept since it was last asked. Returns the bytes moved (what it did not move is written from the
+    /// queue), or nil when the pipe is too small ever to take such a run.
+    func spliceRun(_ step: RouterCore.PeekStep, from source: Int32, slots: Int) -> Int? {
+        guard let slot = step.egress, core.spliceable(step) else { return 0 }
+        let id = core.egress[slot].id
+        guard let held = egressFDs[id] else { return 0 }
+        let pages = min(slots, step.count)
+        guard pages <= held.occupancy.pages else { return nil }
+        var occupancy = held.occupancy
+        if occupancy.mustAsk(toWrite: pages * 4096) {
+            askEgress(slot, id: id, fd: held.fd, now: monotonicNanos())
+            guard let asked = egressFDs[id]?.occupancy, core.spliceable(step) else { return 0 }
+            occupancy = asked
+        }
+        guard occupancy.room >= pages * 4096 else { return 0 }
+        let n = c_splice(source, nil, held.fd.rawValue, nil, step.count, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        // Refused (EAGAIN, or EPIPE: the reader left, which the next write from the queue reports).
+        guard n > 0 else { return 0 }
+        occupancy.wrote(n, pages: pages)
+        egressFDs[id]?.occupancy = occupancy
+        core.wrote(slot, count: n)
+        if n < step.count {
+            logger.warning(
+                "a splice moved part of a run; the rest is written from the queue",
+                metadata: ["pipe": "\(core.egress[slot].name)", "moved": "\(n)", "run": "\(step.count)"])
+        }
+        return n
     }
 
     func openIngress(_ id: PipeID, name: String, pipeSize: Int?) {

@@ -37,6 +37,8 @@ public struct RouterOptions: Sendable {
     public var metricsListen: (host: String, port: UInt16)?
     /// Router workers (threads), each routing a share of the data types (`RouterGroup`); nil: one per core.
     public var workers: Int?
+    /// When a busy at-most-once ingress pipe is peeked and its frames moved with splice(2) (`peekIngress`).
+    public var splice: SpliceMode = .auto
 
     public init() {}
 
@@ -48,8 +50,21 @@ public struct RouterOptions: Sendable {
         core.memoryLimit = memoryLimit
         core.spoolLimit = spoolLimit
         core.drainGrace = UInt64(max(drainTimeout, 1) * 1e9)
+        // `always` moves every run it can, however short, so that small test traffic takes the splice path.
+        if splice == .always { core.minimumSplice = 1 }
         return core
     }
+}
+
+/// When the router moves frames from an ingress pipe into a consumer's pipe with splice(2) instead of writing
+/// them from its queue.
+public enum SpliceMode: String, Sendable, CaseIterable {
+    /// Ingress pipes that are busy (the last read or peek found a run's worth, 64 KiB or more).
+    case auto
+    /// Every read of an at-most-once ingress pipe (for tests: small traffic takes the same path).
+    case always
+    /// Never: read(2) and write(2) only.
+    case never
 }
 
 /// Why the router stopped.
@@ -116,6 +131,8 @@ public final class Router {
     /// The core's `spoolRevision` at the last checkpoint: idle spools are not looked at.
     var checkpointedSpools: UInt64 = .max
     var shellCounters = ShellCounters()
+    /// The private pipe through which busy ingress pipes are peeked (nil: none could be made; they are read).
+    lazy var peekPipe: PeekPipe? = options.splice == .never ? nil : PeekPipe(capacity: options.readSize)
     var rates: [PipeID: (frames: UInt64, rate: Double)] = [:]
     var linkRates: [String: (frames: UInt64, rate: Double)] = [:]
     /// Nanoseconds to add to the monotonic clock for the wall clock (for status timestamps).
@@ -154,6 +171,12 @@ public final class Router {
         var occupancy = PipeOccupancy(capacity: 0)
         /// Egress: when its reader was last seen reading (or the pipe opened).
         var readAt: UInt64 = 0
+        /// Ingress: the last read or peek found a run's worth of bytes (the pipe is busy: peek it, see
+        /// `peekIngress`).
+        var busy = false
+        /// Ingress: reads left before the next peek, after a peek in which no run could move (`Int.max`: tee(2)
+        /// refused this pipe).
+        var peekPause = 0
     }
 
     /// Identifiers in the order they joined, each once.
@@ -196,6 +219,8 @@ public final class Router {
         var dropped: UInt64 = 0
         var failedReloads: UInt64 = 0
         var lastReloadError: String?
+        /// Bytes moved from ingress pipes into egress pipes with splice(2).
+        var splicedBytes: UInt64 = 0
     }
 
     /// - Parameters:

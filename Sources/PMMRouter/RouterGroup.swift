@@ -246,6 +246,7 @@ extension RouterStatus {
             status.lastReloadError = status.lastReloadError ?? part.lastReloadError
             status.heldBytes = (status.heldBytes ?? 0) + (part.heldBytes ?? 0)
             status.spooledBytes = (status.spooledBytes ?? 0) + (part.spooledBytes ?? 0)
+            status.splicedBytes = (status.splicedBytes ?? 0) + (part.splicedBytes ?? 0)
         }
         return status
     }

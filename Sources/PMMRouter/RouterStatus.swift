@@ -100,6 +100,9 @@ public struct RouterStatus: Codable, Sendable, Equatable {
     public var links: [Link]?
     /// Router workers (threads) whose shares this status merges; nil: one.
     public var workers: Int? = nil
+    /// Bytes moved from busy ingress pipes straight into consumers' pipes with splice(2), without a copy
+    /// through the router (nil: a router that does not report it).
+    public var splicedBytes: UInt64? = nil
 
     /// Reads a status file, or nil.
     public static func read(from path: String) -> RouterStatus? {
@@ -150,7 +153,7 @@ extension Router {
                     peer: $0.name, up: $0.up, since: wall($0.since), peerRevision: $0.revision, sentFrames: $0.sentFrames,
                     acknowledgedFrames: $0.acknowledgedFrames, receivedFrames: $0.receivedFrames, unacknowledged: $0.unacknowledged,
                     rerouted: $0.rerouted, rate: linkRates[$0.name]?.rate ?? 0, lastError: $0.lastError)
-            })
+            }, splicedBytes: shellCounters.splicedBytes)
     }
 
     /// Writes the status file every `statusInterval` (or now, with `force`); a worker of a group publishes its
@@ -239,6 +242,7 @@ extension Router {
         hasher.combine(core.layout.revision)
         hasher.combine(core.epoch)
         hasher.combine(core.heldBytes)
+        hasher.combine(shellCounters.splicedBytes)
         hasher.combine(core.spoolLive)
         hasher.combine(core.counters)
         hasher.combine(shellCounters.dropped)

@@ -4,16 +4,10 @@ import PMMRouterCore
 import PMMSystem
 import SystemPackage
 
-/// `splice(2)`: moves bytes from a pipe into a file inside the kernel. `_GNU_SOURCE`-only, so declared by symbol.
-@_silgen_name("splice")
-private func c_splice(_ fdIn: Int32, _ offIn: UnsafeMutablePointer<Int64>?, _ fdOut: Int32, _ offOut: UnsafeMutablePointer<Int64>?, _ length: Int, _ flags: UInt32) -> Int
-
 /// `fallocate(2)`, for punching the delivered head out of a spool.
 @_silgen_name("fallocate")
 private func c_fallocate(_ fd: Int32, _ mode: Int32, _ offset: Int64, _ length: Int64) -> Int32
 
-private let SPLICE_F_MOVE: UInt32 = 1
-private let SPLICE_F_NONBLOCK: UInt32 = 2
 private let FALLOC_FL_KEEP_SIZE: Int32 = 1
 private let FALLOC_FL_PUNCH_HOLE: Int32 = 2
 

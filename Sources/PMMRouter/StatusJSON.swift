@@ -68,6 +68,7 @@ struct StatusJSON {
             json.field("lastReloadError", status.lastReloadError)
             json.field("heldBytes", status.heldBytes)
             json.field("spooledBytes", status.spooledBytes)
+            json.field("splicedBytes", status.splicedBytes)
             json.field("workers", status.workers)
             if let links = status.links {
                 json.array("links", links) { json, link in

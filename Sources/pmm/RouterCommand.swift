@@ -76,6 +76,12 @@ struct RouterFlags: ParsableArguments {
             valueName: "n"))
     var workers: Int?
 
+    @Option(
+        help: ArgumentHelp(
+            "When frames of an at-most-once type move from a producer's pipe into a consumer's with splice(2), without a copy through the router: auto (busy pipes, to consumers whose pipes hold 256 KiB or more), always (every read; for tests), never (read and write only).",
+            valueName: "mode"))
+    var splice: String = SpliceMode.auto.rawValue
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -86,6 +92,7 @@ struct RouterFlags: ParsableArguments {
         guard stallTimeout > 0 else { throw ValidationError("--stall-timeout must be positive") }
         guard memoryLimit >= 2 * maxFrame else { throw ValidationError("--memory-limit must be at least twice --max-frame") }
         guard spoolLimit >= Int64(2 * maxFrame) else { throw ValidationError("--spool-limit must be at least twice --max-frame") }
+        guard SpliceMode(rawValue: splice) != nil else { throw ValidationError("--splice takes auto, always or never") }
         if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be between 1 and 256") }
         if let metricsListen, metricsAddress(metricsListen) == nil {
             throw ValidationError("--metrics-listen takes host:port with an IPv4 host, e.g. 127.0.0.1:9464")
@@ -107,6 +114,7 @@ struct RouterFlags: ParsableArguments {
         options.spoolLimit = spoolLimit
         options.metricsListen = metricsListen.flatMap(metricsAddress)
         options.workers = workers
+        options.splice = SpliceMode(rawValue: splice) ?? .auto
         return options
     }
 }

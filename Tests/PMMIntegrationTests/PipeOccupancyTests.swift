@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+@testable import PMMRouter
 import PMMRouterCore
 import Synchronization
 import Testing
@@ -96,5 +97,109 @@ import Testing
         #expect(result.partial == 0, "\(result.partial) of \(result.writes) writes were taken in part")
         #expect(result.bytes >= 8 << 20)
         print("FIGURES pipe occupancy, seed \(seed), pipe \(pipeSize) B: \(result.writes) writes, \(result.asks) asks")
+    }
+
+    /// Runs moved with splice(2) from a source pipe looked at through a `PeekPipe`, as the router moves peeked
+    /// runs: each may take one slot per source buffer it spans, and one look covers at most the peek pipe's
+    /// slots, so a splice with that many pages free by the bound is taken whole. The source is written in
+    /// sizes that leave its buffers part-full (2049 to 2200 bytes: one buffer each), the worst case for that
+    /// count. Returns (splices, partial splices, asks).
+    static func runSplices(seed: UInt64, pipeSize: Int32, bytes total: Int) throws -> (splices: Int, partial: Int, asks: Int) {
+        var source: [Int32] = [0, 0]
+        var destination: [Int32] = [0, 0]
+        try #require(pipe(&source) == 0 && pipe(&destination) == 0)
+        defer { for fd in source + destination { close(fd) } }
+        _ = fcntl(source[1], Self.F_SETPIPE_SZ, Int32(1 << 20))
+        _ = fcntl(destination[1], Self.F_SETPIPE_SZ, pipeSize)
+        let capacity = Int(fcntl(destination[1], 1032))
+        try #require(fcntl(destination[1], F_SETFL, fcntl(destination[1], F_GETFL) | O_NONBLOCK) == 0)
+        let peek = try #require(PeekPipe(capacity: 256 << 10))
+
+        let done = Atomic<Bool>(false)
+        let finished = Atomic<Int>(0)
+        let (sourceWrite, destinationRead) = (source[1], destination[0])
+        let writer = Thread {
+            defer { finished.add(1, ordering: .relaxed) }
+            var random = SplitMix(seed: seed &+ 2)
+            let chunk = [UInt8](repeating: 0x33, count: 4096)
+            while !done.load(ordering: .relaxed) {
+                let size = random.next() % 10 < 8 ? 2049 + Int(random.next() % 152) : Int(random.next() % 4096) + 1
+                if chunk.withUnsafeBytes({ write(sourceWrite, $0.baseAddress, size) }) <= 0 { break }
+            }
+        }
+        let reader = Thread {
+            defer { finished.add(1, ordering: .relaxed) }
+            var random = SplitMix(seed: seed &+ 1)
+            var buffer = [UInt8](repeating: 0, count: 1 << 18)
+            while !done.load(ordering: .relaxed) {
+                if random.next() % 100 < 20 { usleep(UInt32(random.next() % 3000)) }
+                var ready = pollfd(fd: destinationRead, events: Int16(POLLIN), revents: 0)
+                guard poll(&ready, 1, 10) > 0 else { continue }
+                _ = buffer.withUnsafeMutableBytes { read(destinationRead, $0.baseAddress, Int(random.next() % UInt64($0.count)) + 1) }
+            }
+        }
+        writer.start()
+        reader.start()
+        defer {
+            // Both threads stop before the descriptors close (a write to a reused number would hit another file).
+            done.store(true, ordering: .relaxed)
+            while finished.load(ordering: .relaxed) < 2 {
+                _ = dropFromPipe(source[0], count: 1 << 20)
+                usleep(1000)
+            }
+        }
+
+        var random = SplitMix(seed: seed)
+        var occupancy = PipeOccupancy(capacity: capacity)
+        var look = [UInt8](repeating: 0, count: 256 << 10)
+        var consumed = 0, splices = 0, partial = 0, asks = 0
+        var clock: UInt64 = 0
+        while consumed < total {
+            let n = look.withUnsafeMutableBytes { peek.look(at: source[0], into: $0) }
+            if n <= 0 {
+                usleep(100)
+                continue
+            }
+            // A run of the look's head, of any length: frames for one consumer, back to back.
+            let run = Int(random.next() % UInt64(n)) + 1
+            let pages = min(peek.slots, run)
+            clock += 1000
+            if occupancy.mustAsk(toWrite: pages * 4096) {
+                var unread: Int32 = 0
+                _ = ioctl(destination[1], UInt(FIONREAD), &unread)
+                occupancy.asked(unread: Int(unread), now: clock)
+                asks += 1
+            }
+            guard occupancy.room >= pages * 4096 else {
+                // No room by the bound: wait for the reader, and look again.
+                usleep(100)
+                var unread: Int32 = 0
+                _ = ioctl(destination[1], UInt(FIONREAD), &unread)
+                occupancy.asked(unread: Int(unread), now: clock)
+                asks += 1
+                continue
+            }
+            let spliced = c_splice(source[0], nil, destination[1], nil, run, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+            try #require(spliced > 0, "splice of \(run) bytes with room \(occupancy.room) failed: errno \(errno)")
+            if spliced != run {
+                partial += 1
+                try #require(dropFromPipe(source[0], count: run - spliced) == run - spliced)
+            }
+            occupancy.wrote(spliced, pages: pages)
+            splices += 1
+            consumed += run
+            var unread: Int32 = 0
+            _ = ioctl(destination[1], UInt(FIONREAD), &unread)
+            #expect(Int(unread) <= occupancy.bound ?? .max, "the pipe holds \(unread) bytes, more than the bound \(occupancy.bound ?? -1)")
+        }
+        return (splices, partial, asks)
+    }
+
+    @Test(arguments: [(UInt64(11), Int32(1 << 20)), (12, 512 << 10), (13, 256 << 10)])
+    func splicesWithinTheBound_areNeverTakenInPart(seed: UInt64, pipeSize: Int32) throws {
+        let result = try Self.runSplices(seed: seed, pipeSize: pipeSize, bytes: 16 << 20)
+        #expect(result.partial == 0, "\(result.partial) of \(result.splices) splices were taken in part")
+        #expect(result.splices > 0)
+        print("FIGURES splices against the bound, seed \(seed), pipe \(pipeSize) B: \(result.splices) splices, \(result.asks) asks")
     }
 }

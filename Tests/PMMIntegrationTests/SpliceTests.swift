@@ -1,0 +1,112 @@
+import Foundation
+import Glibc
+import PMMRouter
+import PMMWire
+import Testing
+
+/// The router's splice path (`Router.peekIngress`): a busy at-most-once ingress pipe is looked at with tee(2),
+/// and runs of frames for one consumer move into its pipe with splice(2). Each test runs the real router with
+/// `--splice always`, so that modest test traffic takes that path, and checks what the consumers read, byte
+/// for byte (the exact consumer prints every frame's sequence, in the order read).
+@Suite(.enabled(if: isRoot, "services run as uid 0 so the test can play them all"), .serialized)
+struct SpliceTests {
+    /// At-most-once `events` from `api` (one shard, so one ingress pipe) to `worker`, with 1 MiB pipes: a
+    /// consumer's pipe must have a whole look's worth of pages free (256 KiB) to take a run.
+    static func mesh(replicas: Int = 1) -> String {
+        faultMesh(delivery: "at-most-once", replicas: replicas, policy: "shard", shards: 1)
+            .replacingOccurrences(of: "overflow: block, maxRate: 0}", with: "overflow: block, maxRate: 0, pipeSize: 1MiB}")
+    }
+
+    static func spliced(_ h: MeshHarness) -> UInt64 { h.status?.splicedBytes ?? 0 }
+
+    /// Frames of every size arrive whole and in order; the small ones move pipe to pipe (at a rate the consumer
+    /// keeps up with: a run moves only when its queue has nothing older to write), and a frame larger than one
+    /// look (256 KiB) is read and written as before.
+    @Test(arguments: [(100, 30_000, 20_000), (4000, 5_000, 5_000), (300_000, 40, 0)])
+    func aBusyStream_arrivesWholeAndInOrder(payload: Int, count: Int, rate: Int) throws {
+        let h = try MeshHarness(Self.mesh())
+        try h.startRouter(["--splice", "always"])
+        let consumer = try h.startExactConsumer("worker-0")
+        defer { kill(consumer.processIdentifier, SIGKILL) }
+        try h.waitForHealthy(["worker-0"])
+        if rate > 0 {
+            let sent = try h.send(
+                "--service", "api", "--data-type", "events", "--payload", String(repeating: "b", count: payload), "--count", String(count), "--rate", String(rate))
+            #expect(sent.status == 0, "send: \(sent.stderr)")
+        } else {
+            // Too large for an argument: written straight into the ingress pipe, each frame in one write.
+            let fd = open(h.dir.root + "/api.events.s0.in", O_WRONLY)
+            try #require(fd >= 0)
+            for sequence in UInt64(1)...UInt64(count) {
+                let frame = try HostileTests.eventFrame(sequence: sequence, payload: String(repeating: "b", count: payload))
+                var offset = 0
+                while offset < frame.count {
+                    let n = frame[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                    try #require(n > 0)
+                    offset += n
+                }
+            }
+            close(fd)
+        }
+        try waitFor("every frame", timeout: 60) { h.exactReceived(["worker-0"]).count >= count }
+        usleep(200_000)
+        let received = h.exactReceived(["worker-0"])
+        #expect(received == Array(1...UInt64(count)), "\(received.count) frames, first out of order at \(zip(received, 1...).first { $0.0 != UInt64($0.1) }.map { "\($0.1)" } ?? "-")")
+        let moved = Self.spliced(h)
+        print("FIGURES splice, \(count) frames of \(payload) B: \(moved) bytes moved pipe to pipe")
+        if payload < 256 << 10 { #expect(moved > 0, "the splice path was taken") }
+    }
+
+    /// The consumer the frames go to is killed mid-stream: what it had not read (including runs spliced into
+    /// its pipe) goes to the other instance; it loses at most the frame it was printing.
+    @Test func consumerKilledMidStream_losesOnlyWhatItRead() throws {
+        let h = try MeshHarness(Self.mesh(replicas: 2))
+        try h.startRouter(["--splice", "always"])
+        let consumers = try ["worker-0", "worker-1"].map { try h.startExactConsumer($0) }
+        defer { for p in consumers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        try h.waitForHealthy(["worker-0", "worker-1"])
+        let count = 40_000
+        let producer = try h.spawn(
+            ["send", h.stateArgument, "--service", "api", "--data-type", "events", "--payload", String(repeating: "k", count: 1000), "--count", String(count), "--rate", "20000", "--shard-key", "one"],
+            output: h.dir.path + "/producer.log")
+        // One key: every frame goes to one instance until it dies, then to the other.
+        try waitFor("frames flowing", timeout: 10) { h.exactReceived(["worker-0", "worker-1"]).count > 5_000 }
+        let victim = h.exactReceived(["worker-0"]).count > h.exactReceived(["worker-1"]).count ? 0 : 1
+        kill(consumers[victim].processIdentifier, SIGKILL)
+        consumers[victim].waitUntilExit()
+        producer.waitUntilExit()
+        try waitFor("every frame", timeout: 30) { Set(h.exactReceived(["worker-0", "worker-1"])).count >= count - 1 }
+        usleep(300_000)
+        let received = h.exactReceived(["worker-0", "worker-1"])
+        let unique = Set(received)
+        let lost = (1...UInt64(count)).count { !unique.contains($0) }
+        print("FIGURES splice, consumer SIGKILLed mid-stream: sent \(count), delivered \(unique.count), duplicated \(received.count - unique.count), lost \(lost), spliced \(Self.spliced(h)) bytes")
+        #expect(lost <= 1, "\(lost) frames lost")
+        #expect(Self.spliced(h) > 0, "the splice path was taken")
+        #expect((h.status?.egress.first { $0.instance == "worker-\(victim)" }?.failures ?? 0) >= 1)
+    }
+
+    /// Garbage after good frames in one write: the good frames arrive, the pipe is reset and dead-lettered,
+    /// and frames written after it arrive too.
+    @Test func garbageAfterGoodFrames_resetsThePipe_andTheFramesAroundItArrive() throws {
+        let h = try MeshHarness(Self.mesh())
+        try h.startRouter(["--splice", "always"])
+        let consumer = try h.startExactConsumer("worker-0")
+        defer { kill(consumer.processIdentifier, SIGKILL) }
+        try h.waitForHealthy(["worker-0"])
+        var bytes: [UInt8] = []
+        for sequence in UInt64(1)...200 { bytes += try HostileTests.eventFrame(sequence: sequence, payload: String(repeating: "g", count: 500)) }
+        Varint.encode(4 << 30, into: &bytes)
+        bytes += Array("and then some bytes that are not an envelope".utf8)
+        let fd = open(h.dir.root + "/api.events.s0.in", O_WRONLY)
+        try #require(fd >= 0)
+        #expect(write(fd, bytes, bytes.count) == bytes.count)
+        close(fd)
+        try waitFor("the reset counted", timeout: 5) { (HostileTests.ingress(h, "api.events.s0.in")?.resets ?? 0) >= 1 }
+        try HostileTests.writeEvents(h, to: "api.events.s0.in", 201...300)
+        try waitFor("the frames after it", timeout: 5) { h.exactReceived(["worker-0"]).count >= 300 }
+        #expect(h.exactReceived(["worker-0"]) == Array(1...300))
+        #expect(Self.spliced(h) > 0, "the splice path was taken")
+        #expect(h.router?.isRunning == true)
+    }
+}

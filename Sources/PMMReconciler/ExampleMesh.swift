@@ -33,7 +33,8 @@ dataTypes:
       burst: 5000               # token-bucket depth (default: maxRate, one second's worth)
       buffer: 10000             # messages held per consumer instance (default 10000)
       overflow: block           # block (default) | drop-oldest | dead-letter
-      pipeSize: 1MiB            # F_SETPIPE_SZ for this type's pipes: bytes, or KiB/MiB (default: the kernel's)
+      pipeSize: 1MiB            # F_SETPIPE_SZ for this type's pipes: bytes, or KiB/MiB (default: the kernel's);
+                                # 256KiB or more lets busy at-most-once traffic move pipe to pipe (pmm router --splice)
   orders:
     versions:
       - version: 1

@@ -33,6 +33,21 @@ struct HostileTests {
         }
     }
 
+    /// A length prefix of 4 GiB followed by bytes that are not an envelope.
+    static var fourGiBGarbage: [UInt8] {
+        var bytes: [UInt8] = []
+        Varint.encode(4 << 30, into: &bytes)
+        return bytes + Array("and then some bytes that are not an envelope".utf8)
+    }
+
+    /// Writes `bytes` into ingress pipe `pipe` in one write(2).
+    static func writeRaw(_ h: MeshHarness, to pipe: String, _ bytes: [UInt8]) throws {
+        let fd = open(h.dir.root + "/" + pipe, O_WRONLY)
+        try #require(fd >= 0, "open \(pipe): \(String(cString: strerror(errno)))")
+        defer { close(fd) }
+        #expect(write(fd, bytes, bytes.count) == bytes.count)
+    }
+
     /// Connects a non-blocking Unix stream socket to `path`; -1 on failure.
     static func connectUnix(_ path: String) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -107,13 +122,7 @@ struct HostileTests {
         defer { for p in consumers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         try h.waitForHealthy(["worker-0", "worker-1"])
 
-        var hostile: [UInt8] = []
-        Varint.encode(4 << 30, into: &hostile)
-        hostile += Array("and then some bytes that are not an envelope".utf8)
-        let fd = open(h.dir.root + "/api.events.s0.in", O_WRONLY)
-        try #require(fd >= 0)
-        #expect(write(fd, hostile, hostile.count) == hostile.count)
-        close(fd)
+        try Self.writeRaw(h, to: "api.events.s0.in", Self.fourGiBGarbage)
         try Self.writeEvents(h, to: "api.events.s1.in", 1...200)
         try waitFor("the reset counted", timeout: 5) { (Self.ingress(h, "api.events.s0.in")?.resets ?? 0) >= 1 }
         try waitFor("the other pipe's frames", timeout: 5) { Set(h.exactReceived(["worker-0", "worker-1"])).count >= 200 }

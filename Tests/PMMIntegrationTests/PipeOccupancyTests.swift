@@ -13,6 +13,13 @@ import Testing
 @Suite struct PipeOccupancyTests {
     static let F_SETPIPE_SZ: Int32 = 1031
 
+    /// Asks the pipe written through `fd` what it holds (FIONREAD), as the router does.
+    static func ask(_ fd: Int32, _ occupancy: inout PipeOccupancy, now: UInt64) {
+        var unread: Int32 = 0
+        _ = ioctl(fd, UInt(FIONREAD), &unread)
+        occupancy.asked(unread: Int(unread), now: now)
+    }
+
     /// One pipe, one writer (this thread), one reader; returns (writes, bytes written, asks, partial writes).
     static func run(seed: UInt64, pipeSize: Int32, bytes total: Int, foreign: Int) throws -> (writes: Int, bytes: Int, asks: Int, partial: Int) {
         var fds: [Int32] = [0, 0]
@@ -56,9 +63,7 @@ import Testing
             let queued = pending.reduce(0, +)
             clock += 1000
             if occupancy.mustAsk(toWrite: queued) {
-                var unread: Int32 = 0
-                _ = ioctl(fds[1], UInt(FIONREAD), &unread)
-                occupancy.asked(unread: Int(unread), now: clock)
+                Self.ask(fds[1], &occupancy, now: clock)
                 asks += 1
             }
             // Whole frames that fit the room; mostly one to three per write, as a router writes paced traffic.
@@ -70,9 +75,7 @@ import Testing
             }
             if frames == 0 {
                 usleep(50)
-                var unread: Int32 = 0
-                _ = ioctl(fds[1], UInt(FIONREAD), &unread)
-                occupancy.asked(unread: Int(unread), now: clock)
+                Self.ask(fds[1], &occupancy, now: clock)
                 asks += 1
                 continue
             }
@@ -165,17 +168,13 @@ import Testing
             let pages = min(peek.slots, run)
             clock += 1000
             if occupancy.mustAsk(toWrite: pages * 4096) {
-                var unread: Int32 = 0
-                _ = ioctl(destination[1], UInt(FIONREAD), &unread)
-                occupancy.asked(unread: Int(unread), now: clock)
+                Self.ask(destination[1], &occupancy, now: clock)
                 asks += 1
             }
             guard occupancy.room >= pages * 4096 else {
                 // No room by the bound: wait for the reader, and look again.
                 usleep(100)
-                var unread: Int32 = 0
-                _ = ioctl(destination[1], UInt(FIONREAD), &unread)
-                occupancy.asked(unread: Int(unread), now: clock)
+                Self.ask(destination[1], &occupancy, now: clock)
                 asks += 1
                 continue
             }

@@ -1,7 +1,6 @@
 import Foundation
 import Glibc
 import PMMRouter
-import PMMWire
 import Testing
 
 /// The router's splice path (`Router.peekIngress`): a busy at-most-once ingress pipe is looked at with tee(2),
@@ -96,12 +95,7 @@ struct SpliceTests {
         try h.waitForHealthy(["worker-0"])
         var bytes: [UInt8] = []
         for sequence in UInt64(1)...200 { bytes += try HostileTests.eventFrame(sequence: sequence, payload: String(repeating: "g", count: 500)) }
-        Varint.encode(4 << 30, into: &bytes)
-        bytes += Array("and then some bytes that are not an envelope".utf8)
-        let fd = open(h.dir.root + "/api.events.s0.in", O_WRONLY)
-        try #require(fd >= 0)
-        #expect(write(fd, bytes, bytes.count) == bytes.count)
-        close(fd)
+        try HostileTests.writeRaw(h, to: "api.events.s0.in", bytes + HostileTests.fourGiBGarbage)
         try waitFor("the reset counted", timeout: 5) { (HostileTests.ingress(h, "api.events.s0.in")?.resets ?? 0) >= 1 }
         try HostileTests.writeEvents(h, to: "api.events.s0.in", 201...300)
         try waitFor("the frames after it", timeout: 5) { h.exactReceived(["worker-0"]).count >= 300 }

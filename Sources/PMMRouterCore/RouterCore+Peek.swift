@@ -68,7 +68,7 @@ extension RouterCore {
         peekBase = nil
         peekFrame = nil
         let reset = ingress[slot].resets != resets
-        // Where the bytes still buffered begin, in the pipe's terms (negative: bytes read before the peek).
+        // What is still buffered, and how much of the pipe's part the core took (routed, or dropped by a reset).
         let pending = reset ? 0 : ingress[slot].buffer.pending
         let consumed = reset ? count : max(0, ingress[slot].buffer.start - base)
         var left = 0

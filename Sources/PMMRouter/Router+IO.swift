@@ -78,8 +78,7 @@ extension Router {
                     asked = raw.count
                     return read(held.fd.rawValue, raw.baseAddress, raw.count)
                 }
-                if held.peekPause > 0 { ingressFDs[id]?.peekPause -= 1 }
-                ingressFDs[id]?.busy = n >= core.options.minimumSplice
+                if options.splice != .never { ingressFDs[id]?.readFound(n, busyAt: core.options.minimumSplice) }
                 if n == 0 {
                     core.ingressEOF(slot, now: now)
                     performActions()

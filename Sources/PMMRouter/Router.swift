@@ -177,6 +177,12 @@ public final class Router {
         /// Ingress: reads left before the next peek, after a peek in which no run could move (`Int.max`: tee(2)
         /// refused this pipe).
         var peekPause = 0
+
+        /// Ingress: a read(2) returned `count` (-1: nothing). One read less to wait before the next peek.
+        mutating func readFound(_ count: Int, busyAt minimum: Int) {
+            busy = count >= minimum
+            if peekPause > 0 && peekPause < .max { peekPause -= 1 }
+        }
     }
 
     /// Identifiers in the order they joined, each once.

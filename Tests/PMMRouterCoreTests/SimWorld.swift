@@ -312,11 +312,7 @@ struct SimWorld {
             let file = spoolFiles[ledger.pipe]!.bytes
             let offset = Int(ledger.readOffset)
             let readable = Int(ledger.readable)
-            let n = core.withReadSpace(slot) { raw in
-                let count = min(raw.count, readable)
-                file.withUnsafeBytes { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + count)])) }
-                return count
-            }
+            let n = copyIntoReadSpace(slot, from: file, at: offset, atMost: readable)
             if traceActions {
                 print("SPOOLREAD \(ledger.pipe) at \(offset) size \(file.count) mark \(ledger.watermark) n \(n) ids \(Self.frameIDs(in: Array(file[offset..<(offset + n)]))) pendingAfter?")
             }
@@ -335,11 +331,7 @@ struct SimWorld {
             return true
         }
         let bytes = fifo.bytes
-        let n = core.withReadSpace(slot) { raw in
-            let count = min(raw.count, bytes.count)
-            bytes.withUnsafeBytes { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
-            return count
-        }
+        let n = copyIntoReadSpace(slot, from: bytes)
         if traceActions {
             print("READ \(core.ingress[slot].name) fifo \(bytes.count) ids-in-fifo \(Self.frameIDs(in: bytes)) \(n) bytes ids \(Self.frameIDs(in: Array(bytes.prefix(n)))) pending before \(core.ingress[slot].pendingBytes - n)")
         }
@@ -350,16 +342,22 @@ struct SimWorld {
         return true
     }
 
+    /// Copies up to `limit` bytes (default: all of them) of `bytes` from `offset` into ingress `slot`'s read
+    /// space, as a read(2) would; returns the count.
+    mutating func copyIntoReadSpace(_ slot: Int, from bytes: [UInt8], at offset: Int = 0, atMost limit: Int? = nil) -> Int {
+        core.withReadSpace(slot) { raw in
+            let count = min(raw.count, limit ?? bytes.count - offset)
+            bytes.withUnsafeBytes { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + count)])) }
+            return count
+        }
+    }
+
     /// One peek of ingress `slot`, as `Router.peekIngress` does: copy the head without taking it, let the core
     /// route, then take exactly what the plan says, moving each run into its consumer's pipe when the core
     /// says it may go and the pipe takes it whole.
     mutating func peekOnce(_ slot: Int, _ fifo: FIFO) {
         let bytes = fifo.bytes
-        let n = core.withReadSpace(slot) { raw in
-            let count = min(raw.count, bytes.count)
-            bytes.withUnsafeBytes { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
-            return count
-        }
+        let n = copyIntoReadSpace(slot, from: bytes)
         let plan = core.ingressPeeked(slot, count: n, now: now)
         let taken = plan.steps.reduce(0) { $0 + $1.count }
         if taken + plan.left != n { violations.append("\(fifo.name): a peek of \(n) bytes planned \(taken) taken and \(plan.left) left") }

@@ -158,7 +158,7 @@ extension Router {
         for step in plan.steps {
             var done = 0
             if let egress = step.egress, !refused.contains(egress) {
-                if let spliced = spliceRun(step, from: fd, slots: pipe.slots) {
+                if let spliced = spliceRun(step, from: fd, look: n, slots: pipe.slots) {
                     done = spliced
                     couldMove = true
                 }
@@ -188,15 +188,16 @@ extension Router {
     static let readsAfterIdlePeek = 16
 
     /// Moves `step`'s run from ingress `source` into its egress pipe with splice(2), if it is the next thing its
-    /// queue must write and the pipe surely takes it whole: the run spans at most `slots` of the ingress pipe's
-    /// buffers (what one look covers), each taking a slot, so the pipe must have that many pages free by the
-    /// count kept since it was last asked. Returns the bytes moved (what it did not move is written from the
-    /// queue), or nil when the pipe is too small ever to take such a run.
-    func spliceRun(_ step: RouterCore.PeekStep, from source: Int32, slots: Int) -> Int? {
+    /// queue must write and the pipe surely takes it whole: the run lies within a look of `look` bytes that took
+    /// at most `slots` of the ingress pipe's buffers, each buffer it spans takes a slot, so the pipe must have
+    /// that many pages free (`PipeOccupancy.slotsSpanned`) by the count kept since it was last asked. Returns the
+    /// bytes moved (what it did not move is written from the queue), or nil when the pipe is too small ever to
+    /// take such a run.
+    func spliceRun(_ step: RouterCore.PeekStep, from source: Int32, look: Int, slots: Int) -> Int? {
         guard let slot = step.egress, core.spliceable(step) else { return 0 }
         let id = core.egress[slot].id
         guard let held = egressFDs[id] else { return 0 }
-        let pages = min(slots, step.count)
+        let pages = PipeOccupancy.slotsSpanned(run: step.count, look: look, slots: slots)
         guard pages <= held.occupancy.pages else { return nil }
         var occupancy = held.occupancy
         if occupancy.mustAsk(toWrite: pages * 4096) {

@@ -102,6 +102,17 @@ public struct PipeOccupancy: Sendable, Equatable {
         writeSpliced.append(spliced)
     }
 
+    /// The most slots a run of `run` bytes moved with splice(2) takes, when it lies within a look of `look` bytes
+    /// at a pipe's head that took at most `slots` of its buffers (tee(2) into a pipe of `slots` pages): one slot
+    /// per source buffer the run spans. Each buffer holds at most a page, and the buffers wholly inside the run
+    /// hold at most `run` bytes while falling short of full pages by at most what the whole look falls short of
+    /// `slots` full pages. So `k` buffers spanned means `(k - 2) * page <= run + shortfall`. A busy producer's
+    /// large writes fill whole pages: a 64 KiB run of a full look then takes 18 slots, not all 64.
+    public static func slotsSpanned(run: Int, look: Int, slots: Int) -> Int {
+        let shortfall = max(0, slots * page - look)
+        return max(1, min(slots, (run + shortfall) / page + 2))
+    }
+
     /// Drops the writes read whole (by the bound).
     private mutating func forgetRead() {
         guard let bound else { return }

@@ -102,11 +102,43 @@ import Testing
         print("FIGURES pipe occupancy, seed \(seed), pipe \(pipeSize) B: \(result.writes) writes, \(result.asks) asks")
     }
 
+    /// `slotsSpanned` against every run of random buffer layouts: buffers of 1 to 4096 bytes (mostly full pages,
+    /// as a busy producer's large writes leave them, or mostly part-full, as small writes do), at most 64 of them
+    /// in a look, and runs starting anywhere in it. The bound is never below the buffers a run spans, and for a
+    /// look of 64 full pages it is within two of them.
+    @Test func slotsSpanned_boundsTheBuffersOfEveryRun() {
+        var random = SplitMix(seed: 21)
+        var checked = 0
+        for layout in 0..<2_000 {
+            let slots = 64
+            let full = layout % 2 == 0
+            let count = full && random.next() % 2 == 0 ? slots : Int(random.next() % UInt64(slots)) + 1
+            let lengths = (0..<count).map { _ in full && random.next() % 8 != 0 ? 4096 : Int(random.next() % 4096) + 1 }
+            var ends: [Int] = []
+            for length in lengths { ends.append((ends.last ?? 0) + length) }
+            let look = ends.last!
+            for _ in 0..<20 {
+                let start = Int(random.next() % UInt64(look))
+                let run = Int(random.next() % UInt64(look - start)) + 1
+                // Buffers holding any of bytes start..<start + run.
+                let first = ends.firstIndex { $0 > start }!
+                let last = ends.firstIndex { $0 >= start + run }!
+                let spanned = last - first + 1
+                let bound = PipeOccupancy.slotsSpanned(run: run, look: look, slots: slots)
+                #expect(bound >= spanned, "layout \(layout): a run of \(run) at \(start) spans \(spanned) buffers, bound \(bound)")
+                if look == slots * 4096 { #expect(bound <= spanned + 2, "a look of full pages") }
+                checked += 1
+            }
+        }
+        #expect(checked == 40_000)
+    }
+
     /// Runs moved with splice(2) from a source pipe looked at through a `PeekPipe`, as the router moves peeked
-    /// runs: each may take one slot per source buffer it spans, and one look covers at most the peek pipe's
-    /// slots, so a splice with that many pages free by the bound is taken whole. The source is written in
-    /// sizes that leave its buffers part-full (2049 to 2200 bytes: one buffer each), the worst case for that
-    /// count. Returns (splices, partial splices, asks).
+    /// runs: each takes one slot per source buffer it spans, at most `PipeOccupancy.slotsSpanned` of them, so a
+    /// splice with that many pages free by the bound is taken whole. The source is written in sizes that leave
+    /// most of its buffers part-full (2049 to 2200 bytes: one buffer each), the worst case for that count, and a
+    /// run starts anywhere in the look (what came before it taken, as the router drops or moves it). Returns
+    /// (splices, partial splices, asks).
     static func runSplices(seed: UInt64, pipeSize: Int32, bytes total: Int) throws -> (splices: Int, partial: Int, asks: Int) {
         var source: [Int32] = [0, 0]
         var destination: [Int32] = [0, 0]
@@ -163,9 +195,11 @@ import Testing
                 usleep(100)
                 continue
             }
-            // A run of the look's head, of any length: frames for one consumer, back to back.
-            let run = Int(random.next() % UInt64(n)) + 1
-            let pages = min(peek.slots, run)
+            // A run anywhere in the look, of any length: frames for one consumer, back to back, after bytes
+            // the router took otherwise.
+            let skip = random.next() % 2 == 0 ? 0 : Int(random.next() % UInt64(n))
+            let run = Int(random.next() % UInt64(n - skip)) + 1
+            let pages = PipeOccupancy.slotsSpanned(run: run, look: n, slots: peek.slots)
             clock += 1000
             if occupancy.mustAsk(toWrite: pages * 4096) {
                 Self.ask(destination[1], &occupancy, now: clock)
@@ -178,6 +212,8 @@ import Testing
                 asks += 1
                 continue
             }
+            try #require(dropFromPipe(source[0], count: skip) == skip)
+            consumed += skip
             let spliced = c_splice(source[0], nil, destination[1], nil, run, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
             try #require(spliced > 0, "splice of \(run) bytes with room \(occupancy.room) failed: errno \(errno)")
             if spliced != run {

@@ -177,6 +177,10 @@ public final class Router {
         /// Ingress: reads left before the next peek, after a peek in which no run could move (`Int.max`: tee(2)
         /// refused this pipe).
         var peekPause = 0
+        /// Ingress: after a look whose run to one consumer could not move (its queue held older frames, or its
+        /// pipe lacked room), that egress slot and since when: the pipe is not read again until the queue is
+        /// written out (`waitsForSplice`).
+        var waitsFor: (egress: Int, since: UInt64)?
 
         /// Ingress: a read(2) returned `count` (-1: nothing). One read less to wait before the next peek.
         mutating func readFound(_ count: Int, busyAt minimum: Int) {
@@ -398,6 +402,7 @@ public final class Router {
         for id in attention.ids {
             guard let slot = core.ingressSlot(id) else { continue }
             if core.hasBufferedWork(slot) && inPlace({ $0.wantsToRead(slot, now: now) }) { return 0 }
+            if let since = ingressFDs[id]?.waitsFor?.since { wake = min(wake, since + Self.spliceWait) }
             let paused = core.ingress[slot].pausedUntil
             if paused > now { wake = min(wake, paused) }
         }
@@ -419,7 +424,7 @@ public final class Router {
     func ingressReady(_ id: PipeID) {
         guard let slot = core.ingressSlot(id) else { return }
         let now = monotonicNanos()
-        if inPlace({ $0.wantsToRead(slot, now: now) }) {
+        if inPlace({ $0.wantsToRead(slot, now: now) }) && !waitsForSplice(id, now: now) {
             readIngress(slot, budget: 4)
             if let slot = core.ingressSlot(id), core.hasBufferedWork(slot) { attention.insert(id) }
         } else {
@@ -434,7 +439,7 @@ public final class Router {
         for id in attention.take() {
             guard let slot = core.ingressSlot(id) else { continue }
             let now = monotonicNanos()
-            guard inPlace({ $0.wantsToRead(slot, now: now) }) else {
+            guard inPlace({ $0.wantsToRead(slot, now: now) }) && !waitsForSplice(id, now: now) else {
                 attention.insert(id)
                 continue
             }
@@ -471,6 +476,7 @@ public final class Router {
         drainingIngress.removeAll()
         for slot in core.ingress.indices {
             let id = core.ingress[slot].id
+            ingressFDs[id]?.waitsFor = nil  // egress slots may have moved
             if core.ingress[slot].draining { drainingIngress.insert(id) }
             if core.hasBufferedWork(slot) || ingressFDs[id]?.armed == false { attention.insert(id) }
         }

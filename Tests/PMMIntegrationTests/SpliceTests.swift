@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PMMRouter
+import PMMSystem
 import Testing
 
 /// The router's splice path (`Router.peekIngress`): a busy at-most-once ingress pipe is looked at with tee(2),
@@ -11,8 +12,8 @@ import Testing
 struct SpliceTests {
     /// At-most-once `events` from `api` (one shard, so one ingress pipe) to `worker`, with 1 MiB pipes: a
     /// consumer's pipe must have a whole look's worth of pages free (256 KiB) to take a run.
-    static func mesh(replicas: Int = 1) -> String {
-        faultMesh(delivery: "at-most-once", replicas: replicas, policy: "shard", shards: 1)
+    static func mesh(replicas: Int = 1, buffer: Int = 10_000) -> String {
+        faultMesh(delivery: "at-most-once", buffer: buffer, replicas: replicas, policy: "shard", shards: 1)
             .replacingOccurrences(of: "overflow: block, maxRate: 0}", with: "overflow: block, maxRate: 0, pipeSize: 1MiB}")
     }
 
@@ -83,6 +84,40 @@ struct SpliceTests {
         #expect(lost <= 1, "\(lost) frames lost")
         #expect(Self.spliced(h) > 0, "the splice path was taken")
         #expect((h.status?.egress.first { $0.instance == "worker-\(victim)" }?.failures ?? 0) >= 1)
+    }
+
+    /// The consumer stops reading (SIGSTOP) mid-stream, with the router on its default `--splice auto`: a look
+    /// whose run cannot move waits for the consumer's queue before the next (`Router.waitsForSplice`), at most
+    /// 2 ms at a time, so the router stops for good neither then nor once the queue is full (200 frames) and
+    /// the producer held back, and does not spin while it waits; when the consumer resumes, every frame arrives
+    /// once and in order.
+    @Test func aConsumerThatStops_isWaitedFor_withoutSpinning_andGetsEveryFrame() throws {
+        let h = try MeshHarness(Self.mesh(buffer: 200))
+        try h.startRouter()
+        let consumer = try h.startExactConsumer("worker-0")
+        defer { kill(consumer.processIdentifier, SIGKILL) }
+        try h.waitForHealthy(["worker-0"])
+        let count = 30_000
+        let producer = try h.spawn(
+            ["send", h.stateArgument, "--service", "api", "--data-type", "events", "--payload", String(repeating: "s", count: 4000), "--count", String(count), "--rate", "10000"],
+            output: h.dir.path + "/producer.log")
+        defer { if producer.isRunning { kill(producer.processIdentifier, SIGKILL) } }
+        try waitFor("frames flowing", timeout: 20) { h.exactReceived(["worker-0"]).count > 3_000 }
+        kill(consumer.processIdentifier, SIGSTOP)
+        usleep(300_000)  // its pipe, its queue (800 KB) and the ingress pipe fill in less than 0.1 s
+        let router = try #require(h.router).processIdentifier
+        let before = ProcessTable.cpuSeconds(of: router)
+        usleep(1_000_000)
+        let cpu = ProcessTable.cpuSeconds(of: router) - before
+        kill(consumer.processIdentifier, SIGCONT)
+        producer.waitUntilExit()
+        try waitFor("every frame", timeout: 60) { h.exactReceived(["worker-0"]).count >= count }
+        usleep(200_000)
+        let received = h.exactReceived(["worker-0"])
+        print("FIGURES splice, consumer stopped 1.3 s: router CPU \(cpu) s in the last second of it; \(received.count) frames, \(Self.spliced(h)) bytes moved pipe to pipe")
+        #expect(received == Array(1...UInt64(count)), "\(received.count) frames, first out of order at \(zip(received, 1...).first { $0.0 != UInt64($0.1) }.map { "\($0.1)" } ?? "-")")
+        #expect(cpu < 0.05, "the router used \(cpu) CPU seconds in a second while its only consumer was stopped")
+        #expect(Self.spliced(h) > 0, "the splice path was taken")
     }
 
     /// Garbage after good frames in one write: the good frames arrive, the pipe is reset and dead-lettered,

@@ -401,8 +401,12 @@ public final class Router {
         if let roomPoll { wake = min(wake, now + roomPoll) }
         for id in attention.ids {
             guard let slot = core.ingressSlot(id) else { continue }
-            if core.hasBufferedWork(slot) && inPlace({ $0.wantsToRead(slot, now: now) }) { return 0 }
-            if let since = ingressFDs[id]?.waitsFor?.since { wake = min(wake, since + Self.spliceWait) }
+            if let since = ingressFDs[id]?.waitsFor?.since {
+                // Waiting for a queue (`waitsForSplice`): its writes wake the loop, and the wait ends by then.
+                wake = min(wake, since + Self.spliceWait)
+            } else if core.hasBufferedWork(slot) && inPlace({ $0.wantsToRead(slot, now: now) }) {
+                return 0
+            }
             let paused = core.ingress[slot].pausedUntil
             if paused > now { wake = min(wake, paused) }
         }

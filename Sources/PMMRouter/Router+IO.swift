@@ -67,6 +67,10 @@ extension Router {
                     logger.error("the spool is shorter than its ledger; was it truncated?", metadata: ["pipe": "\(file.pipe)"])
                     return
                 }
+                if n > 0 && options.splice != .never && core.canSpliceBack(slot) {
+                    if spliceBack(slot, id: id, file: file, from: offset, count: n, now: now) { continue }
+                    return
+                }
             } else {
                 guard let held else { return }
                 if wantsToPeek(slot, held), let peekPipe {
@@ -158,7 +162,11 @@ extension Router {
         for step in plan.steps {
             var done = 0
             if let egress = step.egress, !refused.contains(egress) {
-                if let spliced = spliceRun(step, from: fd, look: n, slots: pipe.slots) {
+                let pages = PipeOccupancy.slotsSpanned(run: step.count, look: n, slots: pipe.slots)
+                let spliced = spliceRun(step, pages: pages) { destination in
+                    c_splice(fd, nil, destination, nil, step.count, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                }
+                if let spliced {
                     done = spliced
                     couldMove = true
                 }
@@ -183,18 +191,22 @@ extension Router {
             ingressFDs[id]?.peekPause = Self.readsAfterIdlePeek
         }
         performActions()
-        // A look that went to one consumer and could not all move: its frames wait in the queue for the pipe
-        // to take them. Looking again now would route the next ones behind them, to be written from the queue
-        // too, and so on while the consumer is the slower side: at 4 KB, 2.2 of 3.4 GB looked at went that way,
-        // and 24% of all bytes moved with splice. Until the queue is written out, the ingress pipe holds the next
-        // frames instead, and the look after that moves them with splice. Only for a look to one consumer: a
-        // look spread over several must not wait for the slowest of them.
-        if let egress = refused.first, plan.steps.allSatisfy({ $0.egress == nil || $0.egress == egress }),
+        return !waitForQueue(id, plan: plan, refused: refused, now: now)
+    }
+
+    /// After the runs of `plan` moved, or not (`refused`: the egress slots whose runs stopped moving): when the
+    /// plan went to one consumer and some of it could not move, its frames wait in the queue for the pipe to
+    /// take them. Reading on now would route the next ones behind them, to be written from the queue too, and so
+    /// on while the consumer is the slower side: at 4 KB, 2.2 of 3.4 GB looked at went that way, and 24% of all
+    /// bytes moved with splice. So ingress `id` waits until the queue is written out (`waitsForSplice`): its
+    /// next frames stay in the pipe (or the spool) meanwhile, and the read after that moves them with splice.
+    /// Only for a plan to one consumer: one spread over several must not wait for the slowest of them. Returns
+    /// whether the pipe now waits.
+    func waitForQueue(_ id: PipeID, plan: RouterCore.PeekPlan, refused: [Int], now: UInt64) -> Bool {
+        guard let egress = refused.first, plan.steps.allSatisfy({ $0.egress == nil || $0.egress == egress }),
             core.egress[egress].queue.unwrittenBytes > 0
-        {
-            ingressFDs[id]?.waitsFor = (egress, now)
-            return false
-        }
+        else { return false }
+        ingressFDs[id]?.waitsFor = (egress, now)
         return true
     }
 
@@ -219,17 +231,40 @@ extension Router {
     /// After a peek in which no run could move, this many reads come before the next peek.
     static let readsAfterIdlePeek = 16
 
-    /// Moves `step`'s run from ingress `source` into its egress pipe with splice(2), if it is the next thing its
-    /// queue must write and the pipe surely takes it whole: the run lies within a look of `look` bytes that took
-    /// at most `slots` of the ingress pipe's buffers, each buffer it spans takes a slot, so the pipe must have
-    /// that many pages free (`PipeOccupancy.slotsSpanned`) by the count kept since it was last asked. Returns the
-    /// bytes moved (what it did not move is written from the queue), or nil when the pipe is too small ever to
-    /// take such a run.
-    func spliceRun(_ step: RouterCore.PeekStep, from source: Int32, look: Int, slots: Int) -> Int? {
+    /// Routes `count` bytes read back from ingress `slot`'s spool at `offset` (`ingressReadBack`), then moves
+    /// each run the plan allows from the spool file into its consumer's pipe with splice(2): the pipe gets
+    /// references to the file's pages instead of a copy. Safe because the spool only frees (punches, truncates)
+    /// bytes its consumers have read whole, whole pages at a time. The frames stay in their queues, as written.
+    /// Returns whether to go on reading (`waitForQueue`).
+    func spliceBack(_ slot: Int, id: PipeID, file: SpoolFile, from offset: Int64, count: Int, now: UInt64) -> Bool {
+        let plan = core.ingressReadBack(slot, count: count, now: now)
+        var at = offset
+        var moved = 0
+        var refused: [Int] = []
+        for step in plan.steps {
+            if let egress = step.egress, !refused.contains(egress) {
+                // A file's pages go into a pipe one buffer each: exactly the pages the run spans.
+                let pages = (Int(at % 4096) + step.count + 4095) / 4096
+                let done = spliceRun(step, pages: pages) { file.splice(at: at, into: $0, length: step.count) } ?? 0
+                moved += done
+                if done < step.count { refused.append(egress) }
+            }
+            at += Int64(step.count)
+        }
+        shellCounters.splicedBytes += UInt64(moved)
+        performActions()
+        return !waitForQueue(id, plan: plan, refused: refused, now: now)
+    }
+
+    /// Moves `step`'s run into its egress pipe with `move` (a splice into the pipe it is given), if it is the
+    /// next thing its queue must write and the pipe surely takes it whole: the run takes at most `pages` slots
+    /// there, so the pipe must have that many pages free by the count kept since it was last asked. Returns
+    /// the bytes moved (what it did not move is written from the queue), or nil when the pipe is too small ever
+    /// to take such a run.
+    func spliceRun(_ step: RouterCore.PeekStep, pages: Int, _ move: (Int32) -> Int) -> Int? {
         guard let slot = step.egress, core.spliceable(step) else { return 0 }
         let id = core.egress[slot].id
         guard let held = egressFDs[id] else { return 0 }
-        let pages = PipeOccupancy.slotsSpanned(run: step.count, look: look, slots: slots)
         guard pages <= held.occupancy.pages else { return nil }
         var occupancy = held.occupancy
         if occupancy.mustAsk(toWrite: pages * 4096) {
@@ -238,7 +273,7 @@ extension Router {
             occupancy = asked
         }
         guard occupancy.room >= pages * 4096 else { return 0 }
-        let n = c_splice(source, nil, held.fd.rawValue, nil, step.count, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        let n = move(held.fd.rawValue)
         // Refused (EAGAIN, or EPIPE: the reader left, which the next write from the queue reports).
         guard n > 0 else { return 0 }
         occupancy.wrote(n, pages: pages)

@@ -56,12 +56,14 @@ public struct RouterOptions: Sendable {
     }
 }
 
-/// When the router moves frames from an ingress pipe into a consumer's pipe with splice(2) instead of writing
-/// them from its queue.
+/// When the router moves frames from an ingress pipe, or from an at-least-once pipe's spool file, into a
+/// consumer's pipe with splice(2) instead of writing them from its queue.
 public enum SpliceMode: String, Sendable, CaseIterable {
-    /// Ingress pipes that are busy (the last read or peek found a run's worth, 64 KiB or more).
+    /// At-most-once ingress pipes that are busy (the last read or peek found a run's worth, 64 KiB or more), and
+    /// runs of 64 KiB or more read back from a spool.
     case auto
-    /// Every read of an at-most-once ingress pipe (for tests: small traffic takes the same path).
+    /// Every read of an at-most-once ingress pipe, and runs of any length (for tests: small traffic takes the
+    /// same path).
     case always
     /// Never: read(2) and write(2) only.
     case never

@@ -78,6 +78,13 @@ final class SpoolFile {
         return c_splice(source.rawValue, nil, fd.rawValue, &offset, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
     }
 
+    /// Moves `length` spooled bytes at `offset` into the pipe `destination` (page-cache references, no copy).
+    /// Returns what splice returned (bytes moved, -1 with errno).
+    func splice(at offset: Int64, into destination: Int32, length: Int) -> Int {
+        var offset = offset
+        return c_splice(fd.rawValue, &offset, destination, nil, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+    }
+
     /// Reads spooled bytes at `offset` into `buffer`. Returns the count, or -1 with errno.
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) -> Int {
         pread(fd.rawValue, buffer.baseAddress, buffer.count, Int(offset))

@@ -60,6 +60,28 @@ extension RouterCore {
     /// without taking them from the pipe. Routes what they complete, as `ingressRead` does, and returns what
     /// to do with them in the pipe.
     public mutating func ingressPeeked(_ slot: Int, count: Int, now: UInt64) -> PeekPlan {
+        routeLogged(slot, count: count, now: now, mayLeave: true)
+    }
+
+    /// The shell read `count` bytes of ingress `slot`'s spool back into its buffer, from where the spool's
+    /// ledger said (`readOffset` before the call). Routes them, as `ingressRead` does, and returns the same plan
+    /// as a peek, over those bytes of the spool file: its runs may move from the file into their consumers'
+    /// pipes with splice(2) (page-cache references, no copy); its other steps need nothing (the file keeps its
+    /// bytes), and nothing is left.
+    public mutating func ingressReadBack(_ slot: Int, count: Int, now: UInt64) -> PeekPlan {
+        routeLogged(slot, count: count, now: now, mayLeave: false)
+    }
+
+    /// Whether ingress `slot`'s spool may be read back for splices: an at-least-once pipe, the router not
+    /// stopping.
+    public func canSpliceBack(_ slot: Int) -> Bool {
+        ingress[slot].spool >= 0 && !stopping && !ingress[slot].backlog
+    }
+
+    /// Routes `count` bytes just placed in ingress `slot`'s buffer, logging where each frame went, and plans
+    /// them in their source's order. `mayLeave`: frames the parse stopped before may be left in the source, to be
+    /// looked at again (a pipe; a spool's ledger has counted them read, so they stay in the buffer).
+    mutating func routeLogged(_ slot: Int, count: Int, now: UInt64, mayLeave: Bool) -> PeekPlan {
         let base = ingress[slot].buffer.end - count
         let resets = ingress[slot].resets
         peekLog.removeAll(keepingCapacity: true)
@@ -72,7 +94,7 @@ extension RouterCore {
         let pending = reset ? 0 : ingress[slot].buffer.pending
         let consumed = reset ? count : max(0, ingress[slot].buffer.start - base)
         var left = 0
-        if pending > 0 && consumed > 0 && pending < Self.peekLeaveLimit {
+        if mayLeave && pending > 0 && consumed > 0 && pending < Self.peekLeaveLimit {
             // All in the pipe (something before them was taken): they stay there.
             left = pending
             ingress[slot].buffer.discard(pending)

@@ -78,7 +78,7 @@ struct RouterFlags: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "When frames of an at-most-once type move from a producer's pipe into a consumer's with splice(2), without a copy through the router: auto (busy pipes, to consumers whose pipes hold 256 KiB or more), always (every read; for tests), never (read and write only).",
+            "When frames move into a consumer's pipe with splice(2), without a copy through the router: from a busy at-most-once producer's pipe, or from an at-least-once type's spool file. auto (runs of 64 KiB or more; busy pipes, to consumers whose pipes hold 256 KiB or more), always (every read, runs of any length; for tests), never (read and write only).",
             valueName: "mode"))
     var splice: String = SpliceMode.auto.rawValue
 

@@ -4,16 +4,17 @@ import PMMRouter
 import PMMSystem
 import Testing
 
-/// The router's splice path (`Router.peekIngress`): a busy at-most-once ingress pipe is looked at with tee(2),
-/// and runs of frames for one consumer move into its pipe with splice(2). Each test runs the real router with
-/// `--splice always`, so that modest test traffic takes that path, and checks what the consumers read, byte
-/// for byte (the exact consumer prints every frame's sequence, in the order read).
+/// The router's splice paths: a busy at-most-once ingress pipe is looked at with tee(2) and runs of frames for
+/// one consumer move into its pipe with splice(2) (`Router.peekIngress`); an at-least-once pipe's runs move
+/// from its spool file (`Router.spliceBack`). Each test runs the real router with `--splice always`, so that
+/// modest test traffic takes those paths, and checks what the consumers read, byte for byte (the exact
+/// consumer prints every frame's sequence, in the order read).
 @Suite(.enabled(if: isRoot, "services run as uid 0 so the test can play them all"), .serialized)
 struct SpliceTests {
-    /// At-most-once `events` from `api` (one shard, so one ingress pipe) to `worker`, with 1 MiB pipes: a
-    /// consumer's pipe must have a whole look's worth of pages free (256 KiB) to take a run.
-    static func mesh(replicas: Int = 1, buffer: Int = 10_000) -> String {
-        faultMesh(delivery: "at-most-once", buffer: buffer, replicas: replicas, policy: "shard", shards: 1)
+    /// `events` from `api` (one shard, so one ingress pipe) to `worker`, with 1 MiB pipes: a consumer's pipe
+    /// must have room for every buffer a run may span (up to a whole look's 256 KiB) to take a run from a pipe.
+    static func mesh(delivery: String = "at-most-once", replicas: Int = 1, buffer: Int = 10_000) -> String {
+        faultMesh(delivery: delivery, buffer: buffer, replicas: replicas, policy: "shard", shards: 1)
             .replacingOccurrences(of: "overflow: block, maxRate: 0}", with: "overflow: block, maxRate: 0, pipeSize: 1MiB}")
     }
 
@@ -22,9 +23,10 @@ struct SpliceTests {
     /// Frames of every size arrive whole and in order; the small ones move pipe to pipe (at a rate the consumer
     /// keeps up with: a run moves only when its queue has nothing older to write), and a frame larger than one
     /// look (256 KiB) is read and written as before.
-    @Test(arguments: [(100, 30_000, 20_000), (4000, 5_000, 5_000), (300_000, 40, 0)])
-    func aBusyStream_arrivesWholeAndInOrder(payload: Int, count: Int, rate: Int) throws {
-        let h = try MeshHarness(Self.mesh())
+    @Test(arguments: ["at-most-once", "at-least-once"], [(100, 30_000, 20_000), (4000, 5_000, 5_000), (300_000, 40, 0)])
+    func aBusyStream_arrivesWholeAndInOrder(delivery: String, frames: (payload: Int, count: Int, rate: Int)) throws {
+        let (payload, count, rate) = frames
+        let h = try MeshHarness(Self.mesh(delivery: delivery))
         try h.startRouter(["--splice", "always"])
         let consumer = try h.startExactConsumer("worker-0")
         defer { kill(consumer.processIdentifier, SIGKILL) }
@@ -53,14 +55,15 @@ struct SpliceTests {
         let received = h.exactReceived(["worker-0"])
         #expect(received == Array(1...UInt64(count)), "\(received.count) frames, first out of order at \(zip(received, 1...).first { $0.0 != UInt64($0.1) }.map { "\($0.1)" } ?? "-")")
         let moved = Self.spliced(h)
-        print("FIGURES splice, \(count) frames of \(payload) B: \(moved) bytes moved pipe to pipe")
+        print("FIGURES splice, \(delivery), \(count) frames of \(payload) B: \(moved) bytes moved without a copy")
         if payload < 256 << 10 { #expect(moved > 0, "the splice path was taken") }
     }
 
     /// The consumer the frames go to is killed mid-stream: what it had not read (including runs spliced into
     /// its pipe) goes to the other instance; it loses at most the frame it was printing.
-    @Test func consumerKilledMidStream_losesOnlyWhatItRead() throws {
-        let h = try MeshHarness(Self.mesh(replicas: 2))
+    @Test(arguments: ["at-most-once", "at-least-once"])
+    func consumerKilledMidStream_losesOnlyWhatItRead(delivery: String) throws {
+        let h = try MeshHarness(Self.mesh(delivery: delivery, replicas: 2))
         try h.startRouter(["--splice", "always"])
         let consumers = try ["worker-0", "worker-1"].map { try h.startExactConsumer($0) }
         defer { for p in consumers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
@@ -80,7 +83,7 @@ struct SpliceTests {
         let received = h.exactReceived(["worker-0", "worker-1"])
         let unique = Set(received)
         let lost = (1...UInt64(count)).count { !unique.contains($0) }
-        print("FIGURES splice, consumer SIGKILLed mid-stream: sent \(count), delivered \(unique.count), duplicated \(received.count - unique.count), lost \(lost), spliced \(Self.spliced(h)) bytes")
+        print("FIGURES splice, \(delivery), consumer SIGKILLed mid-stream: sent \(count), delivered \(unique.count), duplicated \(received.count - unique.count), lost \(lost), spliced \(Self.spliced(h)) bytes")
         #expect(lost <= 1, "\(lost) frames lost")
         #expect(Self.spliced(h) > 0, "the splice path was taken")
         #expect((h.status?.egress.first { $0.instance == "worker-\(victim)" }?.failures ?? 0) >= 1)
@@ -118,6 +121,39 @@ struct SpliceTests {
         #expect(received == Array(1...UInt64(count)), "\(received.count) frames, first out of order at \(zip(received, 1...).first { $0.0 != UInt64($0.1) }.map { "\($0.1)" } ?? "-")")
         #expect(cpu < 0.05, "the router used \(cpu) CPU seconds in a second while its only consumer was stopped")
         #expect(Self.spliced(h) > 0, "the splice path was taken")
+    }
+
+    /// The router is SIGKILLed while it moves at-least-once frames from its spool into a consumer's pipe, and
+    /// started again: nothing is lost (frames in the pipe and not yet read are sent again: duplicates are
+    /// allowed), and no frame arrives torn.
+    @Test func routerKilledWhileSplicingFromTheSpool_losesNothing() throws {
+        let h = try MeshHarness(Self.mesh(delivery: "at-least-once"))
+        try h.startRouter(["--splice", "always"])
+        let consumer = try h.startExactConsumer("worker-0")
+        defer { kill(consumer.processIdentifier, SIGKILL) }
+        try h.waitForHealthy(["worker-0"])
+        let count = 30_000
+        let producer = try h.spawn(
+            ["send", h.stateArgument, "--service", "api", "--data-type", "events", "--payload", String(repeating: "s", count: 1000), "--count", String(count), "--rate", "15000"],
+            output: h.dir.path + "/producer.log")
+        // (router.json is written every second.)
+        try waitFor("frames moved from the spool", timeout: 10) { h.exactReceived(["worker-0"]).count > 5_000 && Self.spliced(h) > 0 }
+        let spliced = Self.spliced(h)
+        h.signalRouter(SIGKILL)
+        h.router?.waitUntilExit()
+        usleep(300_000)
+        try h.startRouter(["--splice", "always"])
+        producer.waitUntilExit()
+        #expect(producer.terminationStatus == 0)
+        try waitFor("every frame", timeout: 30) { Set(h.exactReceived(["worker-0"])).count >= count }
+        usleep(300_000)
+        let received = h.exactReceived(["worker-0"])
+        let unique = Set(received)
+        let lost = (1...UInt64(count)).count { !unique.contains($0) }
+        print("FIGURES splice, at-least-once, router SIGKILLed mid-stream: sent \(count), delivered \(unique.count), duplicated \(received.count - unique.count), lost \(lost), spliced before the kill \(spliced) bytes")
+        #expect(lost == 0, "\(lost) frames lost")
+        #expect(received.allSatisfy { $0 >= 1 && $0 <= UInt64(count) }, "a frame arrived torn (a sequence out of range)")
+        #expect(spliced > 0, "the splice path was taken before the kill")
     }
 
     /// Garbage after good frames in one write: the good frames arrive, the pipe is reset and dead-lettered,

@@ -73,6 +73,8 @@ struct SimWorld {
     /// Draws whether each read of an at-most-once pipe is a peek instead (`Router.peekIngress`): tee, route, then
     /// splice runs into consumers' pipes and drop the rest. nil: never (the regression seeds' first replay).
     var peekRandom: SimRandom?
+    /// Draws whether each read-back of a spool moves its runs with splice (`Router.spliceBack`); nil: never.
+    var spliceBackRandom: SimRandom?
     /// Bytes moved by peeks' splices.
     var splicedBytes = 0
 
@@ -315,6 +317,29 @@ struct SimWorld {
             let n = copyIntoReadSpace(slot, from: file, at: offset, atMost: readable)
             if traceActions {
                 print("SPOOLREAD \(ledger.pipe) at \(offset) size \(file.count) mark \(ledger.watermark) n \(n) ids \(Self.frameIDs(in: Array(file[offset..<(offset + n)]))) pendingAfter?")
+            }
+            if n > 0 && spliceBackRandom?.chance(50) == true && core.canSpliceBack(slot) {
+                // As `Router.spliceBack`: runs move from the spool file into their consumers' pipes.
+                let plan = core.ingressReadBack(slot, count: n, now: now)
+                if plan.left != 0 || plan.steps.reduce(0, { $0 + $1.count }) != n {
+                    violations.append("\(ledger.pipe): a read-back of \(n) bytes planned \(plan.steps.reduce(0) { $0 + $1.count }) and left \(plan.left)")
+                }
+                var at = offset
+                var refused: Set<Int> = []
+                for step in plan.steps {
+                    if let egress = step.egress, !refused.contains(egress) {
+                        if core.spliceable(step), let out = egressFDs[core.egress[egress].id], out.readers > 0, out.room >= step.count {
+                            out.bytes += file[at..<(at + step.count)]
+                            core.wrote(egress, count: step.count)
+                            splicedBytes += step.count
+                        } else {
+                            refused.insert(egress)
+                        }
+                    }
+                    at += step.count
+                }
+                perform()
+                return true
             }
             core.ingressRead(slot, count: n, now: now)
             perform()

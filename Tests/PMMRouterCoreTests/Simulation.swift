@@ -142,7 +142,10 @@ struct Simulation {
         options.sabotage = sabotage
         world = SimWorld(spec: mesh.spec, options: options)
         // Its own stream too, so the other events keep their schedule.
-        if peeks { world.peekRandom = SimRandom(seed: seed ^ 0x7ee_5e11_ce00) }
+        if peeks {
+            world.peekRandom = SimRandom(seed: seed ^ 0x7ee_5e11_ce00)
+            world.spliceBackRandom = SimRandom(seed: seed ^ 0x5b1_ceba_c000)
+        }
     }
 
     /// Runs `count` random steps, then lets everything settle; returns the violations found.

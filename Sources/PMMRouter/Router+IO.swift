@@ -14,7 +14,11 @@ extension Router {
         let id = core.ingress[slot].id
         for _ in 0..<budget {
             let now = monotonicNanos()
-            guard core.ingressSlot(id) == slot, inPlace({ $0.wantsToRead(slot, now: now) }), !waitsForSplice(id, now: now) else { return }
+            guard core.ingressSlot(id) == slot, inPlace({ $0.wantsToRead(slot, now: now) }) else { return }
+            if waitsForSplice(id, now: now) {
+                spoolWhileWaiting(slot, id: id)
+                return
+            }
             if core.ingress[slot].backlog {
                 flushAll()  // a queue at its buffer may have paused parsing until its pipe takes what it can
                 core.ingressRead(slot, count: 0, now: now)
@@ -207,6 +211,20 @@ extension Router {
             core.egress[egress].queue.unwrittenBytes > 0
         else { return false }
         ingressFDs[id]?.waitsFor = (egress, now)
+        return true
+    }
+
+    /// While ingress `slot`'s read-back waits for a queue, its pipe still moves into its spool (at-least-once),
+    /// so that its producer is not held back: the spool, not the pipe, holds the backlog. One splice, within the
+    /// spool limit. Returns whether there may be more to move (the pipe is readable and the spool has room).
+    @discardableResult
+    func spoolWhileWaiting(_ slot: Int, id: PipeID) -> Bool {
+        guard core.ingress[slot].open, core.spoolLive < options.spoolLimit, let held = ingressFDs[id],
+            let file = inPlace({ $0.spoolPipe(of: slot) }).flatMap({ spoolFiles[$0] })
+        else { return false }
+        let moved = file.splice(from: held.fd, at: core.spool(of: slot)!.size, length: options.readSize)
+        guard moved > 0 else { return false }  // empty, or the writer left: the read after the wait sees it
+        core.spoolAppended(slot, count: moved)
         return true
     }
 

@@ -430,7 +430,7 @@ public final class Router {
     func ingressReady(_ id: PipeID) {
         guard let slot = core.ingressSlot(id) else { return }
         let now = monotonicNanos()
-        if inPlace({ $0.wantsToRead(slot, now: now) }) && !waitsForSplice(id, now: now) {
+        if inPlace({ $0.wantsToRead(slot, now: now) }) && (!waitsForSplice(id, now: now) || spoolWhileWaiting(slot, id: id)) {
             readIngress(slot, budget: 4)
             if let slot = core.ingressSlot(id), core.hasBufferedWork(slot) { attention.insert(id) }
         } else {

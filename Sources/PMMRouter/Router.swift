@@ -179,9 +179,10 @@ public final class Router {
         /// Ingress: reads left before the next peek, after a peek in which no run could move (`Int.max`: tee(2)
         /// refused this pipe).
         var peekPause = 0
-        /// Ingress: after a look whose run to one consumer could not move (its queue held older frames, or its
-        /// pipe lacked room), that egress slot and since when: the pipe is not read again until the queue is
-        /// written out (`waitsForSplice`).
+        /// Ingress: after a look or a spool read-back whose run to one consumer could not move (its queue held
+        /// older frames, or its pipe lacked room), that egress slot and since when: the pipe is not looked at or
+        /// read back again until the queue is written out (`waitsForSplice`; an at-least-once pipe still moves
+        /// into its spool meanwhile, `spoolWhileWaiting`).
         var waitsFor: (egress: Int, since: UInt64)?
 
         /// Ingress: a read(2) returned `count` (-1: nothing). One read less to wait before the next peek.

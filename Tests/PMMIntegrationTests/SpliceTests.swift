@@ -20,6 +20,23 @@ struct SpliceTests {
 
     static func spliced(_ h: MeshHarness) -> UInt64 { h.status?.splicedBytes ?? 0 }
 
+    /// Starts the router with `router` arguments and an exact consumer on `worker-0`, then a producer sending
+    /// `count` frames of `payload` bytes at `rate` per second.
+    static func startStream(_ h: MeshHarness, router: [String], count: Int, payload: Int, rate: Int) throws -> (consumer: Process, producer: Process) {
+        try h.startRouter(router)
+        let consumer = try h.startExactConsumer("worker-0")
+        try h.waitForHealthy(["worker-0"])
+        let producer = try h.spawn(
+            ["send", h.stateArgument, "--service", "api", "--data-type", "events", "--payload", String(repeating: "s", count: payload), "--count", String(count), "--rate", String(rate)],
+            output: h.dir.path + "/producer.log")
+        return (consumer, producer)
+    }
+
+    /// Why `received` is not frames 1 to its count in order: how many, and the first out of place.
+    static func disorder(_ received: [UInt64]) -> String {
+        "\(received.count) frames, first out of order at \(zip(received, 1...).first { $0.0 != UInt64($0.1) }.map { "\($0.1)" } ?? "-")"
+    }
+
     /// Frames of every size arrive whole and in order; the small ones move pipe to pipe (at a rate the consumer
     /// keeps up with: a run moves only when its queue has nothing older to write), and a frame larger than one
     /// look (256 KiB) is read and written as before.
@@ -53,7 +70,7 @@ struct SpliceTests {
         try waitFor("every frame", timeout: 60) { h.exactReceived(["worker-0"]).count >= count }
         usleep(200_000)
         let received = h.exactReceived(["worker-0"])
-        #expect(received == Array(1...UInt64(count)), "\(received.count) frames, first out of order at \(zip(received, 1...).first { $0.0 != UInt64($0.1) }.map { "\($0.1)" } ?? "-")")
+        #expect(received == Array(1...UInt64(count)), "\(Self.disorder(received))")
         let moved = Self.spliced(h)
         print("FIGURES splice, \(delivery), \(count) frames of \(payload) B: \(moved) bytes moved without a copy")
         if payload < 256 << 10 { #expect(moved > 0, "the splice path was taken") }
@@ -97,15 +114,9 @@ struct SpliceTests {
     @Test(arguments: ["at-most-once", "at-least-once"])
     func aConsumerThatStops_isWaitedFor_withoutSpinning_andGetsEveryFrame(delivery: String) throws {
         let h = try MeshHarness(Self.mesh(delivery: delivery, buffer: 200))
-        try h.startRouter()
-        let consumer = try h.startExactConsumer("worker-0")
-        defer { kill(consumer.processIdentifier, SIGKILL) }
-        try h.waitForHealthy(["worker-0"])
         let count = 30_000
-        let producer = try h.spawn(
-            ["send", h.stateArgument, "--service", "api", "--data-type", "events", "--payload", String(repeating: "s", count: 4000), "--count", String(count), "--rate", "10000"],
-            output: h.dir.path + "/producer.log")
-        defer { if producer.isRunning { kill(producer.processIdentifier, SIGKILL) } }
+        let (consumer, producer) = try Self.startStream(h, router: [], count: count, payload: 4000, rate: 10_000)
+        defer { for p in [consumer, producer] where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         try waitFor("frames flowing", timeout: 20) { h.exactReceived(["worker-0"]).count > 3_000 }
         kill(consumer.processIdentifier, SIGSTOP)
         usleep(300_000)  // its pipe, its queue (800 KB) and the ingress pipe fill in less than 0.1 s
@@ -119,7 +130,7 @@ struct SpliceTests {
         usleep(200_000)
         let received = h.exactReceived(["worker-0"])
         print("FIGURES splice, \(delivery), consumer stopped 1.3 s: router CPU \(cpu) s in the last second of it; \(received.count) frames, \(Self.spliced(h)) bytes moved pipe to pipe")
-        #expect(received == Array(1...UInt64(count)), "\(received.count) frames, first out of order at \(zip(received, 1...).first { $0.0 != UInt64($0.1) }.map { "\($0.1)" } ?? "-")")
+        #expect(received == Array(1...UInt64(count)), "\(Self.disorder(received))")
         #expect(cpu < 0.05, "the router used \(cpu) CPU seconds in a second while its only consumer was stopped")
         #expect(Self.spliced(h) > 0, "the splice path was taken")
     }
@@ -129,14 +140,9 @@ struct SpliceTests {
     /// allowed), and no frame arrives torn.
     @Test func routerKilledWhileSplicingFromTheSpool_losesNothing() throws {
         let h = try MeshHarness(Self.mesh(delivery: "at-least-once"))
-        try h.startRouter(["--splice", "always"])
-        let consumer = try h.startExactConsumer("worker-0")
-        defer { kill(consumer.processIdentifier, SIGKILL) }
-        try h.waitForHealthy(["worker-0"])
         let count = 30_000
-        let producer = try h.spawn(
-            ["send", h.stateArgument, "--service", "api", "--data-type", "events", "--payload", String(repeating: "s", count: 1000), "--count", String(count), "--rate", "15000"],
-            output: h.dir.path + "/producer.log")
+        let (consumer, producer) = try Self.startStream(h, router: ["--splice", "always"], count: count, payload: 1000, rate: 15_000)
+        defer { for p in [consumer, producer] where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         // (router.json is written every second.)
         try waitFor("frames moved from the spool", timeout: 10) { h.exactReceived(["worker-0"]).count > 5_000 && Self.spliced(h) > 0 }
         let spliced = Self.spliced(h)

@@ -204,10 +204,12 @@ extension Router {
     /// on while the consumer is the slower side: at 4 KB, 2.2 of 3.4 GB looked at went that way, and 24% of all
     /// bytes moved with splice. So ingress `id` waits until the queue is written out (`waitsForSplice`): its
     /// next frames stay in the pipe (or the spool) meanwhile, and the read after that moves them with splice.
-    /// Only for a plan to one consumer: one spread over several must not wait for the slowest of them. Returns
+    /// Only for a plan to one consumer: one spread over several must not wait for the slowest of them; and not
+    /// for a pipe being drained (an apply removed it), which is read every pass until it is empty. Returns
     /// whether the pipe now waits.
     func waitForQueue(_ id: PipeID, plan: RouterCore.PeekPlan, refused: [Int], now: UInt64) -> Bool {
-        guard let egress = refused.first, plan.steps.allSatisfy({ $0.egress == nil || $0.egress == egress }),
+        guard let egress = refused.first, let slot = core.ingressSlot(id), !core.ingress[slot].draining,
+            plan.steps.allSatisfy({ $0.egress == nil || $0.egress == egress }),
             core.egress[egress].queue.unwrittenBytes > 0
         else { return false }
         ingressFDs[id]?.waitsFor = (egress, now)

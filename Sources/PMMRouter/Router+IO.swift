@@ -30,13 +30,13 @@ extension Router {
             var emptied = false
             // Scalars from the ledger, never a copy held across a core call (it would copy its bookkeeping).
             if let file = inPlace({ $0.spoolPipe(of: slot) }).flatMap({ spoolFiles[$0] }) {
-                if core.spool(of: slot)!.unread == 0 {
+                if inPlace({ $0.spool(of: slot)!.unread }) == 0 {
                     guard let held else {
                         core.ingressEmpty(slot, now: now)
                         performActions()
                         return
                     }
-                    let moved = file.splice(from: held.fd, at: core.spool(of: slot)!.size, length: options.readSize)
+                    let moved = file.splice(from: held.fd, at: inPlace({ $0.spool(of: slot)!.size }), length: options.readSize)
                     if moved > 0 {
                         core.spoolAppended(slot, count: moved)
                     } else if moved == 0 {
@@ -56,8 +56,8 @@ extension Router {
                         return
                     }
                 }
-                let offset = core.spool(of: slot)!.readOffset
-                let available = Int(clamping: core.spool(of: slot)!.readable)
+                let offset = inPlace({ $0.spool(of: slot)!.readOffset })
+                let available = Int(clamping: inPlace({ $0.spool(of: slot)!.readable }))
                 guard available > 0 else {
                     // At a cut in the spool (bytes skipped, or a change of source): the core passes it.
                     core.ingressRead(slot, count: 0, now: now)
@@ -71,7 +71,7 @@ extension Router {
                     logger.error("the spool is shorter than its ledger; was it truncated?", metadata: ["pipe": "\(file.pipe)"])
                     return
                 }
-                if n > 0 && options.splice != .never && core.canSpliceBack(slot) {
+                if n > 0 && options.splice != .never && inPlace({ $0.canSpliceBack(slot) }) {
                     if spliceBack(slot, id: id, file: file, from: offset, count: n, now: now) { continue }
                     return
                 }
@@ -121,8 +121,8 @@ extension Router {
     func wantsToPeek(_ slot: Int, _ held: Held) -> Bool {
         switch options.splice {
         case .never: return false
-        case .auto: return held.busy && held.peekPause == 0 && core.canPeek(slot)
-        case .always: return held.peekPause == 0 && core.canPeek(slot)
+        case .auto: return held.busy && held.peekPause == 0 && inPlace({ $0.canPeek(slot) })
+        case .always: return held.peekPause == 0 && inPlace({ $0.canPeek(slot) })
         }
     }
 
@@ -210,7 +210,7 @@ extension Router {
     func waitForQueue(_ id: PipeID, plan: RouterCore.PeekPlan, refused: [Int], now: UInt64) -> Bool {
         guard let egress = refused.first, let slot = core.ingressSlot(id), !core.ingress[slot].draining,
             plan.steps.allSatisfy({ $0.egress == nil || $0.egress == egress }),
-            core.egress[egress].queue.unwrittenBytes > 0
+            inPlace({ $0.egress[egress].queue.unwrittenBytes }) > 0
         else { return false }
         ingressFDs[id]?.waitsFor = (egress, now)
         return true
@@ -224,7 +224,7 @@ extension Router {
         guard core.ingress[slot].open, core.spoolLive < options.spoolLimit, let held = ingressFDs[id],
             let file = inPlace({ $0.spoolPipe(of: slot) }).flatMap({ spoolFiles[$0] })
         else { return false }
-        let moved = file.splice(from: held.fd, at: core.spool(of: slot)!.size, length: options.readSize)
+        let moved = file.splice(from: held.fd, at: inPlace({ $0.spool(of: slot)!.size }), length: options.readSize)
         guard moved > 0 else { return false }  // empty, or the writer left: the read after the wait sees it
         core.spoolAppended(slot, count: moved)
         return true
@@ -236,7 +236,7 @@ extension Router {
     /// over).
     func waitsForSplice(_ id: PipeID, now: UInt64) -> Bool {
         guard let (slot, since) = ingressFDs[id]?.waitsFor else { return false }
-        if slot < core.egress.count && core.egress[slot].open && core.egress[slot].queue.unwrittenBytes > 0
+        if slot < core.egress.count && core.egress[slot].open && inPlace({ $0.egress[slot].queue.unwrittenBytes }) > 0
             && now &- since < Self.spliceWait
         {
             return true
@@ -282,22 +282,20 @@ extension Router {
     /// the bytes moved (what it did not move is written from the queue), or nil when the pipe is too small ever
     /// to take such a run.
     func spliceRun(_ step: RouterCore.PeekStep, pages: Int, _ move: (Int32) -> Int) -> Int? {
-        guard let slot = step.egress, core.spliceable(step) else { return 0 }
+        guard let slot = step.egress, inPlace({ $0.spliceable(step) }) else { return 0 }
         let id = core.egress[slot].id
-        guard let held = egressFDs[id] else { return 0 }
-        guard pages <= held.occupancy.pages else { return nil }
-        var occupancy = held.occupancy
-        if occupancy.mustAsk(toWrite: pages * 4096) {
-            askEgress(slot, id: id, fd: held.fd, now: monotonicNanos())
-            guard let asked = egressFDs[id]?.occupancy, core.spliceable(step) else { return 0 }
-            occupancy = asked
+        // The count is read and changed in place, as in `flush`.
+        guard let fd = egressFDs[id]?.fd, let capacity = egressFDs[id]?.occupancy.pages else { return 0 }
+        guard pages <= capacity else { return nil }
+        if egressFDs[id]?.occupancy.mustAsk(toWrite: pages * 4096) == true {
+            askEgress(slot, id: id, fd: fd, now: monotonicNanos())
+            guard egressFDs[id] != nil, inPlace({ $0.spliceable(step) }) else { return 0 }
         }
-        guard occupancy.room >= pages * 4096 else { return 0 }
-        let n = move(held.fd.rawValue)
+        guard (egressFDs[id]?.occupancy.room ?? 0) >= pages * 4096 else { return 0 }
+        let n = move(fd.rawValue)
         // Refused (EAGAIN, or EPIPE: the reader left, which the next write from the queue reports).
         guard n > 0 else { return 0 }
-        occupancy.wrote(n, pages: pages)
-        egressFDs[id]?.occupancy = occupancy
+        egressFDs[id]?.occupancy.wrote(n, pages: pages)
         core.wrote(slot, count: n)
         if n < step.count {
             logger.warning(
@@ -409,26 +407,27 @@ extension Router {
     /// refuses it (EAGAIN), and a refusal means the pipe is full, which EPOLLOUT reports the end of.
     func flush(_ slot: Int) {
         let id = core.egress[slot].id
-        guard let held = egressFDs[id] else { return }
+        guard let fd = egressFDs[id]?.fd, let readAtStart = egressFDs[id]?.readAt else { return }
         defer { if !core.hasUnwritten(slot) { armEgress(id, false) } }
-        var occupancy = held.occupancy
+        // The pipe's count is read and changed in place in `egressFDs`: a copy of it held across `wrote` would
+        // make its arrays copy themselves on every write.
         // Set once not one whole frame fits by the count: from then on, PIPE_BUF at a time until EAGAIN.
         var countFull = false
-        let send = { (bytes: UnsafeRawBufferPointer) -> Int in bytes.isEmpty ? 0 : write(held.fd.rawValue, bytes.baseAddress, bytes.count) }
+        let send = { (bytes: UnsafeRawBufferPointer) -> Int in bytes.isEmpty ? 0 : write(fd.rawValue, bytes.baseAddress, bytes.count) }
         while core.hasUnwritten(slot) {
-            if !countFull && occupancy.mustAsk(toWrite: core.egress[slot].queue.unwrittenBytes) {
-                askEgress(slot, id: id, fd: held.fd, now: monotonicNanos())
-                guard let asked = egressFDs[id]?.occupancy, core.hasUnwritten(slot) else { break }
-                occupancy = asked
+            if !countFull && egressFDs[id]?.occupancy.mustAsk(toWrite: inPlace({ $0.egress[slot].queue.unwrittenBytes })) == true {
+                askEgress(slot, id: id, fd: fd, now: monotonicNanos())
+                guard egressFDs[id] != nil, core.hasUnwritten(slot) else { break }
             }
-            var n = countFull ? 0 : inPlace { $0.withUnwritten(slot, room: occupancy.room, pipeEmpty: occupancy.bound == 0, send) }
+            let room = egressFDs[id]?.occupancy.room ?? 0
+            let empty = egressFDs[id]?.occupancy.bound == 0
+            var n = countFull ? 0 : inPlace { $0.withUnwritten(slot, room: room, pipeEmpty: empty, send) }
             if n == 0 {
                 countFull = true
                 n = inPlace { $0.withNextFrames(slot, atMost: Self.atomicPipeWrite, send) }
             }
             if n > 0 {
-                occupancy.wrote(n)
-                egressFDs[id]?.occupancy = occupancy
+                egressFDs[id]?.occupancy.wrote(n)
                 core.wrote(slot, count: n)
                 continue
             }
@@ -440,7 +439,7 @@ extension Router {
                 // looked at by the loop's timeout instead (`roomPoll`).
                 core.egressWouldBlock(slot)
                 let now = monotonicNanos()
-                let sinceRead = now &- (egressFDs[id]?.readAt ?? held.readAt)
+                let sinceRead = now &- (egressFDs[id]?.readAt ?? readAtStart)
                 let reading = sinceRead < Self.readingWindow
                 armEgress(id, reading)
                 if !reading { roomPoll = min(roomPoll ?? .max, sinceRead < 200_000_000 ? 1_000_000 : 50_000_000) }

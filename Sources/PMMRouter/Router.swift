@@ -400,14 +400,14 @@ public final class Router {
     /// earliest timer (a paused pipe, a probe, a sweep, frames of other nodes to acknowledge), 100 ms at most.
     func waitTimeout(now: UInt64) -> Int32 {
         var wake = min(nextTimer, nextSweep, now + 100_000_000)
-        if core.awaitsLinkCompletions { wake = min(wake, now + linkCompletionPoll(now: now)) }
+        if inPlace({ $0.awaitsLinkCompletions }) { wake = min(wake, now + linkCompletionPoll(now: now)) }
         if let roomPoll { wake = min(wake, now + roomPoll) }
         for id in attention.ids {
             guard let slot = core.ingressSlot(id) else { continue }
             if let since = ingressFDs[id]?.waitsFor?.since {
                 // Waiting for a queue (`waitsForSplice`): its writes wake the loop, and the wait ends by then.
                 wake = min(wake, since + Self.spliceWait)
-            } else if core.hasBufferedWork(slot) && inPlace({ $0.wantsToRead(slot, now: now) }) {
+            } else if inPlace({ $0.hasBufferedWork(slot) }) && inPlace({ $0.wantsToRead(slot, now: now) }) {
                 return 0
             }
             let paused = core.ingress[slot].pausedUntil
@@ -433,7 +433,7 @@ public final class Router {
         let now = monotonicNanos()
         if inPlace({ $0.wantsToRead(slot, now: now) }) && (!waitsForSplice(id, now: now) || spoolWhileWaiting(slot, id: id)) {
             readIngress(slot, budget: 4)
-            if let slot = core.ingressSlot(id), core.hasBufferedWork(slot) { attention.insert(id) }
+            if let slot = core.ingressSlot(id), inPlace({ $0.hasBufferedWork(slot) }) { attention.insert(id) }
         } else {
             armIngress(id, false)
             attention.insert(id)
@@ -451,9 +451,9 @@ public final class Router {
                 continue
             }
             if ingressFDs[id]?.armed == false { armIngress(id, true) }
-            if core.hasBufferedWork(slot) { readIngress(slot, budget: 4) }
+            if inPlace({ $0.hasBufferedWork(slot) }) { readIngress(slot, budget: 4) }
             guard let slot = core.ingressSlot(id) else { continue }
-            if core.hasBufferedWork(slot) || ingressFDs[id]?.armed == false { attention.insert(id) }
+            if inPlace({ $0.hasBufferedWork(slot) }) || ingressFDs[id]?.armed == false { attention.insert(id) }
         }
     }
 
@@ -485,7 +485,7 @@ public final class Router {
             let id = core.ingress[slot].id
             ingressFDs[id]?.waitsFor = nil  // egress slots may have moved
             if core.ingress[slot].draining { drainingIngress.insert(id) }
-            if core.hasBufferedWork(slot) || ingressFDs[id]?.armed == false { attention.insert(id) }
+            if inPlace({ $0.hasBufferedWork(slot) }) || ingressFDs[id]?.armed == false { attention.insert(id) }
         }
     }
 

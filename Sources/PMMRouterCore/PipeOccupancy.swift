@@ -31,14 +31,18 @@ public struct PipeOccupancy: Sendable, Equatable {
     public private(set) var askedAt: UInt64 = 0
     /// Bytes this router wrote to the pipe.
     private var written = 0
-    /// The writes that may still be in the pipe, oldest first (from `firstWrite`): where each ended (in
-    /// `written`'s terms) and the pages it may take.
-    private var writeEnds: [Int] = []
-    private var writePages: [Int] = []
-    /// Whether each of those was moved in with splice(2): its buffers are the source pipe's, not packed pages.
-    private var writeSpliced: [Bool] = []
+    /// A write that may still be in the pipe: where it ended (in `written`'s terms), the pages it may take, and
+    /// whether it was moved in with splice(2) (its buffers are the source pipe's, not packed pages).
+    private struct Write: Sendable, Equatable {
+        var end: Int
+        var pages: Int
+        var spliced: Bool
+    }
+    /// The writes that may still be in the pipe, oldest first (from `firstWrite`). One array, not three: the
+    /// router reads the count through copies of its pipe's entry, each a retain and release per array.
+    private var writes: [Write] = []
     private var firstWrite = 0
-    /// The pages of `writePages[(firstWrite + 1)...]`.
+    /// The pages of `writes[(firstWrite + 1)...]`.
     private var laterPages = 0
 
     public init(capacity: Int) {
@@ -54,11 +58,11 @@ public struct PipeOccupancy: Sendable, Equatable {
         let foreign = max(0, bound - written)
         var used = min(foreign, pages)
         let ours = min(bound, written)
-        if ours > 0 && firstWrite < writeEnds.count {
+        if ours > 0 && firstWrite < writes.count {
             // The oldest write still there may have been read in part: what is left of it may straddle a page.
-            let left = writeEnds[firstWrite] - (written - ours)
+            let left = writes[firstWrite].end - (written - ours)
             // Spliced buffers need not be full pages: what is left of them may take every slot they took.
-            let oldest = writeSpliced[firstWrite] ? writePages[firstWrite] : (left + Self.page - 1) / Self.page + 1
+            let oldest = writes[firstWrite].spliced ? writes[firstWrite].pages : (left + Self.page - 1) / Self.page + 1
             used += oldest + laterPages
         }
         return min(used, pages)
@@ -96,10 +100,8 @@ public struct PipeOccupancy: Sendable, Equatable {
         written += count
         let spliced = pages != nil
         let pages = pages ?? (count + Self.page - 1) / Self.page
-        if firstWrite < writeEnds.count { laterPages += pages }
-        writeEnds.append(written)
-        writePages.append(pages)
-        writeSpliced.append(spliced)
+        if firstWrite < writes.count { laterPages += pages }
+        writes.append(Write(end: written, pages: pages, spliced: spliced))
     }
 
     /// The most slots a run of `run` bytes moved with splice(2) takes, when it lies within a look of `look` bytes
@@ -117,20 +119,16 @@ public struct PipeOccupancy: Sendable, Equatable {
     private mutating func forgetRead() {
         guard let bound else { return }
         let read = written - min(bound, written)
-        while firstWrite < writeEnds.count && writeEnds[firstWrite] <= read {
+        while firstWrite < writes.count && writes[firstWrite].end <= read {
             firstWrite += 1
-            if firstWrite < writeEnds.count { laterPages -= writePages[firstWrite] }
+            if firstWrite < writes.count { laterPages -= writes[firstWrite].pages }
         }
-        if firstWrite == writeEnds.count {
-            writeEnds.removeAll(keepingCapacity: true)
-            writePages.removeAll(keepingCapacity: true)
-            writeSpliced.removeAll(keepingCapacity: true)
+        if firstWrite == writes.count {
+            writes.removeAll(keepingCapacity: true)
             firstWrite = 0
             laterPages = 0
-        } else if firstWrite >= 64 && firstWrite * 2 >= writeEnds.count {
-            writeEnds.removeFirst(firstWrite)
-            writePages.removeFirst(firstWrite)
-            writeSpliced.removeFirst(firstWrite)
+        } else if firstWrite >= 64 && firstWrite * 2 >= writes.count {
+            writes.removeFirst(firstWrite)
             firstWrite = 0
         }
     }

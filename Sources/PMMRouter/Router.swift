@@ -404,8 +404,10 @@ public final class Router {
         if let roomPoll { wake = min(wake, now + roomPoll) }
         for id in attention.ids {
             guard let slot = core.ingressSlot(id) else { continue }
-            if let since = ingressFDs[id]?.waitsFor?.since {
-                // Waiting for a queue (`waitsForSplice`): its writes wake the loop, and the wait ends by then.
+            if waitsForSplice(id, now: now), let since = ingressFDs[id]?.waitsFor?.since {
+                // Waiting for a queue: its writes wake the loop, and the wait ends by then. (Asked, not read off
+                // `waitsFor`: a wait that ended while the core did not want the pipe read, so that nothing asked,
+                // would set the wake in the past, and the loop would spin.)
                 wake = min(wake, since + Self.spliceWait)
             } else if inPlace({ $0.hasBufferedWork(slot) }) && inPlace({ $0.wantsToRead(slot, now: now) }) {
                 return 0

@@ -36,14 +36,13 @@ extension Router {
                         performActions()
                         return
                     }
-                    let moved = file.splice(from: held.fd, at: inPlace({ $0.spool(of: slot)!.size }), length: options.readSize)
-                    if moved > 0 {
-                        core.spoolAppended(slot, count: moved)
-                    } else if moved == 0 {
+                    // What moved is read back below.
+                    let moved = spoolIn(slot, file: file, from: held.fd, length: options.readSize)
+                    if moved == 0 {
                         core.ingressEOF(slot, now: now)
                         performActions()
                         return
-                    } else {
+                    } else if moved < 0 {
                         let error = errno
                         if error == EINTR { continue }
                         if error == EAGAIN || error == EWOULDBLOCK {
@@ -224,10 +223,16 @@ extension Router {
         guard core.ingress[slot].open, core.spoolLive < options.spoolLimit, let held = ingressFDs[id],
             let file = inPlace({ $0.spoolPipe(of: slot) }).flatMap({ spoolFiles[$0] })
         else { return false }
-        let moved = file.splice(from: held.fd, at: inPlace({ $0.spool(of: slot)!.size }), length: options.readSize)
-        guard moved > 0 else { return false }  // empty, or the writer left: the read after the wait sees it
-        core.spoolAppended(slot, count: moved)
-        return true
+        // Nothing moved: empty, or the writer left, which the read after the wait sees.
+        return spoolIn(slot, file: file, from: held.fd, length: options.readSize) > 0
+    }
+
+    /// Moves up to `length` bytes from pipe `source` to the end of ingress `slot`'s spool `file` (splice(2)), and
+    /// tells the core. Returns what splice returned (bytes moved; 0: no writer; -1 with errno).
+    func spoolIn(_ slot: Int, file: SpoolFile, from source: FileDescriptor, length: Int) -> Int {
+        let moved = file.splice(from: source, at: inPlace({ $0.spool(of: slot)!.size }), length: length)
+        if moved > 0 { core.spoolAppended(slot, count: moved) }
+        return moved
     }
 
     /// Whether ingress `id` waits for an egress queue to be written out before its next look (see
@@ -314,11 +319,7 @@ extension Router {
             // pipe first moves what the old inode holds into its spool.
             if let old = ingressFDs[id] {
                 if let slot = core.ingressSlot(id), let ledger = core.spool(of: slot), let spool = spoolFiles[ledger.pipe] {
-                    while true {
-                        let moved = spool.splice(from: old.fd, at: core.spool(of: slot)!.size, length: 1 << 20)
-                        guard moved > 0 else { break }
-                        core.spoolAppended(slot, count: moved)
-                    }
+                    while spoolIn(slot, file: spool, from: old.fd, length: 1 << 20) > 0 {}
                     // A frame the old inode's writer left cut can never be completed from the new one.
                     if old.inode != file.inode || old.device != file.device {
                         core.spoolSourceChanged(slot)

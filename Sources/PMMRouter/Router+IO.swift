@@ -277,6 +277,7 @@ extension Router {
             at += Int64(step.count)
         }
         shellCounters.splicedBytes += UInt64(moved)
+        shellCounters.splicedFromSpoolBytes += UInt64(moved)
         performActions()
         return !waitForQueue(id, plan: plan, refused: refused, now: now)
     }

@@ -84,6 +84,7 @@ extension Router {
         metrics.count("pmm_router_reloads_total", [], status.reloads)
         metrics.count("pmm_router_failed_reloads_total", [], status.failedReloads)
         metrics.count("pmm_router_spliced_bytes_total", [], status.splicedBytes ?? 0)
+        metrics.count("pmm_router_spliced_from_spool_bytes_total", [], status.splicedFromSpoolBytes ?? 0)
         return metrics.render()
     }
 }

@@ -232,8 +232,10 @@ public final class Router {
         var dropped: UInt64 = 0
         var failedReloads: UInt64 = 0
         var lastReloadError: String?
-        /// Bytes moved from ingress pipes into egress pipes with splice(2).
+        /// Bytes moved into egress pipes with splice(2): from ingress pipes, and from spool files.
         var splicedBytes: UInt64 = 0
+        /// Of those, the bytes moved from spool files (at-least-once).
+        var splicedFromSpoolBytes: UInt64 = 0
     }
 
     /// - Parameters:

@@ -247,6 +247,7 @@ extension RouterStatus {
             status.heldBytes = (status.heldBytes ?? 0) + (part.heldBytes ?? 0)
             status.spooledBytes = (status.spooledBytes ?? 0) + (part.spooledBytes ?? 0)
             status.splicedBytes = (status.splicedBytes ?? 0) + (part.splicedBytes ?? 0)
+            status.splicedFromSpoolBytes = (status.splicedFromSpoolBytes ?? 0) + (part.splicedFromSpoolBytes ?? 0)
         }
         return status
     }

@@ -103,6 +103,9 @@ public struct RouterStatus: Codable, Sendable, Equatable {
     /// Bytes moved from busy ingress pipes straight into consumers' pipes with splice(2), without a copy
     /// through the router (nil: a router that does not report it).
     public var splicedBytes: UInt64? = nil
+    /// Of `splicedBytes`, those moved from at-least-once spool files into consumers' pipes (page-cache
+    /// references) rather than from ingress pipes.
+    public var splicedFromSpoolBytes: UInt64? = nil
 
     /// Reads a status file, or nil.
     public static func read(from path: String) -> RouterStatus? {
@@ -153,7 +156,7 @@ extension Router {
                     peer: $0.name, up: $0.up, since: wall($0.since), peerRevision: $0.revision, sentFrames: $0.sentFrames,
                     acknowledgedFrames: $0.acknowledgedFrames, receivedFrames: $0.receivedFrames, unacknowledged: $0.unacknowledged,
                     rerouted: $0.rerouted, rate: linkRates[$0.name]?.rate ?? 0, lastError: $0.lastError)
-            }, splicedBytes: shellCounters.splicedBytes)
+            }, splicedBytes: shellCounters.splicedBytes, splicedFromSpoolBytes: shellCounters.splicedFromSpoolBytes)
     }
 
     /// Writes the status file every `statusInterval` (or now, with `force`); a worker of a group publishes its
@@ -243,6 +246,7 @@ extension Router {
         hasher.combine(core.epoch)
         hasher.combine(core.heldBytes)
         hasher.combine(shellCounters.splicedBytes)
+        hasher.combine(shellCounters.splicedFromSpoolBytes)
         hasher.combine(core.spoolLive)
         hasher.combine(core.counters)
         hasher.combine(shellCounters.dropped)

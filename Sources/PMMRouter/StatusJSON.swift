@@ -69,6 +69,7 @@ struct StatusJSON {
             json.field("heldBytes", status.heldBytes)
             json.field("spooledBytes", status.spooledBytes)
             json.field("splicedBytes", status.splicedBytes)
+            json.field("splicedFromSpoolBytes", status.splicedFromSpoolBytes)
             json.field("workers", status.workers)
             if let links = status.links {
                 json.array("links", links) { json, link in

@@ -19,6 +19,7 @@ struct SpliceTests {
     }
 
     static func spliced(_ h: MeshHarness) -> UInt64 { h.status?.splicedBytes ?? 0 }
+    static func splicedFromSpools(_ h: MeshHarness) -> UInt64 { h.status?.splicedFromSpoolBytes ?? 0 }
 
     /// Starts the router with `router` arguments and an exact consumer on `worker-0`, then a producer sending
     /// `count` frames of `payload` bytes at `rate` per second.
@@ -74,6 +75,8 @@ struct SpliceTests {
         let moved = Self.spliced(h)
         print("FIGURES splice, \(delivery), \(count) frames of \(payload) B: \(moved) bytes moved without a copy")
         if payload < 256 << 10 { #expect(moved > 0, "the splice path was taken") }
+        // An at-least-once pipe is never looked at: all it moves comes from its spool file.
+        #expect(Self.splicedFromSpools(h) == (delivery == "at-least-once" ? moved : 0), "bytes moved from the spool, of \(moved)")
     }
 
     /// The consumer the frames go to is killed mid-stream: what it had not read (including runs spliced into

@@ -34,8 +34,10 @@ let spec = MeshSpec(
     routes: [Route(dataType: "metrics", targets: [RouteTarget(service: "collector", weight: 90), RouteTarget(service: "canary", weight: 10)])])
 
 /// A router core serving `spec` with every pipe open, as the shell leaves it once the consumers are there.
-func servingCore(_ spec: MeshSpec) -> RouterCore {
-    var core = RouterCore(layout: RouterLayout(spec: spec, revision: 1), now: 1, seed: 7)
+/// `spooled`: at-least-once pipes get an empty spool ledger (without one they are served at most once).
+func servingCore(_ spec: MeshSpec, spooled: Bool = false) -> RouterCore {
+    var core = RouterCore(
+        layout: RouterLayout(spec: spec, revision: 1), now: 1, seed: 7, openSpool: { spooled ? SpoolLedger(pipe: $0, size: 0, mark: 0) : nil })
     for action in core.takeActions() {
         switch action {
         case .openIngress(let id, _, _): core.ingressOpened(id)
@@ -48,8 +50,11 @@ func servingCore(_ spec: MeshSpec) -> RouterCore {
 }
 
 /// One read's worth of `stream` through `core`: into ingress 0's buffer, routed, written from every egress queue
-/// in one piece, and read by the consumers (FIONREAD 0), as the shell's pass does it.
-func pass(_ core: inout RouterCore, now: UInt64) {
+/// in one piece, and read by the consumers (FIONREAD 0), as the shell's pass does it. `lagging`: each consumer
+/// has read all but the last write when asked (as under load), so frames are acknowledged a pass late.
+func pass(_ core: inout RouterCore, now: UInt64, lagging: Bool = false) {
+    // An at-least-once pipe's bytes go to its spool first, and are read back from there.
+    if core.spool(of: 0) != nil { core.spoolAppended(0, count: stream.count) }
     let n = core.withReadSpace(0) { raw in
         stream.withUnsafeBytes { raw.copyMemory(from: $0) }
         return stream.count
@@ -58,20 +63,21 @@ func pass(_ core: inout RouterCore, now: UInt64) {
     for slot in core.egress.indices where core.hasUnwritten(slot) {
         let written = core.withUnwritten(slot, room: 1 << 30, pipeEmpty: true) { $0.count }
         core.wrote(slot, count: written)
-        core.egressUnread(slot, unread: 0, now: now)
+        core.egressUnread(slot, unread: lagging ? written : 0, now: now)
     }
     core.settleActiveEgress()
 }
 
 /// Times `pass` over as many reads as the benchmark has frames to measure, after one pass that grows the
 /// buffers (as in a router that has been running); returns the core for the caller's check.
-func measurePasses(_ benchmark: Benchmark, _ core: RouterCore) -> RouterCore {
+func measurePasses(_ benchmark: Benchmark, _ core: RouterCore, lagging: Bool = false) -> RouterCore {
     var core = core
-    pass(&core, now: 2)
-    var now: UInt64 = 3
+    // Enough passes to grow every buffer, and a lagging spool's ledger past its compaction.
+    for now in 2..<(lagging ? 12 : 3) { pass(&core, now: UInt64(now), lagging: lagging) }
+    var now: UInt64 = 12
     benchmark.startMeasurement()
     for _ in 0..<(benchmark.scaledIterations.count / frameCount) {
-        pass(&core, now: now)
+        pass(&core, now: now, lagging: lagging)
         now += 1
     }
     benchmark.stopMeasurement()
@@ -87,8 +93,9 @@ let benchmarks: @Sendable () -> Void = {
         thresholds: [.mallocCountTotal: BenchmarkThresholds(absolute: [.p0: 0, .p25: 0, .p50: 0, .p75: 0, .p90: 0, .p99: 0, .p100: 0])])
 
     // The whole path through the core, read(2)'s bytes to write(2)'s and the acknowledgement, per frame
-    // (`scaledIterations` counts frames: one pass routes 1000 of them): one producer to one consumer, and one
-    // producer to three consumers by key plus a canary by weight.
+    // (`scaledIterations` counts frames: one pass routes 1000 of them): one producer to one consumer (at most
+    // once, and at least once through a spool), and one producer to three consumers by key plus a canary by
+    // weight.
     Benchmark("core-path-one-consumer", configuration: allocationFree) { benchmark in
         let oneToOne = MeshSpec(
             name: "bench", root: "/run/pmm/bench", dataTypes: [DataType(name: "metrics", shards: 1)],
@@ -98,6 +105,23 @@ let benchmarks: @Sendable () -> Void = {
             ])
         let core = measurePasses(benchmark, servingCore(oneToOne))
         precondition(core.egress.reduce(0) { $0 + $1.frames } > 0, "nothing was routed")
+    }
+
+    // The same through an at-least-once spool, read a pass late: each frame tracked in the spool's ledger until
+    // it is read, and the ledger advanced past it.
+    Benchmark("core-path-at-least-once", configuration: allocationFree) { benchmark in
+        let oneToOne = MeshSpec(
+            name: "bench", root: "/run/pmm/bench", dataTypes: [DataType(name: "metrics", shards: 1, qos: QoS(delivery: .atLeastOnce))],
+            services: [
+                Service(name: "api", uid: 1, produces: [Binding(dataType: "metrics")]),
+                Service(name: "collector", uid: 2, consumes: [Binding(dataType: "metrics")]),
+            ])
+        let core = measurePasses(benchmark, servingCore(oneToOne, spooled: true), lagging: true)
+        precondition(core.egress.reduce(0) { $0 + $1.frames } > 0, "nothing was routed")
+        // A pass late, up to two passes' frames are not yet read whole.
+        precondition(
+            core.spools.compactMap { $0 }.count == 1 && core.spoolLive > 0 && core.spoolLive <= 2 * stream.count,
+            "the frames did not go through a spool, or its ledger did not advance")
     }
 
     Benchmark("core-path-three-consumers-and-a-canary", configuration: allocationFree) { benchmark in

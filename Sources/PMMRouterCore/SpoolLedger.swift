@@ -144,8 +144,12 @@ public struct SpoolLedger: Sendable {
             outstanding.removeFirst(outstandingHead)
             outstandingHead = 0
         }
-        let mark = watermark
-        cuts.removeAll { $0.passed && $0.resume <= mark }
+        // Called for every frame done: an empty `cuts` (the usual case) is not touched, since removing from
+        // an empty array still goes through its copy-on-write path (3% of the router's time at 128 B).
+        if !cuts.isEmpty {
+            let mark = watermark
+            cuts.removeAll { $0.passed && $0.resume <= mark }
+        }
     }
 
     /// Everything spooled is done, and `pending` bytes of a frame not yet whole are in memory: when 0 the

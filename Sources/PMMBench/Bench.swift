@@ -69,6 +69,10 @@ public struct BenchResult: Codable, Sendable {
     public var duplicated: Int
     public var routerCPUSeconds: Double?
     public var routerPeakRSSMiB: Double?
+    /// Bytes the routers moved into consumers' pipes with splice(2), and of those from at-least-once spools
+    /// (`splicedBytes`, `splicedFromSpoolBytes` in their final status), when they report them.
+    public var routerSplicedBytes: UInt64?
+    public var routerSplicedFromSpoolBytes: UInt64?
     /// The CPUs each router process was allowed (`Cpus_allowed_list`), in the order they were started.
     public var routerCPUs: [String]?
     /// Pipes the router served (the idle ones included), when measured.
@@ -204,7 +208,7 @@ public final class Bench {
             ? "routed, +\(idle.total) idle pipes" : "routed (\(config.delivery.rawValue)\(running.map { ", \($0) worker\($0 == 1 ? "" : "s")" } ?? ""))"
         var result = measure(
             name, directory: directory, types: config.types,
-            readers: readers.readers, tally: readers.tally, routers: [router])
+            readers: readers.readers, tally: readers.tally, routers: [router], statusPaths: [state + "/router.json"])
         if idleCPU != nil {
             result.pipes = config.producers + config.consumers + idle.total
             result.routerIdleCPUPercent = idleCPU
@@ -245,7 +249,8 @@ public final class Bench {
             directory: directory, pipes: (0..<config.consumers).map { Naming.egress(instance: "sink-b-\($0)", dataType: "bench") },
             statusPath: states[0].0 + "/router.json", node: "b")
         return measure(
-            "across nodes (\(tls ? "TLS" : "plaintext"))", directory: directory, readers: readers.readers, tally: readers.tally, routers: [a, b])
+            "across nodes (\(tls ? "TLS" : "plaintext"))", directory: directory, readers: readers.readers, tally: readers.tally, routers: [a, b],
+            statusPaths: states.map { $0.0 + "/router.json" })
     }
 
     // MARK: Helpers
@@ -351,8 +356,13 @@ public final class Bench {
 
     /// Produces into the producers' ingress pipes and reports what the readers got, with the routers' CPU
     /// seconds (added up) and the largest peak RSS.
-    /// - Parameter types: how many bench data types the mesh has (producer p writes type p mod `types`).
-    func measure(_ path: String, directory: String, types: Int = 1, readers: [ConsumerThread], tally: Tally, routers: [Process]) -> BenchResult {
+    /// - Parameters:
+    ///   - types: how many bench data types the mesh has (producer p writes type p mod `types`).
+    ///   - statusPaths: the routers' status files: once they stopped (SIGTERM, at most 5 s), the bytes they
+    ///     spliced are read from them.
+    func measure(
+        _ path: String, directory: String, types: Int = 1, readers: [ConsumerThread], tally: Tally, routers: [Process], statusPaths: [String] = []
+    ) -> BenchResult {
         let cpuBefore = routers.map { ProcessTable.cpuSeconds(of: $0.processIdentifier) }
         let dataTypes = (0..<config.producers).map { typeName($0 % types, of: types) }
         let seconds = produce(
@@ -362,9 +372,21 @@ public final class Bench {
         let rss = routers.compactMap { peakRSSMiB($0.processIdentifier) }.max()
         let allowed = routers.compactMap { allowedCPUs($0.processIdentifier) }
         for router in routers { kill(router.processIdentifier, SIGTERM) }
+        if !statusPaths.isEmpty {
+            // A router writes its final status as it stops.
+            try? waitUntil("the routers to stop", timeout: 5) { routers.allSatisfy { !$0.isRunning } }
+        }
         for reader in readers { reader.stop() }
         var result = tally.result(path: path, seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (cpu, rss))
         result.routerCPUs = allowed
+        let statuses = statusPaths.compactMap { path -> [String: Any]? in
+            guard let data = FileManager.default.contents(atPath: path) else { return nil }
+            return try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        }
+        if !statuses.isEmpty, statuses.allSatisfy({ $0["splicedBytes"] != nil }) {
+            result.routerSplicedBytes = statuses.reduce(0) { $0 + (($1["splicedBytes"] as? NSNumber)?.uint64Value ?? 0) }
+            result.routerSplicedFromSpoolBytes = statuses.reduce(0) { $0 + (($1["splicedFromSpoolBytes"] as? NSNumber)?.uint64Value ?? 0) }
+        }
         return result
     }
 

@@ -16,8 +16,9 @@ struct BenchCommand: ParsableCommand {
             as the router runs, unless --relay thread); and through the router. \
             Reports messages/s, MB/s, latency p50/p99/p99.9/max (HdrHistogram, from the send timestamp in each \
             envelope), the router's (and the relay's) CPU seconds beside the run's wall clock (CPU seconds far \
-            below it in an unpaced run: the path waited instead of working) and the router's peak RSS, and the \
-            ratios routed/direct and routed/relay. Every sequence number is checked: lost or duplicated \
+            below it in an unpaced run: the path waited instead of working), the router's peak RSS and the share \
+            of the bytes it moved into consumers' pipes with splice(2) (from its final status; "from spools": \
+            at-least-once), and the ratios routed/direct and routed/relay. Every sequence number is checked: lost or duplicated \
             frames are reported. Use --rate for a paced latency run and --runs for medians (the machine is shared: \
             compare ratios, not absolutes).
 
@@ -276,6 +277,12 @@ struct BenchCommand: ParsableCommand {
             r.duplicated)
         if let cpu = r.routerCPUSeconds { text += String(format: "  router %.2f CPU s (run %.2f s)", cpu, r.seconds) }
         if let rss = r.routerPeakRSSMiB { text += String(format: ", %.1f MiB peak RSS", rss) }
+        if let spliced = r.routerSplicedBytes, r.megabytesPerSecond > 0 {
+            // Of the bytes delivered, the share that went into consumers' pipes by splice(2), without a copy.
+            let delivered = r.megabytesPerSecond * r.seconds * 1e6
+            text += String(format: ", spliced %.0f%%", min(100, Double(spliced) / delivered * 100))
+            if let spool = r.routerSplicedFromSpoolBytes, spool > 0 { text += String(format: " (%.0f%% from spools)", min(100, Double(spool) / delivered * 100)) }
+        }
         return text
     }
 

@@ -91,6 +91,11 @@ public struct RouterLayout: Hashable, Sendable {
     /// Routes by data type name.
     public var routes: [String: Route]
 
+    /// The ingress pipes that go through a spool (at-least-once). A spool left for any other name (its pipe was
+    /// removed, or its type made at-most-once, before a crash or a restart) is read back and delivered by the
+    /// next router, which adopts it.
+    public var spooledIngress: Set<String> { Set(ingress.lazy.filter { $0.qos.delivery == .atLeastOnce }.map(\.name)) }
+
     /// - Parameters:
     ///   - readers: per data type, writer version -> reader versions that can read it (the checked
     ///     compatibility matrix); nil when no schema check ran.

@@ -270,16 +270,19 @@ public final class Router {
         core = RouterCore(
             layout: layout, options: options.core, now: now, seed: UInt64(truncatingIfNeeded: realtimeNanos()),
             openSpool: Self.spoolOpener(options.spoolDirectory, root: root, logger: logger) { spoolFiles[$0.pipe] = $0 })
-        // Spools of pipes this layout no longer names (a crash after an apply removed them) are read back too.
+        // Spools of pipes this layout no longer names at least once (a crash after an apply removed them, or
+        // made their type at-most-once) are read back too.
         if let directory = options.spoolDirectory, let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
-            let live = Set(layout.ingress.map(\.name))
+            let live = layout.spooledIngress
             let adopts = seat?.adopts ?? { !live.contains($0) }
             for name in names.sorted() where name.hasSuffix(".spool") {
                 let pipe = String(name.dropLast(".spool".count))
                 guard adopts(pipe), let (file, ledger) = try? SpoolFile.open(directory: directory, pipe: pipe, source: nil) else { continue }
                 if core.adoptSpool(ledger, now: now) {
                     spoolFiles[pipe] = file
-                    logger.notice("replaying the spool of a removed pipe", metadata: ["pipe": "\(pipe)", "bytes": "\(ledger.live)"])
+                    logger.notice(
+                        "replaying the spool of a pipe this revision does not spool (removed, or its type made at-most-once)",
+                        metadata: ["pipe": "\(pipe)", "bytes": "\(ledger.live)"])
                 }
             }
         }

@@ -49,8 +49,9 @@ public final class RouterGroup {
         }
         let board = StatusBoard(workers: count)
         self.board = board
-        let live = Set(layout.ingress.map(\.name))
-        // Spools left for pipes no revision names any more: their types get a worker now, which adopts them.
+        let live = layout.spooledIngress
+        // Spools left for pipes no revision names at least once any more: their types get a worker now, which
+        // adopts them.
         var orphans: Set<String> = []
         if let directory = options.spoolDirectory, let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
             for name in names where name.hasSuffix(".spool") {

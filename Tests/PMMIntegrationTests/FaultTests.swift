@@ -400,4 +400,35 @@ struct FaultTests {
         #expect(scrape.stdout.contains("instance=\"worker-0\""))
         #expect(scrape.stdout.contains("pmm_egress_healthy"))
     }
+
+    /// An apply makes a type at-most-once while its spool still holds frames a consumer has not read, and the
+    /// router is killed before it delivers them. The next router serves the pipe at most once, without a spool,
+    /// and must still deliver what the spool holds: it adopts that spool as it does a removed pipe's. Before,
+    /// only the spools of pipes the revision no longer named were read back, and these frames stayed on disk.
+    @Test func aTypeMadeAtMostOnce_whileItsSpoolHoldsFrames_andARouterKilled_losesNothingSpooled() throws {
+        let mesh = { (delivery: String) in faultMesh(delivery: delivery, replicas: 1, policy: "shard", shards: 1) }
+        let h = try MeshHarness(mesh("at-least-once"))
+        try h.startRouter()
+        let consumer = try h.startExactConsumer("worker-0")
+        defer { if consumer.isRunning { kill(consumer.processIdentifier, SIGKILL) } }
+        try h.waitForHealthy(["worker-0"])
+        // The consumer stops reading: what api sends stays in the spool (and the consumer's pipe).
+        kill(consumer.processIdentifier, SIGSTOP)
+        let count = 5_000
+        let sent = try h.send("--service", "api", "--data-type", "events", "--payload", String(repeating: "m", count: 100), "--count", String(count))
+        #expect(sent.status == 0, "send: \(sent.stderr)")
+        try waitFor("the frames spooled") { (h.status?.spooledBytes ?? 0) > 0 && (h.status?.ingress.first { $0.dataType == "events" }?.frames ?? 0) >= UInt64(count) }
+
+        h.dir.write(mesh("at-most-once").replacingOccurrences(of: "ROOT", with: h.dir.root))
+        let applied = try pmm("apply", "-f", h.dir.specPath, h.stateArgument)
+        #expect(applied.status == 0, "apply: \(applied.stderr)")
+        h.signalRouter(SIGKILL)
+        h.router?.waitUntilExit()
+
+        try h.startRouter()
+        kill(consumer.processIdentifier, SIGCONT)
+        try? waitFor("every frame", timeout: 30) { Set(h.exactReceived(["worker-0"])).count >= count }
+        account("type made at-most-once, router killed", sent: count, received: h.exactReceived(["worker-0"]))
+        #expect(h.routerLog().contains("replaying the spool"), "\(h.routerLog().suffix(2000))")
+    }
 }

@@ -177,7 +177,7 @@ struct WorkerTests {
         #expect(
             Set(h.exactReceived(beta, dataType: "beta")).count == 200,
             "the other worker routes beta: \(String(describing: h.status?.egress.map { ($0.name, $0.healthy, $0.frames) }))\n\(h.routerLog().suffix(3000))")
-        #expect(h.routerLog().contains("replaying the spool of a removed pipe"), "\(h.routerLog().suffix(2000))")
+        #expect(h.routerLog().contains("replaying the spool of a pipe this revision does not spool"), "\(h.routerLog().suffix(2000))")
     }
 
     @Test func sigterm_stopsEveryWorker_drainsTheirQueues_andExits0() throws {

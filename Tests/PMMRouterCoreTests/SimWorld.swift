@@ -605,10 +605,17 @@ struct SimWorld {
         ingressFDs = [:]
         egressFDs = [:]
         let layout = RouterLayout(spec: spec, revision: revision)
+        // Frames still in an ingress pipe are taken by the next router as its layout says: at most once if an
+        // apply made their type at-most-once (the router before kept spooling them; this one has no spool for
+        // the pipe).
+        let spooled = layout.spooledIngress
+        for fifo in fifos.values where !spooled.contains(fifo.name) {
+            for id in Self.frameIDs(in: fifo.bytes) where sent[id]?.fate == .inFlight { sent[id]?.atLeastOnce = false }
+        }
         disk.current = fifos.mapValues(\.inode)
         core = RouterCore(layout: layout, options: options, now: now, seed: UInt64(crashes), openSpool: disk.open)
-        // As Router.init does: spools of pipes the layout no longer names are read back too.
-        for pipe in spoolFiles.keys.sorted() where !layout.ingress.contains(where: { $0.name == pipe }) {
+        // As Router.init does: spools of pipes the layout no longer names at least once are read back too.
+        for pipe in spoolFiles.keys.sorted() where !layout.spooledIngress.contains(pipe) {
             if let ledger = disk.open(pipe) { core.adoptSpool(ledger, now: now) }
         }
         spoolLiveAtRestart = core.spoolLive

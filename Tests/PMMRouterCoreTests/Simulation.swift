@@ -17,6 +17,9 @@ struct SimMesh: Hashable {
     var eventsOverflow = "block"
     var eventsBuffer = 32
     var eventsPolicy = "round-robin"
+    /// `events` is at-most-once unless an apply made it at-least-once (and back): an operator's change of
+    /// `qos.delivery` while frames are buffered, queued and in the pipe.
+    var eventsDelivery = "at-most-once"
     var auditConsumed = true
     /// `registration` of `worker` (orders' consumer), and which of its instances hold a lease (index -> the
     /// capacity registered, 0 for none).
@@ -33,7 +36,7 @@ struct SimMesh: Hashable {
           orders:
             shards: \(ordersShards)
             qos: {delivery: at-least-once, buffer: \(ordersBuffer), maxRate: \(ordersRate)}
-        \(eventsPresent ? "  events:\n    qos: {delivery: at-most-once, buffer: \(eventsBuffer), overflow: \(eventsOverflow)}" : "")
+        \(eventsPresent ? "  events:\n    qos: {delivery: \(eventsDelivery), buffer: \(eventsBuffer), overflow: \(eventsDelivery == "at-least-once" && eventsOverflow == "drop-oldest" ? "block" : eventsOverflow)}" : "")
           audit:
             qos: {delivery: at-least-once, overflow: dead-letter, buffer: 8}
         services:
@@ -106,6 +109,8 @@ struct Simulation {
     /// schedule of every other event stays what it was for a seed; nil: leases never change (the regression
     /// seeds replay their original schedules).
     var leaseRandom: SimRandom?
+    /// Draws the changes of `events`' delivery, likewise from a stream of its own; nil: never.
+    var deliveryRandom: SimRandom?
     /// Memory and spool bounds small enough to be reached.
     static var options: RouterCoreOptions {
         var options = RouterCoreOptions()
@@ -120,7 +125,7 @@ struct Simulation {
         return options
     }
 
-    init(seed: UInt64, sabotage: Sabotage? = nil, leases: Bool = true, peeks: Bool = true) {
+    init(seed: UInt64, sabotage: Sabotage? = nil, leases: Bool = true, peeks: Bool = true, deliveries: Bool = false) {
         self.seed = seed
         random = SimRandom(seed: seed)
         mesh = SimMesh()
@@ -138,6 +143,7 @@ struct Simulation {
             }
             self.leaseRandom = leaseRandom
         }
+        if deliveries { deliveryRandom = SimRandom(seed: seed ^ 0xde1_1ce5_0000) }
         var options = Self.options
         options.sabotage = sabotage
         world = SimWorld(spec: mesh.spec, options: options)
@@ -275,10 +281,15 @@ struct Simulation {
             }
             self.leaseRandom = leaseRandom
         }
+        if var deliveryRandom {
+            if deliveryRandom.chance(15) { next.eventsDelivery = next.eventsDelivery == "at-most-once" ? "at-least-once" : "at-most-once" }
+            self.deliveryRandom = deliveryRandom
+        }
         guard next != mesh else { return }
+        let delivery = next.eventsDelivery != mesh.eventsDelivery ? " (events \(next.eventsDelivery))" : ""
         mesh = next
         world.apply(mesh.spec)
-        note("apply revision \(world.revision)")
+        note("apply revision \(world.revision)\(delivery)")
     }
 
     /// Everything comes back and drains: consumers alive and reading, the clock moving, the router passing.

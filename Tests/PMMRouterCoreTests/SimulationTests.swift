@@ -26,8 +26,12 @@ let regressionSeeds: [UInt64] = [
 
 @Suite struct SimulationTests {
     /// Runs one seed; on failure, records the seed, the violations and the last steps.
-    static func check(_ seed: UInt64, steps: Int = 300, leases: Bool = true, peeks: Bool = true) -> Bool {
-        var simulation = Simulation(seed: seed, leases: leases, peeks: peeks)
+    /// Whether schedules change `events`' delivery too (`PMM_SIM_DELIVERIES=1`): not yet by default, since 7
+    /// of 2,000 such schedules still fail and are not yet understood (docs/development.md, "Open items").
+    static let deliveryChanges = ProcessInfo.processInfo.environment["PMM_SIM_DELIVERIES"] == "1"
+
+    static func check(_ seed: UInt64, steps: Int = 300, leases: Bool = true, peeks: Bool = true, deliveries: Bool = deliveryChanges) -> Bool {
+        var simulation = Simulation(seed: seed, leases: leases, peeks: peeks, deliveries: deliveries)
         let violations = simulation.run(steps: steps)
         splicedBytes.add(simulation.world.splicedBytes, ordering: .relaxed)
         guard violations.isEmpty else {
@@ -36,7 +40,7 @@ let regressionSeeds: [UInt64] = [
                 simulation seed \(seed) failed (replay: PMM_SIM_SEED=\(seed) swift test --filter SimulationTests):
                 \(violations.prefix(8).joined(separator: "\n"))
                 last steps:
-                \(simulation.steps.suffix(25).joined(separator: "\n"))
+                \(simulation.steps.suffix(ProcessInfo.processInfo.environment["PMM_SIM_SHOW"].flatMap { Int($0) } ?? 25).joined(separator: "\n"))
                 router notices:
                 \(simulation.world.log.suffix(15).joined(separator: "\n"))
                 router state:
@@ -54,7 +58,7 @@ let regressionSeeds: [UInt64] = [
     static let shares = 8
 
     /// PMM_SIM_SCHEDULES (default 2,000) schedules from seed PMM_SIM_BASE (default 1); PMM_SIM_SEED=n runs
-    /// that one seed alone.
+    /// that one seed alone, and PMM_SIM_SHOW=n shows the last n steps of a failing one (default 25).
     @Test(arguments: 0..<shares) func randomSchedules_keepEveryInvariant(share: Int) {
         let environment = ProcessInfo.processInfo.environment
         if let text = environment["PMM_SIM_SEED"], let seed = UInt64(text) {
@@ -78,9 +82,10 @@ let regressionSeeds: [UInt64] = [
         )
     }
 
-    /// Each as it first failed (no lease changes, no peeks), then with the leases and peeks of `randomSchedules`.
+    /// Each as it first failed (no lease changes, no peeks, no change of delivery), then with the leases, peeks
+    /// and changes of delivery of `randomSchedules`.
     @Test(arguments: regressionSeeds) func regressionSeed_staysFixed(_ seed: UInt64) {
-        _ = Self.check(seed, leases: false, peeks: false)
+        _ = Self.check(seed, leases: false, peeks: false, deliveries: false)
         _ = Self.check(seed)
     }
 

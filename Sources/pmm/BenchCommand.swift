@@ -18,9 +18,9 @@ struct BenchCommand: ParsableCommand {
             envelope), the router's (and the relay's) CPU seconds beside the run's wall clock (CPU seconds far \
             below it in an unpaced run: the path waited instead of working), the router's peak RSS and the share \
             of the bytes it moved into consumers' pipes with splice(2) (from its final status; "from spools": \
-            at-least-once), and the ratios routed/direct and routed/relay. Every sequence number is checked: lost or duplicated \
-            frames are reported. Use --rate for a paced latency run and --runs for medians (the machine is shared: \
-            compare ratios, not absolutes).
+            at-least-once), and the ratios routed/direct and routed/relay. Every sequence number is checked: \
+            lost or duplicated frames are reported. Use --rate for a paced latency run and --runs for medians \
+            (the machine is shared: compare ratios, not absolutes).
 
             --link adds a fourth path: the same workload across two nodes, producers on node a and consumers on \
             node b, one router process per node on loopback, linked over TCP with mutual TLS (certificates made by \

@@ -616,7 +616,14 @@ struct SimWorld {
         core = RouterCore(layout: layout, options: options, now: now, seed: UInt64(crashes), openSpool: disk.open)
         // As Router.init does: spools of pipes the layout no longer names at least once are read back too.
         for pipe in spoolFiles.keys.sorted() where !layout.spooledIngress.contains(pipe) {
-            if let ledger = disk.open(pipe) { core.adoptSpool(ledger, now: now) }
+            // Opened as SpoolFile.open(source: nil) does, with a change of source at its end, which the mark
+            // records at once.
+            guard var ledger = disk.open(pipe) else { continue }
+            ledger.sourceChanged()
+            if core.adoptSpool(ledger, now: now) {
+                disk.sources[pipe] = 0
+                disk.cuts[pipe] = ledger.cuts
+            }
         }
         spoolLiveAtRestart = core.spoolLive
         perform()

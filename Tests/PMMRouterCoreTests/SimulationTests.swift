@@ -26,7 +26,7 @@ let regressionSeeds: [UInt64] = [
 
 @Suite struct SimulationTests {
     /// Runs one seed; on failure, records the seed, the violations and the last steps.
-    /// Whether schedules change `events`' delivery too (`PMM_SIM_DELIVERIES=1`): not yet by default, since 7
+    /// Whether schedules change `events`' delivery too (`PMM_SIM_DELIVERIES=1`): not yet by default, since 2
     /// of 2,000 such schedules still fail and are not yet understood (docs/development.md, "Open items").
     static let deliveryChanges = ProcessInfo.processInfo.environment["PMM_SIM_DELIVERIES"] == "1"
 

@@ -324,12 +324,16 @@ public final class Bench {
         router.waitUntilExit()
     }
 
+    /// The router's status file at `path`, parsed (not searched as text: its layout is the router's to choose),
+    /// or nil when it is not there yet.
+    static func routerStatus(at path: String) -> [String: Any]? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        return try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+    }
+
     /// How many workers the router whose status is at `statusPath` runs (1 when the status does not say).
     static func routerWorkers(statusPath: String) -> Int {
-        guard let data = FileManager.default.contents(atPath: statusPath),
-            let status = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-        else { return 1 }
-        return status["workers"] as? Int ?? 1
+        routerStatus(at: statusPath)?["workers"] as? Int ?? 1
     }
 
     /// Starts a consumer thread on each egress pipe (names in the pipe root); returns once the router at
@@ -343,11 +347,7 @@ public final class Bench {
         for reader in readers { reader.start() }
         let wanted = Set(pipes)
         try waitUntil("healthy consumers", timeout: 20) {
-            // Parsed, not searched as text: the layout of the file is the router's to choose.
-            guard let data = FileManager.default.contents(atPath: statusPath),
-                let status = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-                let egress = status["egress"] as? [[String: Any]]
-            else { return false }
+            guard let egress = Self.routerStatus(at: statusPath)?["egress"] as? [[String: Any]] else { return false }
             let healthy = egress.filter { ($0["healthy"] as? Bool) == true }.compactMap { $0["name"] as? String }
             return wanted.isSubset(of: healthy)
         }
@@ -379,10 +379,7 @@ public final class Bench {
         for reader in readers { reader.stop() }
         var result = tally.result(path: path, seconds: seconds, frameBytes: ProducerThread.frameSize(config), router: (cpu, rss))
         result.routerCPUs = allowed
-        let statuses = statusPaths.compactMap { path -> [String: Any]? in
-            guard let data = FileManager.default.contents(atPath: path) else { return nil }
-            return try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-        }
+        let statuses = statusPaths.compactMap(Self.routerStatus(at:))
         if !statuses.isEmpty, statuses.allSatisfy({ $0["splicedBytes"] != nil }) {
             result.routerSplicedBytes = statuses.reduce(0) { $0 + (($1["splicedBytes"] as? NSNumber)?.uint64Value ?? 0) }
             result.routerSplicedFromSpoolBytes = statuses.reduce(0) { $0 + (($1["splicedFromSpoolBytes"] as? NSNumber)?.uint64Value ?? 0) }

@@ -56,6 +56,7 @@ struct ProducerExample: AsyncParsableCommand {
                 if due > ContinuousClock.now { try await Task.sleep(until: due) }
             }
         }
+        try await metrics.finish()  // the router has taken every frame out of the pipe: safe to exit
         say("\(registration.instance): sent \(sent)")
         try mesh.deregister(service: service, instance: registration.instance)
     }

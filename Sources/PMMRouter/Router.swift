@@ -739,10 +739,8 @@ public final class Router {
 }
 
 /// Bytes the pipe behind `fd` holds unread (FIONREAD works on either end of a pipe).
-func unreadBytes(_ fd: FileDescriptor) -> Int {
-    var count: Int32 = 0
-    return ioctl(fd.rawValue, UInt(FIONREAD), &count) == 0 ? Int(count) : 0
-}
+@inline(__always)
+func unreadBytes(_ fd: FileDescriptor) -> Int { PMMSystem.unreadBytes(fd.rawValue) }
 
 /// F_SETPIPE_SZ / F_GETPIPE_SZ: `_GNU_SOURCE`-only in Glibc, so not imported into Swift (SWIFT-NOTES §2).
 let F_SETPIPE_SZ: Int32 = 1031

@@ -232,3 +232,10 @@ public func raiseDescriptorLimit() -> Int {
     }
     return Int(clamping: limit.rlim_cur)
 }
+
+/// Bytes the pipe behind `fd` holds unread (FIONREAD works on either end of a pipe); 0 when it cannot tell.
+@inline(__always)
+public func unreadBytes(_ fd: Int32) -> Int {
+    var count: Int32 = 0
+    return ioctl(fd, UInt(FIONREAD), &count) == 0 ? Int(count) : 0
+}

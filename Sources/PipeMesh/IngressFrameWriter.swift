@@ -44,6 +44,41 @@ public final class IngressFrameWriter {
 
     deinit { for fd in fds where fd >= 0 { close(fd) } }
 
+    /// A pipe that still held bytes when `finish(timeout:)` gave up.
+    public struct Untaken: Sendable, Equatable {
+        public var path: String
+        public var bytes: Int
+        /// Whether a router still held the pipe open (its buffer full: the bytes wait for it). When none did,
+        /// the bytes went when this writer closed, unless another writer holds the pipe.
+        public var routerReading: Bool
+    }
+
+    /// Waits until the router has taken every byte out of this writer's pipes (at most `timeout` seconds in
+    /// all), then closes them. Returns the pipes that still held bytes at the deadline, and whether a router
+    /// held each then; empty when everything was taken.
+    ///
+    /// A FIFO's unread bytes live only while some descriptor holds it. A producer that closes (or exits) while
+    /// its last frames wait in the pipe and no router reads it (the router killed, the next one not up yet)
+    /// throws them away; one that closes while a router has not read them yet leaves them to that router's
+    /// fate. Held open here, they wait for the router, or for the next one. An empty pipe means the router has
+    /// them: an at-least-once router moves what it reads into its spool first. Other writers' frames in the
+    /// same pipe count too, so under their steady traffic this waits for a moment the router has caught up.
+    public func finish(timeout: Double) -> [Untaken] {
+        let deadline = monotonicNanos() &+ UInt64(max(0, timeout) * 1e9)
+        var untaken: [Untaken] = []
+        for shard in fds.indices where fds[shard] >= 0 {
+            var unread = unreadBytes(fds[shard])
+            while unread > 0, monotonicNanos() < deadline {
+                usleep(1_000)
+                unread = unreadBytes(fds[shard])
+            }
+            if unread > 0 { untaken.append(Untaken(path: paths[shard], bytes: unread, routerReading: Self.hasReader(fds[shard]))) }
+            close(fds[shard])
+            fds[shard] = -1
+        }
+        return untaken
+    }
+
     /// Writes one whole frame into `shard`'s pipe.
     public func write(_ frame: [UInt8], shard: Int) throws(PipeMeshError) {
         if fds[shard] < 0 { fds[shard] = try open(paths[shard], wait: waitForFirstReader) }
@@ -71,6 +106,12 @@ public final class IngressFrameWriter {
             DescriptorLock.lock(fd)
             offset = 0
         }
+    }
+
+    /// Whether the pipe behind write descriptor `fd` has a reader (without one, poll(2) reports POLLERR).
+    static func hasReader(_ fd: Int32) -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        return poll(&entry, 1, 0) >= 0 && entry.revents & Int16(POLLERR) == 0
     }
 
     /// Whether two descriptors are the same pipe (not a pipe apply put at the path meanwhile).

@@ -21,8 +21,9 @@ import Synchronization
 ///
 /// The process's SIGPIPE disposition is left alone: the writer thread blocks SIGPIPE for itself.
 ///
-/// Safe to share between tasks and threads. `close()` (or releasing the producer) stops the writer thread
-/// once the frames already handed to it are written.
+/// Safe to share between tasks and threads. `finish(timeout:)` returns once every frame sent is out of the pipe,
+/// taken by the router: call it before the process exits, since a FIFO's unread bytes die with its last
+/// descriptor. `close()` (or releasing the producer) stops the writer thread the same way without waiting for it.
 public final class Producer<Message: SwiftProtobuf.Message>: Sendable {
     public let dataType: String
     public let version: UInt32
@@ -72,8 +73,44 @@ public final class Producer<Message: SwiftProtobuf.Message>: Sendable {
         return try outcome.withLock { $0! }.get()
     }
 
-    /// Stops the writer thread after the frames already handed to it; later sends fail.
+    /// Stops the writer thread after the frames already handed to it; later sends fail. The thread still holds
+    /// the pipes until the router took those frames (at most 5 s), but the caller does not wait for it: a process
+    /// about to exit calls `finish(timeout:)` instead.
     public func close() { writer.close() }
+
+    /// Stops taking sends and returns once every frame already sent is written and the router has taken it out
+    /// of the pipe (an at-least-once router has it in its spool then), so a process may exit, and the router
+    /// restart, without losing it. While no router reads (killed, the next one coming), the producer holds the
+    /// pipe so its frames wait for the next one. When `timeout` runs out first it closes the pipes anyway: it
+    /// returns if a router still held each pipe that had bytes (its buffer full, behind a slow consumer: the
+    /// bytes wait for it), and throws `PipeMeshError.notTaken` if none did (the bytes are gone, unless another
+    /// writer holds the pipe).
+    public func finish(timeout: Duration = .seconds(5)) async throws {
+        let untaken = await withCheckedContinuation { continuation in
+            writer.finish(timeout: Self.seconds(timeout)) { continuation.resume(returning: $0) }
+        }
+        try Self.check(untaken)
+    }
+
+    /// The synchronous form of `finish(timeout:)`: blocks the calling thread.
+    public func finishBlocking(timeout: Duration = .seconds(5)) throws {
+        let done = DispatchSemaphore(value: 0)
+        let untaken = Mutex<[IngressFrameWriter.Untaken]>([])
+        writer.finish(timeout: Self.seconds(timeout)) { left in
+            untaken.withLock { $0 = left }
+            done.signal()
+        }
+        done.wait()
+        try Self.check(untaken.withLock { $0 })
+    }
+
+    private static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+
+    private static func check(_ untaken: [IngressFrameWriter.Untaken]) throws(PipeMeshError) {
+        if let lost = untaken.first(where: { !$0.routerReading }) { throw .notTaken(path: lost.path, bytes: lost.bytes) }
+    }
 
     private func job(payload: Data, shardKey: [UInt8], headers: [String: String]) -> WriterThread.Job {
         var envelope = Envelope()
@@ -88,7 +125,8 @@ public final class Producer<Message: SwiftProtobuf.Message>: Sendable {
 }
 
 /// The thread that owns a producer's pipes: takes jobs in order, stamps each with the next sequence number
-/// and the time, and writes it (blocking while the pipe is full).
+/// and the time, and writes it (blocking while the pipe is full). Once closed and its queue written, it waits
+/// (`IngressFrameWriter.finish`) for the router to take what is in its pipes before it closes them.
 final class WriterThread: Sendable {
     struct Job: Sendable {
         var envelope: Envelope
@@ -97,12 +135,23 @@ final class WriterThread: Sendable {
 
     typealias Completion = @Sendable (Result<UInt64, any Error>) -> Void
 
+    typealias Finished = @Sendable ([IngressFrameWriter.Untaken]) -> Void
+
     private struct State: ~Copyable {
         var queue: [(Job, Completion)] = []
         var head = 0
         var closed = false
         var running = false
+        /// How long the thread waits for the router to take what is in its pipes once closed.
+        var finishTimeout = WriterThread.defaultFinishTimeout
+        /// Waiting in `finish`, told what the thread's last wait left in the pipes.
+        var finished: [Finished] = []
+        /// What the thread's last wait left in the pipes, once it has ended.
+        var ended: [IngressFrameWriter.Untaken]?
     }
+
+    /// `close()` without `finish`: the thread still waits this long for the router before it closes the pipes.
+    static let defaultFinishTimeout = 5.0
 
     private let paths: [String]
     private let state = Mutex(State())
@@ -131,6 +180,21 @@ final class WriterThread: Sendable {
         work.signal()
     }
 
+    /// Closes, and calls `finished` once the queue is written and the router took what is in the pipes (or
+    /// `timeout` ran out), with what was left; at once if nothing was ever sent.
+    func finish(timeout: Double, finished: @escaping Finished) {
+        let now = state.withLock { state -> [IngressFrameWriter.Untaken]? in
+            state.closed = true
+            if let ended = state.ended { return ended }
+            guard state.running else { return [] }
+            state.finishTimeout = timeout
+            state.finished.append(finished)
+            return nil
+        }
+        if let now { return finished(now) }
+        work.signal()
+    }
+
     private func run() {
         // A write to a pipe whose router went away fails with EPIPE instead of killing the process: SIGPIPE is
         // blocked in this thread only (a signal a write raises goes to the writing thread), so the app's own
@@ -155,7 +219,15 @@ final class WriterThread: Sendable {
                     completion(.failure(error))
                 }
             }
-            if state.withLock({ $0.closed && $0.head == $0.queue.count }) { return }
+            guard let timeout = state.withLock({ $0.closed && $0.head == $0.queue.count ? $0.finishTimeout : nil }) else { continue }
+            let untaken = writer.finish(timeout: timeout)
+            let waiting = state.withLock { state in
+                state.ended = untaken
+                defer { state.finished = [] }
+                return state.finished
+            }
+            for finished in waiting { finished(untaken) }
+            return
         }
     }
 

@@ -15,6 +15,8 @@ public enum PipeMeshError: Error, CustomStringConvertible, Sendable, Equatable {
     case closed
     /// The data type is not one the registration produces or consumes.
     case notRegistered(dataType: String)
+    /// `Producer.finish` ran out of time with bytes still in a pipe no router reads.
+    case notTaken(path: String, bytes: Int)
 
     public var description: String {
         switch self {
@@ -25,6 +27,8 @@ public enum PipeMeshError: Error, CustomStringConvertible, Sendable, Equatable {
         case .pipe(let path, let reason): "\(path): \(reason)"
         case .closed: "the producer is closed"
         case .notRegistered(let dataType): "this registration neither produces nor consumes '\(dataType)'"
+        case .notTaken(let path, let bytes):
+            "\(path): \(bytes) bytes sent were not taken in time and no router reads the pipe (is `pmm router` running?); they are lost unless another writer still holds it"
         }
     }
 }

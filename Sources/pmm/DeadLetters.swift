@@ -95,7 +95,7 @@ struct DeadLetters: ParsableCommand {
                 source), on the shard its key hashes to, so the router routes it as new. Frames without an envelope \
                 (`discarded` bytes) and frames whose source no longer produces the type stay in the spool, and so \
                 do unreadable bytes.
-                """ + ExitStatus.help("0 replayed, or nothing to replay; 1 an error (what was not sent stays in the spool)"))
+                """ + ExitStatus.help("0 replayed, or nothing to replay; 1 an error, or no router took what was sent within 5 s (then every letter stays, to be replayed again)"))
 
         @OptionGroup var state: StateOptions
         @OptionGroup var filter: Filter
@@ -128,6 +128,13 @@ struct DeadLetters: ParsableCommand {
                 sent.insert(entry.letter.frame + withUnsafeBytes(of: entry.letter.atUnixNanos) { Data($0) })
             }
             if dryRun { return }
+            // Only once the router took them (their pipes empty) may they leave the store: otherwise they stay,
+            // to be replayed again.
+            var untaken = false
+            for writer in writers.values {
+                do { try writer.finish(timeout: 5) } catch { untaken = true }
+            }
+            if untaken { throw ExitCode(1) }
             for file in Set(entries.map(\.file)) {
                 try DeadLetterStore.rewrite(file: file) { letter in
                     !sent.contains(letter.frame + withUnsafeBytes(of: letter.atUnixNanos) { Data($0) })

@@ -16,8 +16,10 @@ struct Send: ParsableCommand {
             with one write(2) to the ingress pipe of the shard the key hashes to. Payloads come from --payload \
             (repeated --count times) or, without it, one per line of standard input. The service defaults to \
             the one whose uid is yours. Every frame is written under an flock on the pipe, held until its last \
-            byte, so frames never interleave with other writers (replicas, other pmm send) whatever their sizes.
-            """ + ExitStatus.help("0 every envelope was written; 1 no such data type or service, or the pipe cannot be opened or written"))
+            byte, so frames never interleave with other writers (replicas, other pmm send) whatever their sizes. \
+            Before it exits it waits (--finish-timeout) until the router has taken everything out of the pipe, \
+            holding the pipe meanwhile, so a router restarting under it loses nothing.
+            """ + ExitStatus.help("0 every envelope was written, and taken by the router or waiting for it; 1 no such data type or service, the pipe cannot be opened or written, or bytes were left in a pipe no router read at --finish-timeout"))
 
     @OptionGroup var state: StateOptions
 
@@ -50,6 +52,11 @@ struct Send: ParsableCommand {
 
     @Option(help: ArgumentHelp("Add a header (repeatable).", valueName: "key=value"))
     var header: [String] = []
+
+    @Option(help: ArgumentHelp(
+        "Before exiting, wait at most this long for the router to take what is in the pipe (a pipe's unread bytes are lost when its last writer exits while no router reads it).",
+        valueName: "seconds"))
+    var finishTimeout: Double = 5
 
     func validate() throws {
         if let count, count < 0 { throw ValidationError("--count must not be negative") }
@@ -95,6 +102,7 @@ struct Send: ParsableCommand {
         } else {
             while let line = readLine() { try send(line) }
         }
+        try writer.finish(timeout: finishTimeout)
     }
 
     func resolve() throws -> (MeshSpec, Service, DataType, Int?) {
@@ -141,6 +149,20 @@ final class IngressWriter {
         writer = IngressFrameWriter(paths: paths, waitForFirstReader: false) { path in
             printError("note: no router is reading \((path as NSString).lastPathComponent); waiting for one")
         }
+    }
+
+    /// Waits for the router to take what is in the pipes (`IngressFrameWriter.finish`) and closes them; exit 1,
+    /// saying which pipe held what, when `timeout` ran out first with no router reading a pipe that held bytes.
+    func finish(timeout: Double) throws {
+        let untaken = writer.finish(timeout: timeout)
+        for pipe in untaken {
+            if pipe.routerReading {
+                printError("note: \(pipe.path): \(pipe.bytes) bytes still wait in the pipe; the router holds it but has not taken them (its buffer is full: a slow or absent consumer)")
+            } else {
+                printError("error: \(PipeMeshError.notTaken(path: pipe.path, bytes: pipe.bytes))")
+            }
+        }
+        if untaken.contains(where: { !$0.routerReading }) { throw ExitCode(1) }
     }
 
     func write(_ envelope: Envelope) throws {

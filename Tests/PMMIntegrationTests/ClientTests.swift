@@ -385,3 +385,57 @@ func value<T: Sendable>(of task: Task<T, any Error>, within seconds: Double, tim
     defer { timer.cancel() }
     return try await task.value
 }
+
+@Suite("A producer that finishes holds its pipe until a router took its frames", .serialized)
+struct ProducerFinishTests {
+    /// The producer sends while the router reads nothing (stopped), finishes, and the router is killed: its
+    /// frames wait in the pipe, which the finishing producer still holds, and the next router takes them;
+    /// `finish` returns then. Had the producer closed, the pipe would have died with the router's end.
+    @Test func finish_outlivesARouterKilledBeforeItRead_theNextRouterTakesEverything() async throws {
+        try await offThePool("finishing producer") { try await finishScenario(on: $0) }
+    }
+
+    private func finishScenario(on executor: ThreadExecutor) async throws {
+        let h = try MeshHarness(sharedPipeMesh())
+        try h.startRouter()
+        try h.startConsumer("sink-0", dataType: "blobs")
+        try await h.waitForHealthyConsumers(count: 1)
+        let ingress = Naming.path(root: h.dir.root, fileName: Naming.ingress(producer: "api", dataType: "blobs", shard: 0))
+        let producer = Producer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 0, source: "api", paths: [ingress])
+        h.stopRouter()
+        let count = 300  // about 40 KB: the pipe takes them all
+        for _ in 0..<count { try await producer.send(Google_Protobuf_BytesValue(Data(repeating: 7, count: 100)), shardKey: "k") }
+        let finishing = Task(executorPreference: executor) { try await producer.finish(timeout: .seconds(30)) }
+        try await Task.sleep(nanoseconds: 300_000_000)
+        h.signalRouter(SIGKILL)
+        h.router?.waitUntilExit()
+        try h.startRouter()
+        try await value(of: finishing, within: 30, timerOn: executor)
+        try await waitForAsync("every frame", timeout: 20) { Set(h.received("sink-0", dataType: "blobs").map(\.sequence)).count >= count }
+        #expect(Set(h.received("sink-0", dataType: "blobs").map(\.sequence)) == Set(1...UInt64(count)))
+    }
+
+    /// `finish` (here its blocking form) at its timeout: returns when a router still holds the pipe (stopped
+    /// here, as one whose buffer is full: the bytes wait for it), and throws, naming the pipe, when none does.
+    @Test func finish_atItsTimeout_returnsWhileARouterHoldsThePipe_throwsNotTakenWhenNoneDoes() throws {
+        let h = try MeshHarness(sharedPipeMesh())
+        try h.startRouter()
+        let ingress = Naming.path(root: h.dir.root, fileName: Naming.ingress(producer: "api", dataType: "blobs", shard: 0))
+        let message = Google_Protobuf_BytesValue(Data(repeating: 7, count: 100))
+        h.stopRouter()
+        let waiting = Producer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 0, source: "api", paths: [ingress])
+        _ = try waiting.sendBlocking(message, shardKey: Array("k".utf8))
+        try waiting.finishBlocking(timeout: .milliseconds(300))
+
+        let orphaned = Producer<Google_Protobuf_BytesValue>(dataType: "blobs", version: 0, source: "api", paths: [ingress])
+        _ = try orphaned.sendBlocking(message, shardKey: Array("k".utf8))
+        h.signalRouter(SIGKILL)
+        h.router?.waitUntilExit()
+        do {
+            try orphaned.finishBlocking(timeout: .milliseconds(300))
+            Issue.record("finish returned with bytes in a pipe no router reads")
+        } catch PipeMeshError.notTaken(let path, let bytes) {
+            #expect(path == ingress && bytes > 0, "\(path): \(bytes)")
+        }
+    }
+}

@@ -431,4 +431,50 @@ struct FaultTests {
         account("type made at-most-once, router killed", sent: count, received: h.exactReceived(["worker-0"]))
         #expect(h.routerLog().contains("replaying the spool"), "\(h.routerLog().suffix(2000))")
     }
+
+    /// `pmm send` finishes while the router has not read what it wrote (stopped here), and the router is killed:
+    /// a FIFO's unread bytes live only while some descriptor holds it, so if send has exited by then they are
+    /// gone with the router's end. Send now holds the pipe until a router took everything (`--finish-timeout`),
+    /// and the next router delivers it all. Before: every frame lost (300 of 300).
+    @Test func aRouterKilled_beforeItReadWhatSendWrote_theNextRouterDeliversIt() throws {
+        let h = try MeshHarness(faultMesh(delivery: "at-least-once", replicas: 1, policy: "shard", shards: 1))
+        try h.startRouter()
+        let consumer = try h.startExactConsumer("worker-0")
+        defer { if consumer.isRunning { kill(consumer.processIdentifier, SIGKILL) } }
+        try h.waitForHealthy(["worker-0"])
+        h.stopRouter()  // it keeps its end of the pipe and reads nothing
+        let count = 300  // about 45 KB: the pipe takes them all, send never blocks
+        var restarted: (any Error)?
+        let sent = try run(
+            pmmBinary, ["send", h.stateArgument, "--service", "api", "--data-type", "events", "--payload", String(repeating: "m", count: 100), "--count", String(count)],
+            background: {
+                // By now send wrote them all (300 ms after it started) and is done, or waiting for the router.
+                h.signalRouter(SIGKILL)
+                h.router?.waitUntilExit()
+                do { try h.startRouter() } catch { restarted = error }
+            })
+        #expect(restarted == nil, "\(String(describing: restarted))")
+        #expect(sent.status == 0, "send: \(sent.stderr)")
+        try? waitFor("every frame", timeout: 20) { Set(h.exactReceived(["worker-0"])).count >= count }
+        account("send finished under a stopped router, then the router killed", sent: count, received: h.exactReceived(["worker-0"]))
+    }
+
+    /// At `--finish-timeout`, `pmm send` exits 0 with a note when the router still holds the pipe (stopped here,
+    /// as one whose buffer is full), and 1, naming the pipe, when no router reads it.
+    @Test func send_atItsFinishTimeout_notesARouterBehind_failsWhenNoneReads() throws {
+        let h = try MeshHarness(faultMesh(delivery: "at-least-once", replicas: 1, policy: "shard", shards: 1))
+        try h.startRouter()
+        h.stopRouter()
+        let arguments = ["send", h.stateArgument, "--service", "api", "--data-type", "events", "--payload", "m", "--count", "3", "--finish-timeout", "1"]
+        let behind = try pmm(arguments)
+        #expect(behind.status == 0, "\(behind.stderr)")
+        #expect(behind.stderr.contains("api.events.s0.in") && behind.stderr.contains("still wait in the pipe"), "\(behind.stderr)")
+        let orphaned = try run(pmmBinary, arguments, background: {
+            // 300 ms after it started, send has written and waits for the router: kill it.
+            h.signalRouter(SIGKILL)
+            h.router?.waitUntilExit()
+        })
+        #expect(orphaned.status == 1)
+        #expect(orphaned.stderr.contains("api.events.s0.in") && orphaned.stderr.contains("no router reads the pipe"), "\(orphaned.stderr)")
+    }
 }

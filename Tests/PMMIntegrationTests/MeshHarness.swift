@@ -121,6 +121,11 @@ final class MeshHarness {
         if let router { kill(router.processIdentifier, signal) }
     }
 
+    /// SIGSTOP, returning once the router's every thread has stopped (it reads nothing from then on).
+    func stopRouter() {
+        if let router { stopProcess(router.processIdentifier) }
+    }
+
     func routerLog() -> String {
         (try? String(contentsOfFile: dir.path + "/router.log.err", encoding: .utf8)) ?? ""
     }

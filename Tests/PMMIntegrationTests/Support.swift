@@ -206,6 +206,24 @@ func parentProcess(_ pid: Int32) -> Int32? {
     return fields.count > 1 ? Int32(fields[1]) : nil
 }
 
+/// Sends SIGSTOP to `pid` and waits (at most 5 s) until every one of its threads has stopped: the signal is
+/// only queued when kill(2) returns, and a thread running on another core goes on for a moment.
+func stopProcess(_ pid: Int32) {
+    kill(pid, SIGSTOP)
+    let deadline = Date().addingTimeInterval(5)
+    while Date() < deadline {
+        let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        let stopped = threads.allSatisfy { thread in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(thread)/stat", encoding: .utf8),
+                let end = stat.lastIndex(of: ")")
+            else { return true }  // gone
+            return stat[stat.index(after: end)...].split(separator: " ").first == "T"
+        }
+        if stopped { return }
+        usleep(1_000)
+    }
+}
+
 /// Descriptors held open by a child process (python3) rather than by the test process.
 ///
 /// The test process must not hold more than a few hundred descriptors while other tests start processes:

@@ -202,8 +202,16 @@ extension RouterCore {
                 else { continue }
                 ingress[slot].spool = index
                 ingress[slot].awaitingSpool = false
-                // What follows comes from this pipe, not the one that filled the spool so far.
-                _ = withSpool(index) { $0.sourceChanged() }
+                // What follows comes from this pipe, not the one that filled the spool so far: a replay must not
+                // join the two. This reader passes that cut at once, keeping what its buffer holds: a frame it
+                // read the head of before it had a spool (its type was at most once) goes on with the next bytes
+                // the spool takes from this same pipe. Dead-lettering that head at the cut, as a reader that
+                // reaches a cut does, made the rest of the frame garbage and reset the pipe: the 16 KiB read
+                // after it went to the dead letters too.
+                _ = withSpool(index) { ledger in
+                    ledger.sourceChanged()
+                    ledger.passCut()
+                }
             }
         }
     }

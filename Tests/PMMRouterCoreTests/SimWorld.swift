@@ -51,6 +51,11 @@ struct SimWorld {
             files[pipe] = file
             var ledger = SpoolLedger(pipe: pipe, size: Int64(file.bytes.count), mark: file.mark, cuts: cuts[pipe] ?? [])
             if let source = sources[pipe], source != current[pipe] { ledger.sourceChanged() }
+            if sources[pipe] != current[pipe] {
+                // As SpoolFile.open: a new source is written to the mark at once, with the change it makes.
+                sources[pipe] = current[pipe] ?? 0
+                cuts[pipe] = ledger.cuts
+            }
             return ledger
         }
     }
@@ -134,6 +139,7 @@ struct SimWorld {
         for pipe in layout.ingress { makeFIFO(pipe.name, capacity: 65_536).writers = 1 }
         for pipe in layout.egress { makeFIFO(pipe.name, capacity: 65_536) }
         // Spools: the core was made before the files; make it again now that they can be opened.
+        disk.current = fifos.mapValues(\.inode)
         core = RouterCore(layout: layout, options: options, now: now, seed: 42, openSpool: disk.open)
         for name in layout.egress.map(\.name) { startConsumer(name) }
         perform()
@@ -674,6 +680,9 @@ struct SimWorld {
             if consumers[name]?.alive != true { startConsumer(name) }
         }
         spec = new
+        // The shell opens a spool with the inode its pipe has now (Router.spoolOpener stats the path), so a name
+        // added again gets a change of source after what its old pipe spooled.
+        disk.current = fifos.mapValues(\.inode)
         core.install(layout, now: now, openSpool: disk.open)
         perform()
     }

@@ -617,6 +617,19 @@ struct SimWorld {
         let spooled = layout.spooledIngress
         for fifo in fifos.values where !spooled.contains(fifo.name) {
             for id in Self.frameIDs(in: fifo.bytes) where sent[id]?.fate == .inFlight { sent[id]?.atLeastOnce = false }
+            // A frame the old router had spooled the head of, its rest still in this pipe, is lost as an
+            // at-most-once frame whose head a dead router held: the next router adopts the spool, which ends in a
+            // change of source where the head is dead-lettered, and reads the pipe from the middle of the frame
+            // (resynchronising). Its marker, cut in two, is in neither dead letter, so it is counted here.
+            if let file = spoolFiles[fifo.name] {
+                let tail = Array(file.bytes.suffix(64))
+                let head = Array(fifo.bytes.prefix(64))
+                let whole = Set(Self.frameIDs(in: tail) + Self.frameIDs(in: head))
+                for id in Self.frameIDs(in: tail + head) where !whole.contains(id) && sent[id]?.fate == .inFlight {
+                    sent[id]?.atLeastOnce = false
+                    sent[id]?.fate = .lostInCrash
+                }
+            }
         }
         disk.current = fifos.mapValues(\.inode)
         core = RouterCore(layout: layout, options: options, now: now, seed: UInt64(crashes), openSpool: disk.open)

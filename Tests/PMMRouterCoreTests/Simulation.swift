@@ -289,7 +289,7 @@ struct Simulation {
         let delivery = next.eventsDelivery != mesh.eventsDelivery ? " (events \(next.eventsDelivery))" : ""
         mesh = next
         world.apply(mesh.spec)
-        note("apply revision \(world.revision)\(delivery)")
+        note("apply revision \(world.revision)\(delivery) \(mesh)")
     }
 
     /// Everything comes back and drains: consumers alive and reading, the clock moving, the router passing.
@@ -337,6 +337,16 @@ extension SimWorld {
         for route in core.routes where Self.frameIDs(in: route.waiting.heldFrameBytes).contains(id) { places.append("waiting") }
         for (name, file) in spoolFiles where Self.frameIDs(in: file.bytes).contains(id) { places.append("spool \(name) mark \(file.mark)") }
         for (name, consumer) in consumers where Self.frameIDs(in: consumer.partial).contains(id) { places.append("partial of \(name)") }
+        // A marker cut in two: the head in a spool's end or a pipe's buffer, the rest in the pipe.
+        for fifo in ingressFDs.values {
+            let head = Array(fifo.bytes.prefix(64))
+            if let file = spoolFiles[fifo.name], Self.frameIDs(in: Array(file.bytes.suffix(64)) + head).contains(id) {
+                places.append("straddles spool \(fifo.name) | fifo #\(fifo.inode)")
+            }
+            for pipe in core.ingress where pipe.name == fifo.name && Self.frameIDs(in: Array(pipe.debugPendingBytes.suffix(64)) + head).contains(id) {
+                places.append("straddles buffer of \(pipe.name) | fifo #\(fifo.inode)")
+            }
+        }
         if let names = delivered[id] { places.append("delivered to \(names)") }
         places.append("fate \(sent[id].map { "\($0.fate)" } ?? "unsent")")
         return places.joined(separator: "; ")

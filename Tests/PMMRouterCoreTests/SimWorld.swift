@@ -584,8 +584,16 @@ struct SimWorld {
         for pipe in core.ingress {
             // A frame whose head the router had read: scanned with what follows in the pipe, so a marker cut
             // by the read is found too.
+            // What follows the buffer: the spool's unread bytes when the pipe has one (a pipe made at-least-once
+            // with half an at-most-once frame in its buffer goes on in its spool), then the pipe.
             let pending = pipe.debugPendingBytes
-            let stream = pending + (pipe.spool < 0 ? (ingressFDs[pipe.id]?.bytes.prefix(64) ?? []) : [])
+            var next: [UInt8] = []
+            if pipe.spool >= 0, let ledger = core.spools[pipe.spool], let file = spoolFiles[ledger.pipe] {
+                let start = min(Int(ledger.readOffset), file.bytes.count)
+                next = Array(file.bytes[start..<min(start + 64, file.bytes.count)])
+            }
+            if next.count < 64 { next += ingressFDs[pipe.id]?.bytes.prefix(64 - next.count) ?? [] }
+            let stream = pending + next
             for (position, id) in Self.frameIDPositions(in: stream) where position < pending.count {
                 if sent[id]?.fate == .inFlight && sent[id]?.atLeastOnce == false { sent[id]?.fate = .lostInCrash }
             }
@@ -642,6 +650,11 @@ struct SimWorld {
             if core.adoptSpool(ledger, now: now) {
                 disk.sources[pipe] = 0
                 disk.cuts[pipe] = ledger.cuts
+                // Its frames are routed as their type now is: made at most once, with drop-oldest, they may be
+                // dropped (counted), as any of that type's frames.
+                if let name = Naming.parse(pipe)?.dataType, spec.dataType(named: name)?.qos.delivery == .atMostOnce {
+                    for id in Self.frameIDs(in: spoolFiles[pipe]?.bytes ?? []) where sent[id]?.fate == .inFlight { sent[id]?.atLeastOnce = false }
+                }
             }
         }
         spoolLiveAtRestart = core.spoolLive

@@ -95,7 +95,7 @@ struct DeadLetters: ParsableCommand {
                 source), on the shard its key hashes to, so the router routes it as new. Frames without an envelope \
                 (`discarded` bytes) and frames whose source no longer produces the type stay in the spool, and so \
                 do unreadable bytes.
-                """ + ExitStatus.help("0 replayed, or nothing to replay; 1 an error, or no router took what was sent within 5 s (then every letter stays, to be replayed again)"))
+                """ + ExitStatus.help("0 replayed, or nothing to replay; 1 an error, or what was sent still sat after 5 s in a pipe no router reads (then every letter stays, to be replayed again)"))
 
         @OptionGroup var state: StateOptions
         @OptionGroup var filter: Filter
@@ -128,8 +128,8 @@ struct DeadLetters: ParsableCommand {
                 sent.insert(entry.letter.frame + withUnsafeBytes(of: entry.letter.atUnixNanos) { Data($0) })
             }
             if dryRun { return }
-            // Only once the router took them (their pipes empty) may they leave the store: otherwise they stay,
-            // to be replayed again.
+            // They leave the store only once a router took them or holds the pipe they wait in (IngressWriter.finish);
+            // otherwise they stay, to be replayed again.
             var untaken = false
             for writer in writers.values {
                 do { try writer.finish(timeout: 5) } catch { untaken = true }

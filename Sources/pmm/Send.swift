@@ -65,6 +65,7 @@ struct Send: ParsableCommand {
         }
         guard rate >= 0 else { throw ValidationError("--rate must not be negative") }
         guard keys >= 0 else { throw ValidationError("--keys must not be negative") }
+        guard finishTimeout >= 0 else { throw ValidationError("--finish-timeout must not be negative") }
         for entry in header where !entry.contains("=") { throw ValidationError("--header takes key=value, found \(entry)") }
     }
 

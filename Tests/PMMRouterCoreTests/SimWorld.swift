@@ -650,11 +650,6 @@ struct SimWorld {
             if core.adoptSpool(ledger, now: now) {
                 disk.sources[pipe] = 0
                 disk.cuts[pipe] = ledger.cuts
-                // Its frames are routed as their type now is: made at most once, with drop-oldest, they may be
-                // dropped (counted), as any of that type's frames.
-                if let name = Naming.parse(pipe)?.dataType, spec.dataType(named: name)?.qos.delivery == .atMostOnce {
-                    for id in Self.frameIDs(in: spoolFiles[pipe]?.bytes ?? []) where sent[id]?.fate == .inFlight { sent[id]?.atLeastOnce = false }
-                }
             }
         }
         spoolLiveAtRestart = core.spoolLive
@@ -704,6 +699,13 @@ struct SimWorld {
         for name in newEgress.subtracting(oldEgress) {
             if fifos[name] == nil { makeFIFO(name, capacity: 65_536) }
             if consumers[name]?.alive != true { startConsumer(name) }
+        }
+        // A type made at-most-once is routed so from now on, the frames the router already holds of it included
+        // (its spool's too): with drop-oldest they may be dropped, counted.
+        for dataType in new.dataTypes where dataType.qos.delivery == .atMostOnce && spec.dataType(named: dataType.name)?.qos.delivery == .atLeastOnce {
+            for (id, frame) in sent where frame.dataType == dataType.name && frame.fate == .inFlight && delivered[id] == nil {
+                sent[id]?.atLeastOnce = false
+            }
         }
         spec = new
         // The shell opens a spool with the inode its pipe has now (Router.spoolOpener stats the path), so a name

@@ -30,8 +30,8 @@ let regressionSeeds: [UInt64] = [
            // garbage)
     1731,  // (simulator accounting: a frame cut between a spool and a pipe made at-most-once across a crash is an
            // at-most-once frame a dead router held the head of)
-    9250,  // (simulator accounting: the frames of a spool adopted for a type made at-most-once are routed as that
-           // type now is, and drop-oldest may drop them, counted)
+    9250, 24648, 36151,  // (simulator accounting: a type made at-most-once routes so the frames the router
+                         // already holds of it, its spool's too, and drop-oldest may drop them, counted)
     9769,  // (simulator accounting: half an at-most-once frame in the buffer of a pipe made at-least-once goes on
            // in its spool, and is lost with the router's memory)
 ]

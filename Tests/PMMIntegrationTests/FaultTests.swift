@@ -116,6 +116,19 @@ extension MeshHarness {
         }
     }
 
+    /// Waits (at most 10 s) until ingress `pipe` holds `bytes` unread, asking through a descriptor opened and
+    /// closed each time (one held open would keep the pipe's bytes alive by itself).
+    func waitForUnread(in pipe: String, atLeast bytes: Int) {
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            let fd = open(dir.root + "/" + pipe, O_WRONLY | O_NONBLOCK)
+            let unread = fd >= 0 ? unreadBytes(fd) : 0
+            if fd >= 0 { close(fd) }
+            if unread >= bytes { return }
+            usleep(10_000)
+        }
+    }
+
     func waitForHealthy(_ instances: [String]) throws {
         try waitFor("\(instances) healthy") {
             let healthy = Set(self.status?.egress.filter(\.healthy).map(\.instance) ?? [])
@@ -448,7 +461,8 @@ struct FaultTests {
         let sent = try run(
             pmmBinary, ["send", h.stateArgument, "--service", "api", "--data-type", "events", "--payload", String(repeating: "m", count: 100), "--count", String(count)],
             background: {
-                // By now send wrote them all (300 ms after it started) and is done, or waiting for the router.
+                // Once send wrote them all: it is done, or waiting for the router.
+                h.waitForUnread(in: "api.events.s0.in", atLeast: count * 100)
                 h.signalRouter(SIGKILL)
                 h.router?.waitUntilExit()
                 do { try h.startRouter() } catch { restarted = error }
@@ -470,7 +484,8 @@ struct FaultTests {
         #expect(behind.status == 0, "\(behind.stderr)")
         #expect(behind.stderr.contains("api.events.s0.in") && behind.stderr.contains("still wait in the pipe"), "\(behind.stderr)")
         let orphaned = try run(pmmBinary, arguments, background: {
-            // 300 ms after it started, send has written and waits for the router: kill it.
+            // Once send has written (and waits for the router), kill the router.
+            h.waitForUnread(in: "api.events.s0.in", atLeast: 3 * 20)
             h.signalRouter(SIGKILL)
             h.router?.waitUntilExit()
         })

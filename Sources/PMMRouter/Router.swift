@@ -279,12 +279,9 @@ public final class Router {
                 let pipe = String(name.dropLast(".spool".count))
                 guard adopts(pipe), let (file, ledger) = try? SpoolFile.open(directory: directory, pipe: pipe, source: nil) else { continue }
                 if core.adoptSpool(ledger, now: now) {
+                    // Opened without a source: its ledger ends with a change of source, which SpoolFile.open has
+                    // written to the mark.
                     spoolFiles[pipe] = file
-                    // Its ledger ends with a change of source (opened without one), and the mark says so at once:
-                    // a pipe of that name still in the layout, at most once, is read straight from now on, so
-                    // the frame the spool ends inside can never be completed from it, even if a later revision
-                    // spools that pipe again and a crash comes before the next checkpoint.
-                    file.writeMark(ledger, force: true)
                     logger.notice(
                         "replaying the spool of a pipe this revision does not spool (removed, or its type made at-most-once)",
                         metadata: ["pipe": "\(pipe)", "bytes": "\(ledger.live)"])

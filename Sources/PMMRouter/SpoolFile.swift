@@ -57,10 +57,12 @@ final class SpoolFile {
         if (spooledFrom != nil && spooledFrom != source) || source == nil { ledger.sourceChanged() }
         let file = SpoolFile(pipe: pipe, path: path, markPath: markPath, fd: FileDescriptor(rawValue: raw), mark: ledger.watermark)
         file.source = source ?? 0
-        // A new source goes to the mark before its first byte goes to the spool. Left to the next checkpoint, a
-        // router killed before it would leave a mark naming the old source, and the next open would put the
-        // change at the spool's new end: the old pipe's cut frame would run on into the new pipe's frames.
-        if spooledFrom != source { file.writeMark(ledger, force: true) }
+        // A new source (none, for a spool adopted at start) goes to the mark, with the change it makes, before
+        // any byte of it goes to the spool. Left to the next checkpoint, a router killed before it would leave a
+        // mark naming the old source, and the next open would put the change at the spool's new end: the old
+        // pipe's cut frame would run on into the new pipe's frames, or (adopted, the pipe since read at most
+        // once, then spooled again) into what that pipe spooled next.
+        if spooledFrom != file.source { file.writeMark(ledger, force: true) }
         return (file, ledger)
     }
 

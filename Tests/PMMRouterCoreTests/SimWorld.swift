@@ -46,14 +46,19 @@ struct SimWorld {
         var cuts: [String: [SpoolLedger.Cut]] = [:]
         /// The inode each pipe name has now (set by the world before a restart).
         var current: [String: UInt64] = [:]
-        func open(_ pipe: String) -> SpoolLedger? {
+        /// As the shell opens a live pipe's spool: with the inode the pipe has now.
+        func open(_ pipe: String) -> SpoolLedger? { open(pipe, adopting: false) }
+
+        /// As SpoolFile.open: with the pipe's inode, or without a source (`adopting`, a change of source at the
+        /// end); a new source is written to the mark at once, with the change it makes.
+        func open(_ pipe: String, adopting: Bool) -> SpoolLedger? {
             let file = files[pipe] ?? ([], 0)
             files[pipe] = file
             var ledger = SpoolLedger(pipe: pipe, size: Int64(file.bytes.count), mark: file.mark, cuts: cuts[pipe] ?? [])
-            if let source = sources[pipe], source != current[pipe] { ledger.sourceChanged() }
-            if sources[pipe] != current[pipe] {
-                // As SpoolFile.open: a new source is written to the mark at once, with the change it makes.
-                sources[pipe] = current[pipe] ?? 0
+            let source = adopting ? 0 : current[pipe] ?? 0
+            if adopting || (sources[pipe] != nil && sources[pipe] != current[pipe]) { ledger.sourceChanged() }
+            if sources[pipe] != (adopting ? 0 : current[pipe]) {
+                sources[pipe] = source
                 cuts[pipe] = ledger.cuts
             }
             return ledger
@@ -645,12 +650,7 @@ struct SimWorld {
         for pipe in spoolFiles.keys.sorted() where !layout.spooledIngress.contains(pipe) {
             // Opened as SpoolFile.open(source: nil) does, with a change of source at its end, which the mark
             // records at once.
-            guard var ledger = disk.open(pipe) else { continue }
-            ledger.sourceChanged()
-            if core.adoptSpool(ledger, now: now) {
-                disk.sources[pipe] = 0
-                disk.cuts[pipe] = ledger.cuts
-            }
+            if let ledger = disk.open(pipe, adopting: true) { core.adoptSpool(ledger, now: now) }
         }
         spoolLiveAtRestart = core.spoolLive
         perform()

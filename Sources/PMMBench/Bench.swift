@@ -40,6 +40,8 @@ public struct BenchConfig: Sendable {
     /// across nodes, node a (producers, router a) on CPU 0 and node b (router b, consumers) on CPU 1. What two
     /// hosts would give the link, on a machine that has to play both.
     public var oneCorePerNode = false
+    /// Producers and consumers on CPU 0, the hop (router, relay) on CPU 1.
+    public var hopCore = false
 
     public init() {}
 }
@@ -141,11 +143,11 @@ public final class Bench {
         let seconds: Double
         let relayCPU: Double
         if let executable = config.relayExecutable {
-            let relay = try RelayProcess(executable: executable, ingress: ingress, egress: egress, cpu: cpu(node: nil))
+            let relay = try RelayProcess(executable: executable, ingress: ingress, egress: egress, cpu: hopCPU(node: nil))
             seconds = produce(into: ingress, tally: tally)
             relayCPU = try relay.wait()
         } else {
-            let relay = RelayThread(ingress: ingress, egress: egress, cpu: cpu(node: nil))
+            let relay = RelayThread(ingress: ingress, egress: egress, cpu: hopCPU(node: nil))
             relay.start()
             seconds = produce(into: ingress, tally: tally)
             relayCPU = relay.wait()
@@ -255,10 +257,18 @@ public final class Bench {
 
     // MARK: Helpers
 
-    /// The CPU a node's threads and router run on with `oneCorePerNode` (nil: one host), else nil.
+    /// The CPU a node's producer and consumer threads run on: with `oneCorePerNode`, their node's (nil: one
+    /// host); with `hopCore`, CPU 0; else unpinned.
     func cpu(node: String?) -> Int? {
+        if config.hopCore { return 0 }
         guard config.oneCorePerNode else { return nil }
         return node == "b" ? 1 : 0
+    }
+
+    /// The CPU a hop (a router, the relay) runs on: with `hopCore`, CPU 1, apart from the threads it serves;
+    /// else its node's, as `cpu(node:)`.
+    func hopCPU(node: String?) -> Int? {
+        config.hopCore ? 1 : cpu(node: node)
     }
 
     func fresh(_ name: String) throws -> String {
@@ -303,7 +313,7 @@ public final class Bench {
         let router = Process()
         let (executable, arguments) = pinned(
             pmm, ["router", "--state-dir", state, "--log-level", "error"] + (node.map { ["--node", $0] } ?? []) + (workers.map { ["--workers", "\($0)"] } ?? []),
-            cpu: cpu(node: node))
+            cpu: hopCPU(node: node))
         router.executableURL = URL(fileURLWithPath: executable)
         router.arguments = arguments
         router.standardOutput = FileHandle.nullDevice

@@ -40,6 +40,11 @@ struct BenchCommand: ParsableCommand {
             its own consumer service of --consumers/K instances): K independent flows, which a router with several \
             workers (--workers, passed to pmm router) shares out by type. --compare-workers N also measures the \
             routed path with N workers in the same run and reports the ratio to the first.
+
+            --hop-core gives the hop a core of its own, as a host that reserves one for pmm router: producers and \
+            consumers (and so the direct path) on CPU 0, the router and the relay on CPU 1. Unpinned, the hop's \
+            CPU per frame is taken from the producers and consumers it serves; pinned, it shows whether the hop \
+            keeps up with them.
             """ + ExitStatus.help("0 every frame arrived exactly once; 1 a frame was lost, or a path could not run"))
 
     @Option(help: "Producer threads (each its own producing service and ingress pipe).")
@@ -77,6 +82,11 @@ struct BenchCommand: ParsableCommand {
 
     @Flag(help: "Make each node a host of one core: one-host paths on CPU 0; across nodes, node a on CPU 0 and node b on CPU 1.")
     var oneCorePerNode = false
+
+    @Flag(
+        help:
+            "Give the hop a core of its own, as a host that reserves one for pmm router: producers and consumers (and so the direct path) on CPU 0, the router and the relay on CPU 1.")
+    var hopCore = false
 
     @Option(help: "Also measure the routed path in a mesh holding this many idle pipes besides (0: not).")
     var idlePipes = 0
@@ -122,6 +132,12 @@ struct BenchCommand: ParsableCommand {
         if oneCorePerNode, ProcessInfo.processInfo.activeProcessorCount < 2 {
             throw ValidationError("--one-core-per-node needs two CPUs (this machine has \(ProcessInfo.processInfo.activeProcessorCount))")
         }
+        if hopCore {
+            guard ProcessInfo.processInfo.activeProcessorCount >= 2 else {
+                throw ValidationError("--hop-core needs two CPUs (this machine has \(ProcessInfo.processInfo.activeProcessorCount))")
+            }
+            guard !oneCorePerNode, !link else { throw ValidationError("--hop-core: not with --one-core-per-node or --link (they place the hops themselves)") }
+        }
         if let routerBinary, access(routerBinary, X_OK) != 0 { throw ValidationError("--router-binary: \(routerBinary) is not an executable") }
         guard count >= 1, runs >= 1, rate >= 0 else { throw ValidationError("--count and --runs must be positive, --rate not negative") }
         guard RoutingPolicy(rawValue: policy) != nil else { throw ValidationError("unknown --policy \(policy)") }
@@ -152,6 +168,7 @@ struct BenchCommand: ParsableCommand {
         config.types = types
         config.workers = workers
         config.oneCorePerNode = oneCorePerNode
+        config.hopCore = hopCore
         let this = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let binary = routerBinary ?? this
         // The relay runs from this binary, whichever router is measured (an older --router-binary may lack it).
@@ -163,7 +180,7 @@ struct BenchCommand: ParsableCommand {
         let interactive = isatty(STDERR_FILENO) == 1
         let bench = Bench(config: config, pmm: binary, workspace: workspace) { if interactive { printError($0) } }
         let workload =
-            "\(producers) producer(s) -> \(consumers) consumer(s)\(types > 1 ? " over \(types) data types" : ""), \(size) B payloads, \(count) per producer, \(rate > 0 ? "paced at \(Int(rate))/s per producer" : "unpaced"), policy \(policy), \(delivery), \(writes) writes, relay in a \(relay.rawValue)\(oneCorePerNode ? ", one core per node" : "")"
+            "\(producers) producer(s) -> \(consumers) consumer(s)\(types > 1 ? " over \(types) data types" : ""), \(size) B payloads, \(count) per producer, \(rate > 0 ? "paced at \(Int(rate))/s per producer" : "unpaced"), policy \(policy), \(delivery), \(writes) writes, relay in a \(relay.rawValue)\(oneCorePerNode ? ", one core per node" : "")\(hopCore ? ", the hop on a core of its own" : "")"
         if output == .text { print("pmm bench: \(workload)") }
         var all: [[BenchResult]] = []
         for run in 1...runs {

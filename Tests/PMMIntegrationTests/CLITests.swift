@@ -380,6 +380,24 @@ import Testing
         #expect(run.allSatisfy { ($0["frames"] as? Int) == 3000 && ($0["lost"] as? Int) == 0 }, "\(run)")
         #expect((report?["workload"] as? String)?.hasSuffix("one core per node") == true)
     }
+
+    /// `--hop-core` gives the router a core of its own (CPU 1, as its allowed CPUs say while it ran), apart from
+    /// the producers and consumers; it places hops itself, so it refuses `--link`.
+    @Test(.enabled(if: ProcessInfo.processInfo.activeProcessorCount >= 2, "needs two CPUs"))
+    func bench_hopCore_runsTheRouterOnACoreOfItsOwn() throws {
+        let outcome = try pmm("bench", "--hop-core", "--count", "3000", "-o", "json")
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any]
+        let run = (report?["runs"] as? [[[String: Any]]])?.first ?? []
+        let routed = run.first { ($0["path"] as? String) == "routed (at-most-once)" }
+        #expect(routed?["routerCPUs"] as? [String] == ["1"], "\(run)")
+        #expect(run.allSatisfy { ($0["frames"] as? Int) == 3000 && ($0["lost"] as? Int) == 0 && ($0["duplicated"] as? Int) == 0 }, "\(run)")
+        #expect((report?["workload"] as? String)?.hasSuffix("the hop on a core of its own") == true)
+
+        let refused = try pmm("bench", "--hop-core", "--link", "--count", "10")
+        #expect(refused.status == 64)
+        #expect(refused.stderr.contains("--hop-core: not with --one-core-per-node or --link"), "\(refused.stderr)")
+    }
 }
 
 /// Files that must stay in step with the code.

@@ -205,6 +205,8 @@ let package = Package(
                 "example-producer", "example-consumer",
                 // DeployTests parses the Kubernetes manifests.
                 .product(name: "Yams", package: "Yams"),
+                // RouterLoopTests runs a router's loop steps in the test process.
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcoming
         ),

@@ -416,7 +416,11 @@ public final class Router {
                 // `waitsFor`: a wait that ended while the core did not want the pipe read, so that nothing asked,
                 // would set the wake in the past, and the loop would spin.)
                 wake = min(wake, since + Self.spliceWait)
-            } else if inPlace({ $0.hasBufferedWork(slot) }) && inPlace({ $0.wantsToRead(slot, now: now) }) {
+            } else if inPlace({ $0.wantsToRead(slot, now: now) }) && (inPlace({ $0.hasBufferedWork(slot) }) || ingressFDs[id]?.armed == false) {
+                // Buffered work, or a pipe switched off while it waited for a queue that this pass's flush wrote
+                // out (after `serviceAttention` kept it off): the next pass switches it on and reads it. Sleeping
+                // instead left a full pipe unread until the 100 ms timeout, its producer blocked (4 KB frames
+                // met it several times a run).
                 return 0
             }
             let paused = core.ingress[slot].pausedUntil

@@ -337,64 +337,78 @@ public final class Router {
         if seat == nil {
             do { try ServiceManager.notifyReady() } catch { logger.warning("cannot tell the service manager the router is ready: \(error)") }
         }
-        epoll.add(signals.readFD, interest: Epoll.readable, token: Token.signal)
+        startLoop(signals: signals)
+        while true {
+            let asked = pass(timeout: waitTimeout(now: monotonicNanos()), signals: signals)
+            if asked.stop { return stop() }
+            if asked.reload { reloadLayout(reload) }
+        }
+    }
+
+    /// Registers the loop's own descriptors (the signal pipe, the root's watch, links, metrics) and looks at
+    /// every ingress pipe once.
+    func startLoop(signals: SignalPipe?) {
+        if let signals { epoll.add(signals.readFD, interest: Epoll.readable, token: Token.signal) }
         if let watch { epoll.add(watch.fd, interest: Epoll.readable, token: Token.watch) }
         if let links { epoll.add(links.wakeDescriptor, interest: Epoll.readable, token: Token.links) }
         if let metrics { epoll.add(metrics.listener, interest: Epoll.readable, token: Token.metricsListener) }
         rescanIngress()
-        while true {
-            var reloadRequested = false
-            var stopRequested = false
-            let ready = epoll.wait(timeout: waitTimeout(now: monotonicNanos())) { event in
-                let value = event.token & ~Token.kind
-                switch event.token & Token.kind {
-                case Token.signal:
-                    for signal in signals.drain() {
-                        switch signal {
-                        case .reload: reloadRequested = true
-                        case .stop: stopRequested = true
-                        }
+    }
+
+    /// One pass of the loop: waits on epoll up to `timeout` milliseconds, handles what is ready, reads the
+    /// ingress pipes that want it, writes the egress pipes that got frames, and looks at the core's timers.
+    /// Returns whether a signal asked to reload or to stop.
+    func pass(timeout: Int32, signals: SignalPipe?) -> (reload: Bool, stop: Bool) {
+        var reloadRequested = false
+        var stopRequested = false
+        let ready = epoll.wait(timeout: timeout) { event in
+            let value = event.token & ~Token.kind
+            switch event.token & Token.kind {
+            case Token.signal:
+                for signal in signals?.drain() ?? [] {
+                    switch signal {
+                    case .reload: reloadRequested = true
+                    case .stop: stopRequested = true
                     }
-                case Token.watch:
-                    watchChanged()
-                case Token.ingress:
-                    ingressReady(PipeID(raw: UInt32(truncatingIfNeeded: value)))
-                case Token.egress:
-                    let id = PipeID(raw: UInt32(truncatingIfNeeded: value))
-                    guard let slot = core.egressSlot(id) else { return }
-                    if event.failed {
-                        egressFailed(slot, reason: "the reader went away")
-                    } else if event.writable {
-                        flush(slot)
-                    }
-                case Token.metricsListener:
-                    for client in metrics?.accept() ?? [] {
-                        epoll.add(client, interest: Epoll.readable, token: Token.metricsClient | UInt64(UInt32(bitPattern: client)))
-                    }
-                case Token.metricsClient:
-                    metrics?.respond(Int32(bitPattern: UInt32(truncatingIfNeeded: value))) { self.metricsText(of: self.routerWideStatus) }
-                default:
-                    break  // links: drained by pumpLinks, every pass
                 }
+            case Token.watch:
+                watchChanged()
+            case Token.ingress:
+                ingressReady(PipeID(raw: UInt32(truncatingIfNeeded: value)))
+            case Token.egress:
+                let id = PipeID(raw: UInt32(truncatingIfNeeded: value))
+                guard let slot = core.egressSlot(id) else { return }
+                if event.failed {
+                    egressFailed(slot, reason: "the reader went away")
+                } else if event.writable {
+                    flush(slot)
+                }
+            case Token.metricsListener:
+                for client in metrics?.accept() ?? [] {
+                    epoll.add(client, interest: Epoll.readable, token: Token.metricsClient | UInt64(UInt32(bitPattern: client)))
+                }
+            case Token.metricsClient:
+                metrics?.respond(Int32(bitPattern: UInt32(truncatingIfNeeded: value))) { self.metricsText(of: self.routerWideStatus) }
+            default:
+                break  // links: drained by pumpLinks, every pass
             }
-            if ready < 0 { logger.critical("epoll_wait failed", metadata: ["errno": "\(errno)"]) }
-            serviceAttention()
-            // Removed or replaced pipes are read without waiting for readiness, once per pass, and closed once
-            // empty at a frame boundary.
-            for id in drainingIngress.take() {
-                guard let slot = core.ingressSlot(id), core.ingress[slot].draining else { continue }
-                readIngress(slot, budget: 16)
-                if core.ingressSlot(id) != nil { drainingIngress.insert(id) }
-            }
-            // Links before the pipes: what this pass routed to other nodes goes out now, and what came from them
-            // is written to its pipes in this pass's flush, not the next one's.
-            pumpLinks(now: monotonicNanos())
-            flushAll()
-            housekeeping(now: monotonicNanos())
-            if let seat, seat.index == 0, seat.board.version != mergedVersion { writeMergedStatus(force: false) }
-            if stopRequested { return stop() }
-            if reloadRequested { reloadLayout(reload) }
         }
+        if ready < 0 { logger.critical("epoll_wait failed", metadata: ["errno": "\(errno)"]) }
+        serviceAttention()
+        // Removed or replaced pipes are read without waiting for readiness, once per pass, and closed once
+        // empty at a frame boundary.
+        for id in drainingIngress.take() {
+            guard let slot = core.ingressSlot(id), core.ingress[slot].draining else { continue }
+            readIngress(slot, budget: 16)
+            if core.ingressSlot(id) != nil { drainingIngress.insert(id) }
+        }
+        // Links before the pipes: what this pass routed to other nodes goes out now, and what came from them
+        // is written to its pipes in this pass's flush, not the next one's.
+        pumpLinks(now: monotonicNanos())
+        flushAll()
+        housekeeping(now: monotonicNanos())
+        if let seat, seat.index == 0, seat.board.version != mergedVersion { writeMergedStatus(force: false) }
+        return (reloadRequested, stopRequested)
     }
 
     /// Asks the core `query` in place. A core method the compiler cannot see into, called on the stored

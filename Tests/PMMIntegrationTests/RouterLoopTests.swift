@@ -7,6 +7,8 @@ import PMMRouterCore
 import PMMSpecYAML
 import PMMSystem
 import PMMWire
+import SwiftProtobuf
+import SystemPackage
 import Testing
 
 /// The router's loop, one step at a time, in the test process: a `Router` over real FIFOs of an applied mesh,
@@ -20,40 +22,16 @@ struct RouterLoopTests {
     /// stays unread until the loop's 100 ms timeout. `pmm bench --size 4000` met that several times a run
     /// (router epoll_wait timing out at 100 ms, producer and consumer asleep: 1.0–2.4 s for what takes 0.6).
     @Test func aWaitForAQueueThatEndsInTheFlush_doesNotSleepUntilTheTimeout() throws {
-        let h = try MeshHarness(SpliceTests.mesh(delivery: "at-most-once", replicas: 1))
-        let text = try String(contentsOfFile: h.dir.specPath, encoding: .utf8)
-        let loaded = SpecLoader.loadAndValidate(yaml: text, file: "mesh.yaml")
-        let spec = try #require(loaded.spec, "\(loaded.diagnostics.map(\.summary))")
-        let layout = RouterLayout(spec: spec, revision: 1)
-        let egressName = try #require(layout.egress.first { $0.dataType == "events" }?.name)
-        let ingressName = try #require(layout.ingress.first { $0.dataType == "events" }?.name)
-        // The consumer's end first, so that the router opens the pipe for writing.
-        let reader = open(h.dir.root + "/" + egressName, O_RDONLY | O_NONBLOCK)
-        try #require(reader >= 0)
-        defer { close(reader) }
-        var options = RouterOptions()
-        options.splice = .never  // frames are read and queued; the wait is set below as a refused look sets it
-        let router = try Router(layout: layout, options: options, logger: Logger(label: "loop-test"))
-        let writer = open(h.dir.root + "/" + ingressName, O_WRONLY | O_NONBLOCK)
-        try #require(writer >= 0)
-        defer { close(writer) }
-
+        let loop = try Loop(splice: .never)  // frames are read and queued; the wait is set below as a refused look sets it
+        let (router, writer, slot, egress) = (loop.router, loop.writer, loop.slot, loop.egress)
         func send(_ sequences: ClosedRange<UInt64>) throws {
             for sequence in sequences {
-                var envelope = Envelope()
-                envelope.dataType = "events"
-                envelope.source = "api"
-                envelope.sequence = sequence
-                envelope.payload = Data(repeating: 0x61, count: 4000)
-                let frame = try envelope.framed()
+                let frame = try Loop.frame(sequence, payload: 4000)
                 #expect(write(writer, frame, frame.count) == frame.count)
             }
         }
-        let slot = try #require(router.core.ingress.firstIndex { $0.name == ingressName })
-        let egress = try #require(router.core.egress.firstIndex { $0.name == egressName })
         let id = router.core.ingress[slot].id
 
-        router.housekeeping(now: monotonicNanos())  // the timers a first pass sets
         // Frames routed into the consumer's queue, not written yet; the pipe waits for that queue.
         try send(1...10)
         router.readIngress(slot, budget: 1)
@@ -74,5 +52,161 @@ struct RouterLoopTests {
         #expect(router.waitTimeout(now: monotonicNanos()) == 0)
         router.serviceAttention()
         #expect(router.ingressFDs[id]?.armed == true)
+    }
+
+    /// Random traffic through the loop, a pass at a time (each with a zero epoll timeout): a producer writing
+    /// frames of several sizes as its pipe takes them, a consumer reading random amounts or not at all for a
+    /// while. After every pass, if the loop would sleep, nothing it could do may be left without something to
+    /// wake it: no ingress pipe holding bytes the core wants read, out of epoll and not waiting for a queue; no
+    /// queued frames for an empty egress pipe that is out of epoll, unless a timer comes within 2 ms. Then
+    /// every frame arrives once, in order.
+    @Test(arguments: [
+        (UInt64(1), SpliceMode.always, "at-most-once"), (2, .always, "at-most-once"), (3, .auto, "at-most-once"), (4, .never, "at-most-once"),
+        (5, .always, "at-least-once"), (6, .auto, "at-least-once"),
+    ])
+    func randomTraffic_theLoopNeverSleepsWithWorkItCouldDo(seed: UInt64, splice: SpliceMode, delivery: String) throws {
+        let loop = try Loop(splice: splice, delivery: delivery)
+        let router = loop.router
+        router.startLoop(signals: nil)
+        var random = SeededRandom(seed: seed)
+        let sizes = [60, 500, 4000, 12_000]
+        var outbox: [UInt8] = []
+        var inbox: [UInt8] = []
+        var sent: UInt64 = 0
+        var received: [UInt64] = []
+        var violations: [String] = []
+        var scratch = [UInt8](repeating: 0, count: 1 << 20)
+
+        func produce() {
+            guard !outbox.isEmpty else { return }
+            let n = outbox.withUnsafeBytes { write(loop.writer, $0.baseAddress, $0.count) }
+            if n > 0 { outbox.removeFirst(n) }
+        }
+        func consume(upTo limit: Int) {
+            let n = scratch.withUnsafeMutableBytes { read(loop.reader, $0.baseAddress, min(limit, $0.count)) }
+            guard n > 0 else { return }
+            inbox += scratch[0..<n]
+            var at = 0
+            while case .value(let length, let prefix) = inbox.withUnsafeBytes({ Varint.decode($0, at: at) }), inbox.count - at >= prefix + Int(length) {
+                let body = Array(inbox[(at + prefix)..<(at + prefix + Int(length))])
+                at += prefix + Int(length)
+                guard let envelope = try? Envelope(serializedBytes: body) else {
+                    violations.append("the consumer read bytes that are not an envelope")
+                    continue
+                }
+                received.append(envelope.sequence)
+            }
+            inbox.removeFirst(at)
+        }
+        func check(_ step: Int) {
+            let now = monotonicNanos()
+            let wait = router.waitTimeout(now: now)
+            guard wait > 0 else { return }
+            let id = router.core.ingress[loop.slot].id
+            if let held = router.ingressFDs[id], !held.armed, unreadBytes(held.fd.rawValue) > 0,
+                router.inPlace({ $0.wantsToRead(loop.slot, now: now) }), !router.waitsForSplice(id, now: now)
+            {
+                violations.append("step \(step): the ingress pipe holds \(unreadBytes(held.fd.rawValue)) bytes the core wants read, is out of epoll, waits for nothing, and the loop would sleep \(wait) ms")
+            }
+            let egressID = router.core.egress[loop.egress].id
+            if let held = router.egressFDs[egressID], !held.armed, unreadBytes(held.fd.rawValue) == 0,
+                router.core.egress[loop.egress].queue.unwrittenBytes > 0, wait > 2
+            {
+                violations.append("step \(step): \(router.core.egress[loop.egress].queue.unwrittenBytes) bytes are queued for an empty pipe out of epoll, and the loop would sleep \(wait) ms")
+            }
+        }
+
+        for step in 0..<4000 {
+            switch random.next() % 4 {
+            case 0:
+                for _ in 0..<(1 + random.next() % 24) {
+                    sent += 1
+                    outbox += try Loop.frame(sent, payload: sizes[Int(random.next() % UInt64(sizes.count))])
+                }
+            case 1:
+                consume(upTo: 1 + Int(random.next() % (256 << 10)))
+            default:
+                break
+            }
+            produce()
+            _ = router.pass(timeout: 0, signals: nil)
+            check(step)
+        }
+        let deadline = monotonicNanos() + 20_000_000_000
+        while (received.count < Int(sent) || !outbox.isEmpty) && monotonicNanos() < deadline {
+            produce()
+            _ = router.pass(timeout: 1, signals: nil)
+            consume(upTo: 1 << 20)
+        }
+        #expect(violations.isEmpty, "\(violations.prefix(5))")
+        #expect(sent > 1000)
+        if delivery == "at-least-once" {
+            // The frames went through the spool.
+            let spools = try FileManager.default.contentsOfDirectory(atPath: loop.mesh.dir.path + "/spool")
+            #expect(spools.contains { $0.hasSuffix(".spool") }, "\(spools)")
+        }
+        #expect(received == Array(1...sent), "\(received.count) of \(sent) frames, the first out of place at \(zip(received, 1...).first { $0.0 != $0.1 }.map { "\($0.1)" } ?? "-")")
+    }
+
+    /// A `Router` over the FIFOs of an applied mesh (`events` from `api`, one shard, to `worker-0`, 1 MiB
+    /// pipes; at-least-once spools in the mesh's directory), with the test holding the consumer's end (read,
+    /// nonblocking) and the producer's (write, nonblocking).
+    final class Loop {
+        let mesh: MeshHarness
+        let router: Router
+        let reader: Int32
+        let writer: Int32
+        let slot: Int
+        let egress: Int
+
+        init(splice: SpliceMode, delivery: String = "at-most-once") throws {
+            mesh = try MeshHarness(SpliceTests.mesh(delivery: delivery, replicas: 1))
+            let text = try String(contentsOfFile: mesh.dir.specPath, encoding: .utf8)
+            let loaded = SpecLoader.loadAndValidate(yaml: text, file: "mesh.yaml")
+            let spec = try #require(loaded.spec, "\(loaded.diagnostics.map(\.summary))")
+            let layout = RouterLayout(spec: spec, revision: 1)
+            let egressName = try #require(layout.egress.first { $0.dataType == "events" }?.name)
+            let ingressName = try #require(layout.ingress.first { $0.dataType == "events" }?.name)
+            // The consumer's end first, so that the router opens the pipe for writing.
+            reader = open(mesh.dir.root + "/" + egressName, O_RDONLY | O_NONBLOCK)
+            try #require(reader >= 0)
+            var options = RouterOptions()
+            options.splice = splice
+            options.spoolDirectory = mesh.dir.path + "/spool"
+            router = try Router(layout: layout, options: options, logger: Logger(label: "loop-test"))
+            writer = open(mesh.dir.root + "/" + ingressName, O_WRONLY | O_NONBLOCK)
+            try #require(writer >= 0)
+            slot = try #require(router.core.ingress.firstIndex { $0.name == ingressName })
+            egress = try #require(router.core.egress.firstIndex { $0.name == egressName })
+            router.housekeeping(now: monotonicNanos())  // the timers a first pass sets
+        }
+
+        deinit {
+            close(reader)
+            close(writer)
+        }
+
+        /// A framed envelope of `events` from `api` with `payload` bytes.
+        static func frame(_ sequence: UInt64, payload: Int) throws -> [UInt8] {
+            var envelope = Envelope()
+            envelope.dataType = "events"
+            envelope.source = "api"
+            envelope.sequence = sequence
+            envelope.payload = Data(repeating: UInt8(truncatingIfNeeded: sequence), count: payload)
+            return try envelope.framed()
+        }
+    }
+}
+
+/// SplitMix64: the same numbers for the same seed.
+struct SeededRandom {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

@@ -71,7 +71,7 @@ struct RouterLoopTests {
         var random = SeededRandom(seed: seed)
         let sizes = [60, 500, 4000, 12_000]
         var outbox: [UInt8] = []
-        var inbox: [UInt8] = []
+        var inbox = MessageBuffer(maximumSize: 1 << 20)
         var sent: UInt64 = 0
         var received: [UInt64] = []
         var violations: [String] = []
@@ -82,21 +82,17 @@ struct RouterLoopTests {
             let n = outbox.withUnsafeBytes { write(loop.writer, $0.baseAddress, $0.count) }
             if n > 0 { outbox.removeFirst(n) }
         }
-        func consume(upTo limit: Int) {
+        func consume(upTo limit: Int) throws {
             let n = scratch.withUnsafeMutableBytes { read(loop.reader, $0.baseAddress, min(limit, $0.count)) }
             guard n > 0 else { return }
-            inbox += scratch[0..<n]
-            var at = 0
-            while case .value(let length, let prefix) = inbox.withUnsafeBytes({ Varint.decode($0, at: at) }), inbox.count - at >= prefix + Int(length) {
-                let body = Array(inbox[(at + prefix)..<(at + prefix + Int(length))])
-                at += prefix + Int(length)
+            inbox.append(scratch[0..<n])
+            while let body = try inbox.next() {
                 guard let envelope = try? Envelope(serializedBytes: body) else {
                     violations.append("the consumer read bytes that are not an envelope")
                     continue
                 }
                 received.append(envelope.sequence)
             }
-            inbox.removeFirst(at)
         }
         func check(_ step: Int) {
             let now = monotonicNanos()
@@ -124,7 +120,7 @@ struct RouterLoopTests {
                     outbox += try Loop.frame(sent, payload: sizes[Int(random.next() % UInt64(sizes.count))])
                 }
             case 1:
-                consume(upTo: 1 + Int(random.next() % (256 << 10)))
+                try consume(upTo: 1 + Int(random.next() % (256 << 10)))
             default:
                 break
             }
@@ -136,7 +132,7 @@ struct RouterLoopTests {
         while (received.count < Int(sent) || !outbox.isEmpty) && monotonicNanos() < deadline {
             produce()
             _ = router.pass(timeout: 1, signals: nil)
-            consume(upTo: 1 << 20)
+            try consume(upTo: 1 << 20)
         }
         #expect(violations.isEmpty, "\(violations.prefix(5))")
         #expect(sent > 1000)

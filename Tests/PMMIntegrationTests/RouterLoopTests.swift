@@ -56,10 +56,10 @@ struct RouterLoopTests {
 
     /// Random traffic through the loop, a pass at a time (each with a zero epoll timeout): a producer writing
     /// frames of several sizes as its pipe takes them, a consumer reading random amounts or not at all for a
-    /// while. After every pass, if the loop would sleep, nothing it could do may be left without something to
-    /// wake it: no ingress pipe holding bytes the core wants read, out of epoll and not waiting for a queue; no
-    /// queued frames for an empty egress pipe that is out of epoll, unless a timer comes within 2 ms. Then
-    /// every frame arrives once, in order.
+    /// while, and a reload every 1,000 passes. After every pass (and every reload), if the loop would sleep,
+    /// nothing it could do may be left without something to wake it: no ingress pipe holding bytes the core
+    /// wants read, out of epoll and not waiting for a queue; no queued frames for an empty egress pipe that is
+    /// out of epoll, unless a timer comes within 2 ms. Then every frame arrives once, in order.
     @Test(arguments: [
         (UInt64(1), SpliceMode.always, "at-most-once"), (2, .always, "at-most-once"), (3, .auto, "at-most-once"), (4, .never, "at-most-once"),
         (5, .always, "at-least-once"), (6, .auto, "at-least-once"),
@@ -98,17 +98,18 @@ struct RouterLoopTests {
             let now = monotonicNanos()
             let wait = router.waitTimeout(now: now)
             guard wait > 0 else { return }
-            let id = router.core.ingress[loop.slot].id
+            let (slot, egress) = (loop.slot, loop.egress)
+            let id = router.core.ingress[slot].id
             if let held = router.ingressFDs[id], !held.armed, unreadBytes(held.fd.rawValue) > 0,
-                router.inPlace({ $0.wantsToRead(loop.slot, now: now) }), !router.waitsForSplice(id, now: now)
+                router.inPlace({ $0.wantsToRead(slot, now: now) }), !router.waitsForSplice(id, now: now)
             {
                 violations.append("step \(step): the ingress pipe holds \(unreadBytes(held.fd.rawValue)) bytes the core wants read, is out of epoll, waits for nothing, and the loop would sleep \(wait) ms")
             }
-            let egressID = router.core.egress[loop.egress].id
+            let egressID = router.core.egress[egress].id
             if let held = router.egressFDs[egressID], !held.armed, unreadBytes(held.fd.rawValue) == 0,
-                router.core.egress[loop.egress].queue.unwrittenBytes > 0, wait > 2
+                router.core.egress[egress].queue.unwrittenBytes > 0, wait > 2
             {
-                violations.append("step \(step): \(router.core.egress[loop.egress].queue.unwrittenBytes) bytes are queued for an empty pipe out of epoll, and the loop would sleep \(wait) ms")
+                violations.append("step \(step): \(router.core.egress[egress].queue.unwrittenBytes) bytes are queued for an empty pipe out of epoll, and the loop would sleep \(wait) ms")
             }
         }
 
@@ -127,6 +128,12 @@ struct RouterLoopTests {
             produce()
             _ = router.pass(timeout: 0, signals: nil)
             check(step)
+            if step % 1000 == 999 {
+                // A reload in the middle of the traffic (rescans the pipes, ends every wait).
+                loop.reload(revision: 2 + step / 1000)
+                #expect(router.core.layout.revision == 2 + step / 1000)
+                check(step)
+            }
         }
         let deadline = monotonicNanos() + 20_000_000_000
         while (received.count < Int(sent) || !outbox.isEmpty) && monotonicNanos() < deadline {
@@ -152,17 +159,21 @@ struct RouterLoopTests {
         let router: Router
         let reader: Int32
         let writer: Int32
-        let slot: Int
-        let egress: Int
+        let spec: MeshSpec
+        let ingressName: String
+        let egressName: String
+        /// The slots of the two pipes (looked up by name: a reload may move them).
+        var slot: Int { router.core.ingress.firstIndex { $0.name == ingressName }! }
+        var egress: Int { router.core.egress.firstIndex { $0.name == egressName }! }
 
         init(splice: SpliceMode, delivery: String = "at-most-once") throws {
             mesh = try MeshHarness(SpliceTests.mesh(delivery: delivery, replicas: 1))
             let text = try String(contentsOfFile: mesh.dir.specPath, encoding: .utf8)
             let loaded = SpecLoader.loadAndValidate(yaml: text, file: "mesh.yaml")
-            let spec = try #require(loaded.spec, "\(loaded.diagnostics.map(\.summary))")
+            spec = try #require(loaded.spec, "\(loaded.diagnostics.map(\.summary))")
             let layout = RouterLayout(spec: spec, revision: 1)
-            let egressName = try #require(layout.egress.first { $0.dataType == "events" }?.name)
-            let ingressName = try #require(layout.ingress.first { $0.dataType == "events" }?.name)
+            egressName = try #require(layout.egress.first { $0.dataType == "events" }?.name)
+            ingressName = try #require(layout.ingress.first { $0.dataType == "events" }?.name)
             // The consumer's end first, so that the router opens the pipe for writing.
             reader = open(mesh.dir.root + "/" + egressName, O_RDONLY | O_NONBLOCK)
             try #require(reader >= 0)
@@ -172,9 +183,13 @@ struct RouterLoopTests {
             router = try Router(layout: layout, options: options, logger: Logger(label: "loop-test"))
             writer = open(mesh.dir.root + "/" + ingressName, O_WRONLY | O_NONBLOCK)
             try #require(writer >= 0)
-            slot = try #require(router.core.ingress.firstIndex { $0.name == ingressName })
-            egress = try #require(router.core.egress.firstIndex { $0.name == egressName })
+            try #require(router.core.ingress.contains { $0.name == ingressName } && router.core.egress.contains { $0.name == egressName })
             router.housekeeping(now: monotonicNanos())  // the timers a first pass sets
+        }
+
+        /// A SIGHUP's reload, between two passes as in `run`, of the same spec as `revision`.
+        func reload(revision: Int) {
+            router.reloadLayout { RouterLayout(spec: spec, revision: revision) }
         }
 
         deinit {

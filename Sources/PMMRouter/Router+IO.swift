@@ -410,6 +410,7 @@ extension Router {
     func flush(_ slot: Int) {
         let id = core.egress[slot].id
         guard let fd = egressFDs[id]?.fd, let readAtStart = egressFDs[id]?.readAt else { return }
+        egressFDs[id]?.flushedEnd = core.egress[slot].queue.endOffset
         defer { if !core.hasUnwritten(slot) { armEgress(id, false) } }
         // The pipe's count is read and changed in place in `egressFDs`: a copy of it held across `wrote` would
         // make its arrays copy themselves on every write.

@@ -173,6 +173,9 @@ public final class Router {
         var occupancy = PipeOccupancy(capacity: 0)
         /// Egress: when its reader was last seen reading (or the pipe opened).
         var readAt: UInt64 = 0
+        /// Egress: the end of its queue (`FrameQueue.endOffset`) when it was last flushed; frames queued since
+        /// (by `housekeeping`, after the pass's flush) make the next wait return at once.
+        var flushedEnd = -1
         /// Ingress: the last read or peek found a run's worth of bytes (the pipe is busy: peek it, see
         /// `peekIngress`).
         var busy = false
@@ -417,8 +420,9 @@ public final class Router {
     @inline(__always)
     func inPlace<R>(_ query: (inout RouterCore) throws -> R) rethrows -> R { try query(&core) }
 
-    /// How long the next wait may last: not at all while buffered frames wait to be routed, else until the
-    /// earliest timer (a paused pipe, a probe, a sweep, frames of other nodes to acknowledge), 100 ms at most.
+    /// How long the next wait may last: not at all while buffered frames wait to be routed or queued frames
+    /// wait for their pipe's first flush, else until the earliest timer (a paused pipe, a probe, a sweep,
+    /// frames of other nodes to acknowledge), 100 ms at most.
     func waitTimeout(now: UInt64) -> Int32 {
         var wake = min(nextTimer, nextSweep, now + 100_000_000)
         if inPlace({ $0.awaitsLinkCompletions }) { wake = min(wake, now + linkCompletionPoll(now: now)) }
@@ -439,6 +443,16 @@ public final class Router {
             }
             let paused = core.ingress[slot].pausedUntil
             if paused > now { wake = min(wake, paused) }
+        }
+        var index = 0
+        while index < core.activeEgress.count {
+            let slot = core.activeEgress[index]
+            index += 1
+            // Frames queued after this pass's flush, by `housekeeping` (its timers and pipe checks: a probe that
+            // opened the pipe of a consumer that came back queues the frames held for it): the next pass writes
+            // them. Sleeping instead left them until the next timer, up to 100 ms, unless something else happened
+            // to wake the loop (the router's own open of a pipe is an inotify event).
+            if core.hasUnwritten(slot) && egressFDs[core.egress[slot].id]?.flushedEnd != core.egress[slot].queue.endOffset { return 0 }
         }
         return wake <= now ? 0 : Int32(clamping: (wake - now + 999_999) / 1_000_000)
     }

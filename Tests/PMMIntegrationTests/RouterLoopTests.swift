@@ -108,19 +108,21 @@ struct RouterLoopTests {
     }
 
     /// The same, in a crowded mesh: two producers with two shards each (four ingress pipes), three consumer
-    /// instances under round-robin, consumers that die (their end closed, with whatever they had not read)
+    /// instances under round-robin, or under `shard` with 16 keys (a dead instance's keys move to the others
+    /// and back when it returns), consumers that die (their end closed, with whatever they had not read)
     /// and come back (their end opened again), and every 1,000 passes an apply that removes the third instance
     /// (stopped first, as an orchestrator scales down) or brings it back. Besides the checks above, a consumer
     /// that came back must not wait for the router's probe: once a pass has seen it open, the router has
     /// opened its pipe. At most once, every frame arrives exactly once (what a dead consumer had not read whole
     /// goes to another); at least once, at least once.
     @Test(arguments: [
-        (UInt64(11), SpliceMode.always, "at-most-once"), (12, .auto, "at-most-once"), (13, .never, "at-most-once"),
-        (14, .always, "at-least-once"), (15, .auto, "at-least-once"),
+        (UInt64(11), SpliceMode.always, "at-most-once", "round-robin"), (12, .auto, "at-most-once", "round-robin"),
+        (13, .never, "at-most-once", "round-robin"), (14, .always, "at-least-once", "round-robin"), (15, .auto, "at-least-once", "round-robin"),
+        (16, .always, "at-most-once", "shard"), (17, .auto, "at-least-once", "shard"),
     ])
-    func crowdedMesh_deathsAndApplies_theLoopNeverSleepsWithWorkItCouldDo(seed: UInt64, splice: SpliceMode, delivery: String) throws {
-        let meshes = [3, 2].map { Self.crowdedMesh(delivery: delivery, replicas: $0) }
-        let traffic = try Traffic(Loop(yaml: meshes[0], splice: splice), seed: seed, deaths: true, applies: meshes)
+    func crowdedMesh_deathsAndApplies_theLoopNeverSleepsWithWorkItCouldDo(seed: UInt64, splice: SpliceMode, delivery: String, policy: String) throws {
+        let meshes = [3, 2].map { Self.crowdedMesh(delivery: delivery, replicas: $0, policy: policy) }
+        let traffic = try Traffic(Loop(yaml: meshes[0], splice: splice), seed: seed, deaths: true, applies: meshes, keys: policy == "shard" ? 16 : 0)
         try #require(traffic.loop.ingressNames.count == 4 && traffic.loop.egressNames.count == 3)
         try traffic.run(passes: 4000)
         try traffic.expectNoViolation(delivery: delivery)
@@ -135,8 +137,8 @@ struct RouterLoopTests {
         }
     }
 
-    /// `events` from `api` and `web`, two shards, to `replicas` instances of `worker` by round-robin; 1 MiB pipes.
-    static func crowdedMesh(delivery: String, replicas: Int) -> String {
+    /// `events` from `api` and `web`, two shards, to `replicas` instances of `worker` by `policy`; 1 MiB pipes.
+    static func crowdedMesh(delivery: String, replicas: Int, policy: String) -> String {
         """
         apiVersion: pmm/v1
         kind: Mesh
@@ -159,7 +161,7 @@ struct RouterLoopTests {
             consumes: [{dataType: events}]
         routes:
           events:
-            policy: round-robin
+            policy: \(policy)
             targets: [{service: worker}]
 
         """
@@ -173,6 +175,8 @@ struct RouterLoopTests {
         let withDeaths: Bool
         /// Specs applied in turn every 1,000 passes (none: the same spec reloaded).
         let applies: [String]
+        /// Shard keys drawn for the frames (0: frames without a key).
+        let keys: UInt64
         static let sizes = [60, 500, 4000, 12_000]
         var outboxes: [String: [UInt8]] = [:]
         var inboxes: [String: MessageBuffer] = [:]
@@ -186,11 +190,12 @@ struct RouterLoopTests {
         var (deaths, revivals) = (0, 0)
         var scratch = [UInt8](repeating: 0, count: 1 << 20)
 
-        init(_ loop: Loop, seed: UInt64, deaths: Bool = false, applies: [String] = []) {
+        init(_ loop: Loop, seed: UInt64, deaths: Bool = false, applies: [String] = [], keys: UInt64 = 0) {
             self.loop = loop
             random = SeededRandom(seed: seed)
             withDeaths = deaths
             self.applies = applies
+            self.keys = keys
             for name in loop.egressNames { openedAt[name] = -1 }
             loop.router.startLoop(signals: nil)
         }
@@ -269,7 +274,8 @@ struct RouterLoopTests {
                         let source = String(name.prefix { $0 != "." })
                         for _ in 0..<(1 + random.next() % 24) {
                             sent += 1
-                            outboxes[name, default: []] += try Loop.frame(sent, payload: pick(Self.sizes)!, source: source)
+                            let key = keys == 0 ? nil : "key-\(random.next() % keys)"
+                            outboxes[name, default: []] += try Loop.frame(sent, payload: pick(Self.sizes)!, source: source, key: key)
                         }
                     }
                 case 2, 3:
@@ -424,9 +430,10 @@ struct RouterLoopTests {
             for fd in writers.values { close(fd) }
         }
 
-        /// A framed envelope of `events` from `source` with `payload` bytes.
-        static func frame(_ sequence: UInt64, payload: Int, source: String = "api") throws -> [UInt8] {
+        /// A framed envelope of `events` from `source` with `payload` bytes (and shard key `key`).
+        static func frame(_ sequence: UInt64, payload: Int, source: String = "api", key: String? = nil) throws -> [UInt8] {
             var envelope = Envelope()
+            if let key { envelope.shardKey = Data(key.utf8) }
             envelope.dataType = "events"
             envelope.source = source
             envelope.sequence = sequence

@@ -304,7 +304,7 @@ struct RouterLoopTests {
                     } else {
                         let yaml = applies[(pass / 1000 + 1) % applies.count]
                         let before = Set(loop.egressNames)
-                        let after = Set(RouterLayout(spec: try loop.parse(yaml), revision: revision).egress.filter { $0.dataType == "events" }.map(\.name))
+                        let after = Set(Loop.eventsEgress(of: RouterLayout(spec: try loop.parse(yaml), revision: revision)))
                         for name in before.subtracting(after) { kill(name) }  // stopped before its pipe goes
                         try loop.apply(yaml, revision: revision)
                         for name in after.subtracting(before).sorted() { try revive(name, at: pass) }
@@ -364,45 +364,51 @@ struct RouterLoopTests {
             mesh = try MeshHarness(yaml)
             spec = try Self.spec(of: mesh)
             let layout = RouterLayout(spec: spec, revision: 1)
-            egressNames = layout.egress.filter { $0.dataType == "events" }.map(\.name)
+            egressNames = Self.eventsEgress(of: layout)
             ingressNames = layout.ingress.filter { $0.dataType == "events" }.map(\.name)
             try #require(!egressNames.isEmpty && !ingressNames.isEmpty)
             // The consumers' ends first, so that the router opens the pipes for writing.
-            for name in egressNames {
-                let fd = open(mesh.dir.root + "/" + name, O_RDONLY | O_NONBLOCK)
-                try #require(fd >= 0, "\(name): errno \(errno)")
-                readers[name] = fd
-            }
+            for name in egressNames { readers[name] = try Self.openEnd(mesh, name, O_RDONLY) }
             var options = RouterOptions()
             options.splice = splice
             options.spoolDirectory = mesh.dir.path + "/spool"
             router = try Router(layout: layout, options: options, logger: Logger(label: "loop-test"))
-            for name in ingressNames {
-                let fd = open(mesh.dir.root + "/" + name, O_WRONLY | O_NONBLOCK)
-                try #require(fd >= 0, "\(name): errno \(errno)")
-                writers[name] = fd
-            }
+            for name in ingressNames { writers[name] = try Self.openEnd(mesh, name, O_WRONLY) }
             try #require(ingressNames.allSatisfy { name in router.core.ingress.contains { $0.name == name } })
             try #require(egressNames.allSatisfy { name in router.core.egress.contains { $0.name == name } })
             router.housekeeping(now: monotonicNanos())  // the timers a first pass sets
         }
 
-        static func spec(of mesh: MeshHarness) throws -> MeshSpec {
-            let loaded = SpecLoader.loadAndValidate(yaml: try String(contentsOfFile: mesh.dir.specPath, encoding: .utf8), file: "mesh.yaml")
+        /// The spec in `text`, validated.
+        static func load(_ text: String) throws -> MeshSpec {
+            let loaded = SpecLoader.loadAndValidate(yaml: text, file: "mesh.yaml")
             return try #require(loaded.spec, "\(loaded.diagnostics.map(\.summary))")
+        }
+
+        static func spec(of mesh: MeshHarness) throws -> MeshSpec {
+            try load(String(contentsOfFile: mesh.dir.specPath, encoding: .utf8))
         }
 
         /// The spec `apply` would apply for `yaml`.
         func parse(_ yaml: String) throws -> MeshSpec {
-            let loaded = SpecLoader.loadAndValidate(yaml: yaml.replacingOccurrences(of: "ROOT", with: mesh.dir.root), file: "mesh.yaml")
-            return try #require(loaded.spec, "\(loaded.diagnostics.map(\.summary))")
+            try Self.load(yaml.replacingOccurrences(of: "ROOT", with: mesh.dir.root))
+        }
+
+        /// The names of `layout`'s `events` egress pipes.
+        static func eventsEgress(of layout: RouterLayout) -> [String] {
+            layout.egress.filter { $0.dataType == "events" }.map(\.name)
+        }
+
+        /// Opens the test's end of pipe `name` (nonblocking).
+        static func openEnd(_ mesh: MeshHarness, _ name: String, _ flags: Int32) throws -> Int32 {
+            let fd = open(mesh.dir.root + "/" + name, flags | O_NONBLOCK)
+            try #require(fd >= 0, "\(name): errno \(errno)")
+            return fd
         }
 
         /// A consumer starts: opens its end of egress pipe `name`.
         func openReader(_ name: String) throws {
-            let fd = open(mesh.dir.root + "/" + name, O_RDONLY | O_NONBLOCK)
-            try #require(fd >= 0, "\(name): errno \(errno)")
-            readers[name] = fd
+            readers[name] = try Self.openEnd(mesh, name, O_RDONLY)
         }
 
         /// A consumer dies: closes its end of egress pipe `name`.
@@ -421,7 +427,7 @@ struct RouterLoopTests {
             let outcome = try pmm("apply", "-f", mesh.dir.specPath, mesh.stateArgument)
             try #require(outcome.status == 0, "apply failed: \(outcome.stderr)")
             spec = try Self.spec(of: mesh)
-            egressNames = RouterLayout(spec: spec, revision: revision).egress.filter { $0.dataType == "events" }.map(\.name)
+            egressNames = Self.eventsEgress(of: RouterLayout(spec: spec, revision: revision))
             reload(revision: revision)
         }
 

@@ -129,14 +129,11 @@ struct BenchCommand: ParsableCommand {
         for (name, value) in [("--workers", workers), ("--compare-workers", compareWorkers)] {
             if let value, value < 1 || value > 256 { throw ValidationError("\(name): 1 to 256") }
         }
-        if oneCorePerNode, ProcessInfo.processInfo.activeProcessorCount < 2 {
-            throw ValidationError("--one-core-per-node needs two CPUs (this machine has \(ProcessInfo.processInfo.activeProcessorCount))")
+        if oneCorePerNode || hopCore, ProcessInfo.processInfo.activeProcessorCount < 2 {
+            throw ValidationError("--\(hopCore ? "hop-core" : "one-core-per-node") needs two CPUs (this machine has \(ProcessInfo.processInfo.activeProcessorCount))")
         }
-        if hopCore {
-            guard ProcessInfo.processInfo.activeProcessorCount >= 2 else {
-                throw ValidationError("--hop-core needs two CPUs (this machine has \(ProcessInfo.processInfo.activeProcessorCount))")
-            }
-            guard !oneCorePerNode, !link else { throw ValidationError("--hop-core: not with --one-core-per-node or --link (they place the hops themselves)") }
+        if hopCore, oneCorePerNode || link {
+            throw ValidationError("--hop-core: not with --one-core-per-node or --link (they place the hops themselves)")
         }
         if let routerBinary, access(routerBinary, X_OK) != 0 { throw ValidationError("--router-binary: \(routerBinary) is not an executable") }
         guard count >= 1, runs >= 1, rate >= 0 else { throw ValidationError("--count and --runs must be positive, --rate not negative") }
